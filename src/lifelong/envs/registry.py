@@ -1,0 +1,93 @@
+"""Named environments: `make("add", max_value=10)` and the table behind `lifelong envs`.
+
+Each entry records where the environment comes from (built-in or a library), whether it is
+multi-turn, and its difficulty knobs with defaults, so the CLI can list them and errors can say
+which values are allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lifelong.envs.base import Env
+from lifelong.errors import ConfigError, UnknownEnvError
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    name: str
+    factory: Callable[..., Env]
+    source: str = "built-in"
+    multi_turn: bool = False
+    description: str = ""
+    knobs: dict[str, Any] = field(default_factory=dict)  # knob name -> default value
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+
+
+def register(
+    name: str,
+    factory: Callable[..., Env],
+    *,
+    source: str = "built-in",
+    multi_turn: bool = False,
+    description: str = "",
+    knobs: dict[str, Any] | None = None,
+) -> EnvSpec:
+    if knobs is None:  # read the knobs off the factory's keyword arguments
+        params = inspect.signature(factory).parameters.values()
+        knobs = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+    spec = EnvSpec(name, factory, source, multi_turn, doc, dict(knobs))
+    _REGISTRY[name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    if not _REGISTRY:
+        from lifelong.envs import catalog  # noqa: F401  (registers everything on import)
+
+
+def env_specs() -> list[EnvSpec]:
+    _ensure_loaded()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.source, s.name))
+
+
+def get_spec(name: str) -> EnvSpec:
+    """Look up an environment. `package.module:name` imports the module first (which registers its
+    environments), as Gymnasium's `make("module:Env")` does, so user environments work everywhere."""
+    _ensure_loaded()
+    if ":" in name:
+        module, _, name = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UnknownEnvError(
+                f"cannot import module {module!r} ({exc})", "check the module path and PYTHONPATH"
+            ) from exc
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `lifelong envs` to list them"
+        raise UnknownEnvError(f"unknown environment {name!r}", hint)
+    return _REGISTRY[name]
+
+
+def make(name: str, **params: Any) -> Env:
+    """Create a fresh environment instance. Unknown names and knobs give a clear error."""
+    spec = get_spec(name)
+    unknown = sorted(set(params) - set(spec.knobs))
+    if unknown:
+        allowed = ", ".join(f"{k}={v!r}" for k, v in spec.knobs.items()) or "none"
+        raise ConfigError(f"{name} has no difficulty knob {', '.join(unknown)}", f"its knobs are: {allowed}")
+    try:
+        return spec.factory(**params)
+    except (ConfigError, UnknownEnvError):
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad settings for {name}: {exc}", f"its knobs are: {spec.knobs}") from exc

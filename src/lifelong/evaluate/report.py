@@ -1,0 +1,133 @@
+"""A run's results as a person reads them: a learning-curve PNG and a markdown report.
+
+Both are made from `metrics.jsonl` alone, so a report can be rebuilt for any run folder
+(`lifelong report RUN_DIR`), including one that crashed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+    return records
+
+
+def _evals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_step: dict[int, dict[str, Any]] = {}
+    for r in records:
+        if r.get("type") == "eval":
+            by_step[r["step"]] = r  # a resumed run may repeat an eval; keep the newest
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
+    """Held-out success per task (top) and training reward (bottom) against episodes played."""
+    records = read_metrics(run_dir)
+    evals = _evals(records)
+    updates = [r for r in records if r.get("type") == "update"]
+    out = out or run_dir / "learning_curve.png"
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    tasks = list(dict.fromkeys(t for e in evals for t in e["scores"]))
+    for task in tasks:
+        xs = [e["episodes"] for e in evals if task in e["scores"]]
+        ys = [100 * e["scores"][task] for e in evals if task in e["scores"]]
+        top.plot(xs, ys, marker="o", label=task)
+    stages = [(u["episodes"], u["stage"]) for u in updates]
+    for i in range(1, len(stages)):
+        if stages[i][1] != stages[i - 1][1]:  # mark where the stream moves to a new stage
+            for ax in (top, bottom):
+                ax.axvline(stages[i - 1][0], color="grey", linestyle=":", linewidth=1)
+    top.set_ylabel("held-out success (%)")
+    top.set_ylim(-3, 103)
+    top.set_title("Learning while acting: held-out probes (greedy)")
+    top.grid(alpha=0.3)
+    if tasks:
+        top.legend(loc="best", fontsize=9)
+    if updates:
+        xs = [u["episodes"] for u in updates]
+        ys = [100 * u.get("success/train", 0.0) for u in updates]
+        window = 5
+        smooth = [
+            sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))
+        ]
+        bottom.plot(xs, ys, color="tab:blue", alpha=0.3, label="per update")
+        bottom.plot(xs, smooth, color="tab:blue", label=f"mean of last {window}")
+        bottom.legend(loc="best", fontsize=9)
+    bottom.set_xlabel("episodes played")
+    bottom.set_ylabel("training success (%)\n(sampled, T=1)")
+    bottom.set_ylim(-3, 103)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> Path:
+    """report.md: what was run, before/after per task, the curve, and the update health in brief."""
+    records = read_metrics(run_dir)
+    updates = [r for r in records if r.get("type") == "update"]
+    curve = plot_learning_curve(run_dir)
+    lines = [
+        f"# Run {run_dir.name}",
+        "",
+        f"Model `{summary['model']}`, stream `{config['stream']['name']}`, {summary['episodes']} training episodes "
+        f"in {summary['minutes']:.1f} minutes; reasoning effort `{config['reasoning_effort']}`.",
+        "",
+        "## Held-out success (greedy, items never used for learning)",
+        "",
+        "| task | before | after | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for task in summary["tasks"]:
+        b, a = summary["before"].get(task), summary["after"].get(task)
+        if b is None or a is None:
+            lines.append(f"| {task} | {b} | {a} | |")
+            continue
+        lines.append(f"| {task} | {100 * b:.1f}% | {100 * a:.1f}% | {100 * (a - b):+.1f} pts |")
+    lines += ["", f"![learning curve]({curve.name})", ""]
+    if updates:
+        applied = sum(u["applied"] for u in updates)
+        skipped = [u for u in updates if not u["applied"]]
+        mean = lambda key: sum(u.get(key, 0.0) for u in updates if u["applied"]) / max(applied, 1)  # noqa: E731
+        lines += [
+            "## Updates",
+            "",
+            f"{len(updates)} steps, {applied} updates applied"
+            + (f", {len(skipped)} skipped (no reward spread in any group)" if skipped else "")
+            + ".",
+            "",
+            "| metric | mean over applied updates |",
+            "|---|---:|",
+        ]
+        for key in (
+            "reward/mean",
+            "policy/entropy",
+            "kl/ref",
+            "policy/clip_frac",
+            "policy/sampler_mismatch",
+            "grad/norm",
+        ):
+            lines.append(f"| `{key}` | {mean(key):.4f} |")
+        lines.append("")
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out

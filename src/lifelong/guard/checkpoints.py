@@ -1,0 +1,128 @@
+"""A ring of adapter checkpoints, each written atomically and verified on load.
+
+A checkpoint is a folder `step-000042/` holding the LoRA adapter (peft format, so `PeftModel.
+from_pretrained` can load it too), the optimizer state, the runtime state and a manifest with the
+SHA-256 of every file. It is written under a temporary name, fsynced and renamed into place, so a
+crash never leaves a half-written checkpoint that looks whole. Only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from lifelong.errors import CheckpointError
+
+_ADAPTER = "adapter_model.safetensors"
+_OPTIMIZER = "optimizer.pt"
+_STATE = "state.json"
+_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointRing:
+    def __init__(self, folder: str | Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Complete checkpoints, oldest first (temporary folders are ignored)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("step-*") if p.is_dir())
+
+    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer | None, step: int, state: dict[str, Any]) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"step-{step:06d}"
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder))
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+            save_file(tensors, tmp / _ADAPTER)
+            model.peft_config["default"].save_pretrained(str(tmp))
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / _OPTIMIZER)
+            (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=1))
+            manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            if target.exists():  # re-saving a step (e.g. after a resume) replaces it
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            _fsync_dir(self.folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.paths()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def verify(self, path: Path) -> None:
+        """Raise CheckpointError if a file is missing or its hash does not match the manifest."""
+        manifest_path = path / _MANIFEST
+        fix = f"delete {path} to resume from an earlier checkpoint, or start a new run without --resume"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is corrupt: unreadable manifest ({exc})", fix) from exc
+        for name, digest in manifest.items():
+            file = path / name
+            if not file.is_file() or _sha256(file) != digest:
+                raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing or damaged", fix)
+
+    def latest(self) -> Checkpoint | None:
+        paths = self.paths()
+        if not paths:
+            return None
+        path = paths[-1]
+        self.verify(path)
+        state = json.loads((path / _STATE).read_text())
+        return Checkpoint(path, int(state["step"]), state)
+
+    def restore(self, checkpoint: Checkpoint, model: PeftModel, optimizer: torch.optim.Optimizer | None) -> None:
+        """Load adapter weights (and optimizer state) from a verified checkpoint into the live model."""
+        self.verify(checkpoint.path)
+        try:
+            set_peft_model_state_dict(model, load_file(checkpoint.path / _ADAPTER))
+            if optimizer is not None and (checkpoint.path / _OPTIMIZER).is_file():
+                optimizer.load_state_dict(torch.load(checkpoint.path / _OPTIMIZER, weights_only=True))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} does not fit this model ({str(exc)[:120]})",
+                "resume with the same --model and LoRA settings the run was started with",
+            ) from exc

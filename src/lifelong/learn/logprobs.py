@@ -1,0 +1,78 @@
+"""Per-token log-probs of completions under the current weights, for the learner.
+
+Samples that share a prompt (a GRPO group) run the prompt through the model once; its KV cache is
+copied to every completion of the group and the completions run as one block on top of it. Autograd
+flows through the shared cache, so this is exact, and it costs the prompt once per group instead of
+once per sample. The arithmetic mirrors the sampler's (left padding, same positions), so sampler and
+learner agree to float precision on the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from lifelong.model.sampler import left_pad, positions
+from lifelong.types import Sample
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    pad_id: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
+
+    Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
+    and on tokens the runtime forced).
+    """
+    if not samples:
+        raise ValueError("no samples to score")
+    unique: dict[tuple[int, ...], int] = {}
+    row_of = [unique.setdefault(s.prompt_ids, len(unique)) for s in samples]
+    prompt_ids, prompt_mask = left_pad(list(unique), pad_id)
+    cache = DynamicCache()
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions(prompt_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    expand = torch.tensor(row_of, dtype=torch.long)
+    if len(unique) < len(samples):
+        cache.batch_select_indices(expand)
+    prompt_mask = prompt_mask[expand]
+    first_logits = out.logits[expand, -1:, :]  # (B, 1, V) predicts each completion's first token
+
+    width = max(len(s.completion_ids) for s in samples)
+    comp = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    comp_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(samples), width), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        n = len(s.completion_ids)
+        comp[i, :n] = torch.tensor(s.completion_ids, dtype=torch.long)
+        comp_mask[i, :n] = 1
+        loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
+    start = prompt_mask.sum(-1, keepdim=True)  # (B, 1) next position after each prompt
+    comp_pos = start + torch.arange(width).unsqueeze(0)
+    logits = first_logits
+    if width > 1:
+        # The last completion token predicts nothing we score, so it need not be fed.
+        out = model(
+            input_ids=comp[:, :-1],
+            attention_mask=torch.cat([prompt_mask, comp_mask[:, :-1]], dim=-1),
+            position_ids=comp_pos[:, :-1],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = torch.cat([first_logits, out.logits], dim=1)  # (B, C, V)
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, comp.unsqueeze(-1)).squeeze(-1)  # (B, C)
+    with torch.no_grad():  # entropy is a health metric, not a loss term
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)
+    return logp, entropy, loss_mask

@@ -1,0 +1,106 @@
+"""The actor: plays many episodes at once with the live policy.
+
+All episodes of a call advance turn by turn together, so every turn is one batched sampling call.
+A multi-turn episode keeps its context as token ids and grows it with each reply and observation.
+An environment that raises is recorded as a failed episode (reward 0, `info["error"]`), not an
+exception that kills the batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lifelong.envs.base import Env
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Completion, Episode, Turn
+
+
+@dataclass(frozen=True)
+class Job:
+    """One episode to play: which environment, which seed, which GRPO group."""
+
+    env: str
+    seed: int
+    group: str = ""
+    split: str = "train"
+
+
+@dataclass
+class _Live:
+    job: Job
+    env: Env
+    context: list[int]
+    observation: str  # the latest observation, answered by the next turn
+    turns: list[Turn]
+    info: dict[str, Any]
+    reward: float = 0.0
+    done: bool = False
+
+
+def play(
+    policy: Policy,
+    jobs: Sequence[Job],
+    make_env: Callable[[str], Env],
+    gen: GenerationConfig,
+    generator: torch.Generator | None = None,
+) -> list[Episode]:
+    """Play every job to the end; returns episodes in the order of `jobs`."""
+    live: list[_Live] = []
+    for job in jobs:
+        env = make_env(job.env)
+        try:
+            observation, info = env.reset(seed=job.seed)
+        except Exception as exc:  # a broken environment fails its episode, not the batch
+            live.append(_Live(job, env, [], "", [], {"error": f"reset: {type(exc).__name__}: {exc}"}, done=True))
+            continue
+        live.append(_Live(job, env, policy.start(observation), observation, [], dict(info)))
+    for _ in range(max((e.env.max_turns for e in live), default=0)):
+        active = [e for e in live if not e.done]
+        if not active:
+            break
+        completions = policy.respond([e.context for e in active], gen, generator)
+        for e, completion in zip(active, completions, strict=True):
+            _advance(policy, e, completion)
+    return [_episode(e, policy.version) for e in live]
+
+
+def _advance(policy: Policy, e: _Live, completion: Completion) -> None:
+    observation = e.observation
+    try:
+        result = e.env.step(completion.answer)
+    except Exception as exc:
+        e.info["error"] = f"step: {type(exc).__name__}: {exc}"
+        e.turns.append(Turn(tuple(e.context), completion, observation, 0.0))
+        e.done = True
+        return
+    e.turns.append(Turn(tuple(e.context), completion, observation, float(result.reward)))
+    e.reward += float(result.reward)
+    e.info.update(result.info)
+    if result.terminated or result.truncated or len(e.turns) >= e.env.max_turns:
+        e.done = True
+        e.info["truncated"] = bool(result.truncated or (not result.terminated))
+    else:
+        e.context = policy.extend(e.context, completion, result.observation)
+        e.observation = result.observation
+
+
+def _episode(e: _Live, version: int) -> Episode:
+    return Episode(
+        id=uuid.uuid4().hex,
+        env=e.job.env,
+        seed=e.job.seed,
+        turns=tuple(e.turns),
+        reward=e.reward,
+        success="error" not in e.info and e.reward >= e.env.success_threshold,
+        info=e.info,
+        adapter_version=version,
+        group=e.job.group,
+        split=e.job.split,
+        created=time.time(),
+    )

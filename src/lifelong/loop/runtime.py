@@ -1,0 +1,283 @@
+"""The one-mode runtime: act -> score -> store -> learn -> act again with the updated adapters.
+
+There is no training phase and no serving phase. Each step the actor plays a batch of episodes with
+the live policy, the episodes are committed to the experience store, the learner turns them into
+one update of the adapters, and the next step acts with those adapters. Held-out probes are played
+greedily before the run, at stage ends and every `eval_every` steps; they are stored but never
+learned from.
+
+Resumption: after every update the adapters, optimizer and loop position are checkpointed
+atomically. A resumed run restores the newest checkpoint and, if the crash came after a step's
+episodes were stored but before its update was checkpointed, learns from those stored episodes
+instead of sampling new ones, so nothing the agent experienced is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from lifelong.envs.base import Env
+from lifelong.errors import ConfigError
+from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
+from lifelong.loop.actor import Job, play
+from lifelong.memory.store import SQLiteStore
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
+from lifelong.streams.stream import ProbeSet, Stream, Task
+from lifelong.types import UpdateReport
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs besides the model weights. Defaults are the `make demo` run."""
+
+    stream: dict[str, Any]  # Stream.to_dict()
+    model: str | None = None  # None = the embedded default model
+    prompts_per_step: int = 4  # distinct items per update; each is sampled group_size times
+    # On 2 CPU cores with the 135M default, thinking costs 3-8x per episode and measured no better on
+    # the demo's first task (dev/LOG.md); GPU users raise it.
+    reasoning_effort: str = "none"
+    thinking_tokens: int | None = None
+    answer_tokens: int = 12
+    eval_every: int = 5  # steps between probe evaluations (0 = only at stage ends)
+    seed: int = 0
+    checkpoints_kept: int = 3
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_step < 1:
+            raise ConfigError("prompts_per_step must be >= 1", "the default is 4")
+        if self.eval_every < 0:
+            raise ConfigError("eval_every must be >= 0", "use 0 to evaluate only at stage ends")
+        self.generation(0.0)  # validates reasoning_effort / thinking_tokens early
+
+    @property
+    def episodes_per_step(self) -> int:
+        return self.prompts_per_step * self.grpo.group_size
+
+    def generation(self, temperature: float) -> GenerationConfig:
+        return GenerationConfig(self.reasoning_effort, self.thinking_tokens, self.answer_tokens, temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        d["grpo"] = GRPOConfig(**d.get("grpo", {}))
+        d["lora"] = LoraSettings(**d.get("lora", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    model: str
+    tasks: list[str]
+    episodes: int
+    before: dict[str, float]
+    after: dict[str, float]
+    minutes: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress(Protocol):
+    """What the runtime tells a progress display (the CLI's bar, or nothing)."""
+
+    def start(self, total_episodes: int, done: int) -> None: ...
+    def advance(self, episodes: int, reward: float, stage: str) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, total_episodes: int, done: int) -> None:
+        pass
+
+    def advance(self, episodes: int, reward: float, stage: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One update of the schedule: which stage, and which step of the whole run."""
+
+    step: int  # 1-based global step
+    stage: int
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: RunConfig,
+        policy: Policy,
+        run_dir: Path,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.stream = Stream.from_dict(config.stream)
+        self.policy = policy
+        self.run_dir = run_dir
+        self.run_id = run_dir.name
+        self.progress = progress or NoProgress()
+        self.learner = GRPOLearner(policy, config.grpo)
+        self.store = SQLiteStore(run_dir / "experience.sqlite")
+        self.ring = CheckpointRing(run_dir / "checkpoints", keep=config.checkpoints_kept)
+        self.probes = {t: ProbeSet(t, self.stream.probe_size) for t in self.stream.tasks}
+        self._envs: dict[str, Task] = {}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.schedule = self._schedule()
+        self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
+        self._clock = time.time()
+
+    # ---- schedule --------------------------------------------------------------------------------
+    def _schedule(self) -> list[_Slot]:
+        slots: list[_Slot] = []
+        for i, stage in enumerate(self.stream.stages):
+            for _ in range(math.ceil(stage.episodes / self.config.episodes_per_step)):
+                slots.append(_Slot(len(slots) + 1, i))
+        return slots
+
+    def _make_env(self, key: str) -> Env:
+        return self._envs[key].make()
+
+    def _jobs_for(self, slot: _Slot) -> list[Job]:
+        task = self.stream.stages[slot.stage].task
+        # Seeds depend only on (run seed, step): a resumed run draws the same items.
+        rng = random.Random(f"{self.config.seed}:{slot.step}")
+        seeds = self.probes[task].training_seeds(rng, self.config.prompts_per_step)
+        self._envs[task.label] = task
+        return [
+            Job(task.label, seed, group=f"{slot.step}:{i}")
+            for i, seed in enumerate(seeds)
+            for _ in range(self.config.grpo.group_size)
+        ]
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy success on every task's held-out probe set; probe episodes are stored, not learned."""
+        jobs = []
+        for task, probe in self.probes.items():
+            self._envs[task.label] = task
+            jobs += [Job(task.label, s, split="probe") for s in probe.seeds]
+        episodes = play(self.policy, jobs, self._make_env, self.config.generation(0.0), self.generator)
+        self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
+        scores = {}
+        for task in self.probes:
+            mine = [e for e in episodes if e.env == task.label]
+            scores[task.label] = sum(e.success for e in mine) / len(mine)
+        record = {"type": "eval", "step": step, "episodes": self.state["episodes"], "scores": scores}
+        self.state["evals"].append(record)
+        self._log(record)
+        return scores
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, resume: bool = False, stop_after: int | None = None) -> RunSummary:
+        """Run the stream to its end (or `stop_after` updates); resume from the newest checkpoint."""
+        self._clock = time.time()
+        done_steps = self._restore() if resume else self._start()
+        total = len(self.schedule) * self.config.episodes_per_step
+        self.progress.start(total, self.state["episodes"])
+        if done_steps == 0 and not self.state["before"]:
+            self.progress.note("evaluating the untrained model on held-out probes")
+            self.state["before"] = self.evaluate(step=0)
+            self._checkpoint(0)
+        for n, slot in enumerate(self.schedule[done_steps:]):
+            if stop_after is not None and n >= stop_after:
+                break
+            self._step(slot)
+            last_of_stage = slot.step == len(self.schedule) or self.schedule[slot.step].stage != slot.stage
+            if last_of_stage or (self.config.eval_every and slot.step % self.config.eval_every == 0):
+                self.progress.note(f"step {slot.step}: evaluating probes")
+                self.evaluate(step=slot.step)
+            # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
+            # it on resume from the stored episodes.
+            self._checkpoint(slot.step)
+        return self.summary()
+
+    def _start(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        return 0
+
+    def _step(self, slot: _Slot) -> UpdateReport:
+        """Act, store, learn: one update of the schedule."""
+        t0 = time.time()
+        jobs = self._jobs_for(slot)
+        stored = self.store.episodes(run_id=self.run_id, step=slot.step, split="train")
+        if len(stored) == len(jobs):  # the crash came after storing, before the update: reuse
+            episodes = stored
+        else:
+            episodes = play(
+                self.policy, jobs, self._make_env, self.config.generation(self.config.grpo.temperature), self.generator
+            )
+            self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
+        t_act = time.time() - t0
+        report = self.learner.update(make_batch(episodes, self.config.grpo.scale_rewards))
+        self.state["episodes"] += len(episodes)
+        stage = self.stream.stages[slot.stage].task.label
+        record: dict[str, Any] = {
+            "type": "update",
+            "step": slot.step,
+            "stage": stage,
+            "episodes": self.state["episodes"],
+            "applied": report.applied,
+            "reason": report.reason,
+            "adapter_version": self.policy.version,
+            "time/act_s": t_act,
+            "time/learn_s": time.time() - t0 - t_act,
+            "success/train": sum(e.success for e in episodes) / len(episodes),
+            **report.metrics,
+        }
+        self._log(record)
+        self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
+        return report
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _checkpoint(self, step: int) -> None:
+        now = time.time()
+        self.state["seconds"] += now - self._clock
+        self._clock = now
+        state = {**self.state, "version": self.policy.version, "learner_step": self.learner.step}
+        state["rng"] = self.generator.get_state().tolist()
+        self.ring.save(self.policy.model, self.learner.optimizer, step, state)  # type: ignore[arg-type]
+
+    def _restore(self) -> int:
+        checkpoint = self.ring.latest()
+        if checkpoint is None:
+            return 0
+        self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)  # type: ignore[arg-type]
+        s = checkpoint.state
+        self.state = {k: s[k] for k in ("before", "evals", "episodes", "seconds")}
+        self.policy.version = int(s["version"])
+        self.learner.step = int(s["learner_step"])
+        self.generator.set_state(torch.tensor(s["rng"], dtype=torch.uint8))
+        return checkpoint.step
+
+    def summary(self) -> RunSummary:
+        after = self.state["evals"][-1]["scores"] if self.state["evals"] else {}
+        return RunSummary(
+            model=self.policy.name,
+            tasks=[t.label for t in self.stream.tasks],
+            episodes=int(self.state["episodes"]),
+            before=dict(self.state["before"]),
+            after=dict(after),
+            minutes=round(self.state["seconds"] / 60, 2),
+        )

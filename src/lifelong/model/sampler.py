@@ -1,0 +1,149 @@
+"""Batched sampling with a KV cache that returns the sampler's own log-probs.
+
+The loop is deliberately plain: left-pad the contexts, prefill each distinct context once, then one
+token per step for every live row. Rows that finish are dropped from the cache so a long straggler
+does not make the whole batch pay. A per-row `control` function may stop a row or force tokens into
+it (the reasoning budget uses this to insert "Answer:"); forced tokens are fed through the same cache
+and marked, so no second prefill is needed. Log-probs come from the same temperature-scaled
+distribution the token was drawn from, so the learner's importance ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Force:
+    """Feed these tokens next instead of sampling; `replace_last` drops the token just sampled."""
+
+    tokens: tuple[int, ...]
+    replace_last: bool = False
+
+
+STOP = "stop"
+# Called after each sampled token with (row, token ids so far, including the new one).
+# Returns None to go on, STOP to end the row, or a Force.
+ControlFn = Callable[[int, list[int]], "Force | str | None"]
+
+
+@dataclass
+class SampledRow:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)
+    ended: str = "length"  # "eos", "stop" or "length"
+
+
+def left_pad(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), with every context aligned to the right edge."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for i, ctx in enumerate(contexts):
+        if ctx:
+            ids[i, width - len(ctx) :] = torch.tensor(list(ctx), dtype=torch.long)
+            mask[i, width - len(ctx) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding aware)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    contexts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    control: ControlFn | None = None,
+) -> list[SampledRow]:
+    """Sample a continuation for each context (at most `max_new_tokens`). temperature 0 = greedy."""
+    if not contexts:
+        return []
+    if any(len(c) == 0 for c in contexts):
+        raise ValueError("every context needs at least one token")
+    rows = [SampledRow() for _ in contexts]
+    if max_new_tokens <= 0:
+        return rows
+    # Prefill each distinct context once (a GRPO group shares its prompt), then copy its cache rows.
+    unique: dict[tuple[int, ...], int] = {}
+    row_of = [unique.setdefault(tuple(c), len(unique)) for c in contexts]
+    ids, mask = left_pad(list(unique), pad_id)
+    pos = positions(mask)
+    cache = DynamicCache()
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
+    expand = torch.tensor(row_of, dtype=torch.long)
+    if len(unique) < len(contexts):
+        cache.batch_select_indices(expand)
+    mask = mask[expand]
+    next_pos = pos[expand][:, -1:] + 1  # (B, 1)
+    logits = out.logits[expand, -1, :]  # (B, V)
+    live = list(range(len(contexts)))  # original row index of each batch row
+    queues: dict[int, list[int]] = {}  # row -> forced tokens still to feed
+    for _ in range(max_new_tokens):
+        # Greedy decoding records the model's own (T=1) log-probs, which is what scoring wants.
+        logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)  # (B, V)
+        if temperature <= 0:
+            drawn = logp.argmax(dim=-1, keepdim=True)
+        else:
+            drawn = torch.multinomial(logp.exp(), 1, generator=generator)  # (B, 1)
+        drawn_logp = logp.gather(-1, drawn).squeeze(-1)
+        feed: list[int] = []
+        keep: list[int] = []
+        for b, r in enumerate(live):
+            row = rows[r]
+            if queues.get(r):  # feeding forced tokens; this step's logits are not used
+                t = queues[r].pop(0)
+                row.token_ids.append(t)
+                row.logprobs.append(0.0)
+                row.forced.append(True)
+            else:
+                t = int(drawn[b, 0])
+                row.token_ids.append(t)
+                row.logprobs.append(float(drawn_logp[b]))
+                row.forced.append(False)
+                decision = control(r, row.token_ids) if control is not None else None
+                if isinstance(decision, Force):
+                    if decision.replace_last:
+                        row.token_ids.pop()
+                        row.logprobs.pop()
+                        row.forced.pop()
+                    queue = list(decision.tokens)
+                    t = queue.pop(0)
+                    row.token_ids.append(t)
+                    row.logprobs.append(0.0)
+                    row.forced.append(True)
+                    queues[r] = queue
+                elif decision == STOP or t in eos_ids:
+                    row.ended = "eos" if t in eos_ids else "stop"
+                    continue
+            if len(row.token_ids) >= max_new_tokens:
+                continue
+            keep.append(b)
+            feed.append(t)
+        if not keep:
+            break
+        if len(keep) < len(live):  # drop finished rows from the batch and the cache
+            index = torch.tensor(keep, dtype=torch.long)
+            cache.batch_select_indices(index)
+            mask, next_pos = mask[index], next_pos[index]
+            live = [live[b] for b in keep]
+        tok = torch.tensor(feed, dtype=torch.long).unsqueeze(-1)  # (B, 1)
+        mask = torch.cat([mask, torch.ones_like(tok)], dim=-1)
+        out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return rows

@@ -1,0 +1,121 @@
+"""Streams: what "continual" means here.
+
+A `Stream` is an ordered list of `Stage`s; each stage trains on one task (an environment with fixed
+difficulty settings) for a number of episodes. Every task has a held-out probe set: seeds from a
+range never used for training, and training also skips any seed whose *item* (question) is in the
+probe set, so probe scores measure generalisation, not recall.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from lifelong.envs.base import Env
+from lifelong.envs.registry import make
+from lifelong.errors import ConfigError
+
+PROBE_SEED_BASE = 1_000_000_000  # probe seeds live far above any training seed
+
+
+@dataclass(frozen=True)
+class Task:
+    """An environment name with its difficulty settings."""
+
+    env: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, env: str, **params: Any) -> Task:
+        return cls(env, tuple(sorted(params.items())))
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.env
+        return f"{self.env}({','.join(f'{k}={v}' for k, v in self.params)})"
+
+    def make(self) -> Env:
+        return make(self.env, **dict(self.params))
+
+
+@dataclass(frozen=True)
+class Stage:
+    task: Task
+    episodes: int
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(
+                f"stage {self.task.label} has {self.episodes} episodes", "give every stage at least 1 episode"
+            )
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    stages: tuple[Stage, ...]
+    probe_size: int = 48
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError(f"stream {self.name!r} has no stages", "add at least one stage")
+        if self.probe_size < 1:
+            raise ConfigError("probe_size must be >= 1", "use e.g. 48 held-out items per task")
+
+    @property
+    def tasks(self) -> list[Task]:
+        """Distinct tasks in order of first appearance."""
+        return list(dict.fromkeys(s.task for s in self.stages))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "probe_size": self.probe_size,
+            "description": self.description,
+            "stages": [{"env": s.task.env, "params": dict(s.task.params), "episodes": s.episodes} for s in self.stages],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stream:
+        stages = tuple(Stage(Task.of(s["env"], **s.get("params", {})), int(s["episodes"])) for s in d["stages"])
+        return cls(d["name"], stages, int(d.get("probe_size", 48)), d.get("description", ""))
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+@dataclass
+class ProbeSet:
+    """Held-out seeds for one task, and the items they cover (kept out of training)."""
+
+    task: Task
+    size: int
+    seeds: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.seeds = [PROBE_SEED_BASE + i for i in range(self.size)]
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        env = self.task.make()
+        return frozenset(env.item_key(s) for s in self.seeds)
+
+    def training_seeds(self, rng: random.Random, n: int) -> list[int]:
+        """n training seeds whose items are not in the probe set."""
+        env = self.task.make()
+        seeds: list[int] = []
+        for _ in range(200 * n):
+            s = rng.randrange(PROBE_SEED_BASE)
+            if env.item_key(s) not in self.keys:
+                seeds.append(s)
+                if len(seeds) == n:
+                    return seeds
+        raise ConfigError(
+            f"{self.task.label}: the probe set covers almost every item",
+            "lower probe_size or raise the task's difficulty so it has more distinct items",
+        )

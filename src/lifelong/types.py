@@ -1,0 +1,102 @@
+"""Small typed objects that cross the rooms of lifelong.
+
+An environment produces observations, the policy answers them with a `Turn`, a played game is an
+`Episode`, the learner turns episodes into a `Batch` of `Sample`s and reports an `UpdateReport`.
+All are frozen dataclasses: a room may read what another room produced, never change it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StopReason(enum.StrEnum):
+    """Why a sampled completion ended."""
+
+    ANSWERED = "answered"  # the model wrote its answer line and stopped
+    THINK_BUDGET = "think_budget"  # reasoning hit its budget; the answer was forced
+    ENDED_WITHOUT_ANSWER = "ended_without_answer"  # model ended its turn early; answer was forced
+    ANSWER_BUDGET = "answer_budget"  # the answer itself ran past its token budget
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled reply: token ids after the prompt, with the sampler's own log-probs.
+
+    `loss_mask[i]` is 0 for tokens the runtime inserted (the forced "Answer:" marker), which are
+    never a training target; `logprobs[i]` is then 0.0.
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    loss_mask: tuple[int, ...]
+    reasoning: str
+    answer: str
+    stop: StopReason
+
+    def __post_init__(self) -> None:
+        if not len(self.token_ids) == len(self.logprobs) == len(self.loss_mask):
+            raise ValueError("token_ids, logprobs and loss_mask must have the same length")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange: the context the policy saw, what it sampled, and what the environment said."""
+
+    prompt_ids: tuple[int, ...]
+    completion: Completion
+    observation: str
+    reward: float
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A played game or answered task, the unit that is stored, scored and learned from."""
+
+    id: str
+    env: str
+    seed: int
+    turns: tuple[Turn, ...]
+    reward: float
+    success: bool
+    info: dict[str, Any]
+    adapter_version: int
+    group: str = ""  # episodes sampled for the same item share a group (GRPO)
+    split: str = "train"  # "train" or "probe"; probe episodes are never learned from
+    created: float = 0.0
+
+    @property
+    def num_sampled_tokens(self) -> int:
+        return sum(sum(t.completion.loss_mask) for t in self.turns)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion in its context with its advantage: the learner's unit of work."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    sampler_logprobs: tuple[float, ...]
+    loss_mask: tuple[int, ...]
+    advantage: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    samples: tuple[Sample, ...]
+    num_groups: int
+    num_dropped_groups: int  # groups whose rewards were all equal carry no signal
+    reward_mean: float
+    reward_std: float
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What one learning step did; `metrics` keys are namespaced (`loss/policy`, `kl/ref`)."""
+
+    step: int
+    applied: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""

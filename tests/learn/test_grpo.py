@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.errors import ConfigError
+from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
+from lifelong.learn.logprobs import completion_logprobs
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Completion, Episode, Sample, StopReason, Turn
+
+
+def _episode(group: str, reward: float, prompt=(1, 2, 3), tokens=(4, 5)) -> Episode:
+    c = Completion(tuple(tokens), (-1.0,) * len(tokens), (1,) * len(tokens), "", "x", StopReason.ANSWERED)
+    return Episode(
+        f"{group}-{reward}-{tokens}", "t", 0, (Turn(tuple(prompt), c, "q", reward),), reward, reward > 0, {}, 0, group
+    )
+
+
+def test_advantages_are_group_relative_and_flat_groups_are_dropped() -> None:
+    eps = [_episode("a", 1.0), _episode("a", 0.0), _episode("b", 1.0), _episode("b", 1.0)]
+    batch = make_batch(eps)
+    assert batch.num_groups == 2 and batch.num_dropped_groups == 1
+    assert [round(s.advantage, 4) for s in batch.samples] == [1.0, -1.0]
+    unscaled = make_batch(eps, scale_rewards=False)
+    assert [round(s.advantage, 4) for s in unscaled.samples] == [0.5, -0.5]
+    assert batch.reward_mean == pytest.approx(0.75)
+
+
+def test_forced_only_turns_are_not_samples() -> None:
+    c = Completion((4,), (0.0,), (0,), "", "x", StopReason.THINK_BUDGET)
+    eps = [_episode("a", 1.0), Episode("z", "t", 0, (Turn((1,), c, "q", 0.0),), 0.0, False, {}, 0, "a")]
+    assert len(make_batch(eps).samples) == 1
+
+
+def test_config_errors_say_the_fix() -> None:
+    with pytest.raises(ConfigError, match="group_size"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        GRPOConfig(learning_rate=0)
+
+
+def _sampled_episodes(policy: Policy, reward_fn, n: int = 8, seed: int = 0, answer_tokens: int = 3) -> list[Episode]:
+    ctx = policy.start("Pick a token")
+    gen = GenerationConfig(thinking_tokens=0, answer_tokens=answer_tokens)
+    comps = policy.respond([ctx] * n, gen, torch.Generator().manual_seed(seed))
+    eps = []
+    for i, c in enumerate(comps):
+        r = reward_fn(c)
+        eps.append(Episode(str(i), "t", 0, (Turn(tuple(ctx), c, "q", r),), r, r > 0, {}, policy.version, "g"))
+    return eps
+
+
+def test_sampler_and_learner_log_probs_agree(tiny_policy: Policy) -> None:
+    eps = _sampled_episodes(tiny_policy, lambda c: 0.0)
+    samples = [
+        Sample(
+            e.turns[0].prompt_ids,
+            e.turns[0].completion.token_ids,
+            e.turns[0].completion.logprobs,
+            e.turns[0].completion.loss_mask,
+            0.0,
+        )
+        for e in eps
+    ]
+    with torch.no_grad():
+        logp, _, mask = completion_logprobs(tiny_policy.model, samples, tiny_policy.pad_id)
+    for i, s in enumerate(samples):
+        n = len(s.completion_ids)
+        sampled = torch.tensor(s.sampler_logprobs) * mask[i, :n]
+        assert torch.allclose(logp[i, :n] * mask[i, :n], sampled, atol=1e-4), (logp[i, :n], sampled)
+
+
+def _with_target(policy: Policy, target: tuple[int, ...], seed: int) -> list[Episode]:
+    """Seven sampled episodes (reward 0) and one playing `target` (reward 1), with the current
+    policy's log-probs for it, as if the sampler had drawn it: an on-policy group with signal."""
+    eps = _sampled_episodes(policy, lambda c: 0.0, n=7, seed=seed, answer_tokens=2)
+    ctx = eps[0].turns[0].prompt_ids
+    mask = (0,) * len(policy._bare_marker_ids) + (1,) * (len(target) - len(policy._bare_marker_ids))
+    probe = Sample(ctx, target, (0.0,) * len(target), mask, 0.0)
+    with torch.no_grad():
+        logp, _, _ = completion_logprobs(policy.model, [probe], policy.pad_id)
+    lps = tuple(float(x) * m for x, m in zip(logp[0], mask, strict=True))
+    c = Completion(target, lps, mask, "", "t", StopReason.ANSWERED)
+    return [*eps, Episode("t", "t", 0, (Turn(ctx, c, "q", 1.0),), 1.0, True, {}, policy.version, "g")]
+
+
+def test_update_changes_parameters_and_what_the_sampler_generates(tiny_policy: Policy) -> None:
+    learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=0.02, kl_coef=0.0, group_size=8))
+    greedy = GenerationConfig(thinking_tokens=0, answer_tokens=2, temperature=0.0)
+    ctx = tiny_policy.start("Pick a token")
+    first_before = tiny_policy.respond([ctx], greedy)[0]
+    # Reward a completion the greedy sampler does not produce: the second-ranked one.
+    target = (
+        _sampled_episodes(tiny_policy, lambda c: 0.0, n=1, seed=99, answer_tokens=2)[0].turns[0].completion.token_ids
+    )
+    assert target != first_before.token_ids
+    before = {n: p.detach().clone() for n, p in tiny_policy.model.named_parameters() if p.requires_grad}
+    for step in range(8):
+        report = learner.update(make_batch(_with_target(tiny_policy, target, seed=step)))
+        assert report.applied and all(torch.isfinite(torch.tensor(v)) for v in report.metrics.values())
+    changed = [n for n, p in tiny_policy.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed, "no adapter parameter moved"
+    assert tiny_policy.version == learner.step == 8
+    first_after = tiny_policy.respond([ctx], greedy)[0]
+    # The sampler acts with the updated adapters: the rewarded completion is now its greedy choice,
+    assert first_after.token_ids == target
+    # and its log-probs match the learner's for the same tokens after the update.
+    s = Sample(tuple(ctx), first_after.token_ids, first_after.logprobs, first_after.loss_mask, 0.0)
+    with torch.no_grad():
+        logp, _, mask = completion_logprobs(tiny_policy.model, [s], tiny_policy.pad_id)
+    assert torch.allclose(logp[0] * mask[0], torch.tensor(first_after.logprobs), atol=1e-4)
+
+
+def test_kl_is_zero_before_learning_and_positive_after(tiny_policy: Policy) -> None:
+    learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=0.05, kl_coef=0.1))
+    reward = lambda c: float(c.token_ids[2] % 2 == 0)  # first answer token  # noqa: E731
+    first = learner.update(make_batch(_sampled_episodes(tiny_policy, reward)))
+    assert first.applied and first.metrics["kl/ref"] == pytest.approx(0.0, abs=1e-6)
+    second = learner.update(make_batch(_sampled_episodes(tiny_policy, reward, seed=1)))
+    assert second.metrics["kl/ref"] > 0
+    assert 0.0 <= second.metrics["policy/clip_frac"] <= 1.0
+
+
+def test_batch_without_signal_is_not_applied(tiny_policy: Policy) -> None:
+    learner = GRPOLearner(tiny_policy)
+    report = learner.update(make_batch(_sampled_episodes(tiny_policy, lambda c: 1.0)))
+    assert not report.applied and "spread" in report.reason
+    assert tiny_policy.version == 0

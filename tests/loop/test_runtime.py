@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lifelong.evaluate.report import write_report
+from lifelong.learn.grpo import GRPOConfig
+from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.model.policy import Policy
+from lifelong.streams.stream import Stage, Stream, Task
+
+
+def tiny_config(episodes: int = 16) -> RunConfig:
+    stream = Stream(
+        "t", (Stage(Task.of("add", max_value=5), episodes), Stage(Task.of("letter"), episodes)), probe_size=4
+    )
+    return RunConfig(
+        stream=stream.to_dict(), prompts_per_step=2, eval_every=2, answer_tokens=3, grpo=GRPOConfig(group_size=4)
+    )
+
+
+def test_a_run_acts_stores_learns_and_reports(tiny_policy: Policy, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    runtime = Runtime(tiny_config(), tiny_policy, run_dir)
+    summary = runtime.run()
+    assert summary.tasks == ["add(max_value=5)", "letter"]
+    assert summary.episodes == 32
+    assert set(summary.before) == set(summary.after) == set(summary.tasks)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if r["type"] == "update"]
+    assert [u["step"] for u in updates] == list(range(1, 5))
+    assert [u["stage"] for u in updates] == ["add(max_value=5)"] * 2 + ["letter"] * 2
+    evals = [r["step"] for r in records if r["type"] == "eval"]
+    assert evals == [0, 2, 4]  # before, stage end (also every 2nd step), end
+    assert runtime.store.count(run_id="run", split="train") == 32
+    assert runtime.store.count(run_id="run", split="probe") == 3 * 8
+    assert runtime.ring.latest().step == 4  # type: ignore[union-attr]
+    report = write_report(run_dir, summary.to_json(), runtime.config.to_dict())
+    assert "| add(max_value=5) |" in report.read_text()
+    assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_probe_items_never_appear_in_training(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(tiny_config(), tiny_policy, tmp_path / "run")
+    runtime.run()
+    train_questions = {e.turns[0].observation for e in runtime.store.episodes(split="train")}
+    probe_questions = {e.turns[0].observation for e in runtime.store.episodes(split="probe")}
+    assert probe_questions and not train_questions & probe_questions
+
+
+def test_config_roundtrips_through_json(tmp_path: Path) -> None:
+    config = tiny_config()
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
