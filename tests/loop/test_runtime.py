@@ -51,3 +51,13 @@ def test_probe_items_never_appear_in_training(tiny_policy: Policy, tmp_path: Pat
 def test_config_roundtrips_through_json(tmp_path: Path) -> None:
     config = tiny_config()
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_later_stages_rehearse_earlier_tasks(tiny_policy: Policy, tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**tiny_config().to_dict(), "prompts_per_step": 4, "rehearsal": 0.25})
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    first, second = runtime.schedule[0], runtime.schedule[-1]
+    assert [t.label for t in runtime._tasks_for(first)] == ["add(max_value=5)"] * 4
+    assert [t.label for t in runtime._tasks_for(second)] == ["letter"] * 3 + ["add(max_value=5)"]
+    plain = Runtime(RunConfig.from_dict({**config.to_dict(), "rehearsal": 0.0}), tiny_policy, tmp_path / "r2")
+    assert [t.label for t in plain._tasks_for(second)] == ["letter"] * 4

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,6 +29,27 @@ class Job:
     seed: int
     group: str = ""
     split: str = "train"
+
+
+class Actor(Protocol):
+    """Plays jobs with the current policy. The runtime only talks to this, so episodes can come
+    from this process (`LocalActor`) or from remote rollout workers, with one loop for both."""
+
+    def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]: ...
+
+
+class LocalActor:
+    """Plays in this process with the live policy (the learner's own weights)."""
+
+    def __init__(
+        self, policy: Policy, make_env: Callable[[str], Env], generator: torch.Generator | None = None
+    ) -> None:
+        self.policy = policy
+        self.make_env = make_env
+        self.generator = generator
+
+    def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
+        return play(self.policy, jobs, self.make_env, gen, self.generator)
 
 
 @dataclass

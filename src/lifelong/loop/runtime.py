@@ -28,7 +28,7 @@ from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
-from lifelong.loop.actor import Job, play
+from lifelong.loop.actor import Actor, Job, LocalActor
 from lifelong.memory.store import SQLiteStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
@@ -48,6 +48,9 @@ class RunConfig:
     thinking_tokens: int | None = None
     answer_tokens: int = 12
     eval_every: int = 5  # steps between probe evaluations (0 = only at stage ends)
+    # Fraction of each step's prompts drawn from earlier stages' tasks (rehearsal): on-policy
+    # practice of old skills is the cheapest guard against forgetting them. 0 = plain sequential.
+    rehearsal: float = 0.25
     seed: int = 0
     checkpoints_kept: int = 3
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -56,6 +59,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1:
             raise ConfigError("prompts_per_step must be >= 1", "the default is 4")
+        if not 0.0 <= self.rehearsal < 1.0:
+            raise ConfigError(f"rehearsal must be in [0, 1), got {self.rehearsal}", "0.25 rehearses 1 prompt in 4")
         if self.eval_every < 0:
             raise ConfigError("eval_every must be >= 0", "use 0 to evaluate only at stage ends")
         self.generation(0.0)  # validates reasoning_effort / thinking_tokens early
@@ -125,6 +130,7 @@ class Runtime:
         policy: Policy,
         run_dir: Path,
         progress: Progress | None = None,
+        actor: Actor | None = None,
     ) -> None:
         self.config = config
         self.stream = Stream.from_dict(config.stream)
@@ -135,9 +141,11 @@ class Runtime:
         self.learner = GRPOLearner(policy, config.grpo)
         self.store = SQLiteStore(run_dir / "experience.sqlite")
         self.ring = CheckpointRing(run_dir / "checkpoints", keep=config.checkpoints_kept)
-        self.probes = {t: ProbeSet(t, self.stream.probe_size) for t in self.stream.tasks}
-        self._envs: dict[str, Task] = {}
+        # Held-out probes: every task of the stream, and the general-ability probes (never trained).
+        self.probes = {t: ProbeSet(t, self.stream.probe_size) for t in [*self.stream.tasks, *self.stream.general]}
+        self.tasks: dict[str, Task] = {t.label: t for t in [*self.stream.tasks, *self.stream.general]}
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.schedule = self._schedule()
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
@@ -150,29 +158,36 @@ class Runtime:
                 slots.append(_Slot(len(slots) + 1, i))
         return slots
 
-    def _make_env(self, key: str) -> Env:
-        return self._envs[key].make()
+    def make_env(self, label: str) -> Env:
+        """A fresh environment for a task label used in this run's jobs."""
+        return self.tasks[label].make()
+
+    def _tasks_for(self, slot: _Slot) -> list[Task]:
+        """The task of each prompt of a step: the stage's task, plus rehearsal of earlier tasks."""
+        current = self.stream.stages[slot.stage].task
+        earlier = [t for t in dict.fromkeys(s.task for s in self.stream.stages[: slot.stage]) if t != current]
+        n = self.config.prompts_per_step
+        n_old = min(n - 1, round(n * self.config.rehearsal)) if earlier else 0
+        # Round-robin over earlier tasks across steps, so each is practised in turn.
+        old = [earlier[(slot.step * n_old + i) % len(earlier)] for i in range(n_old)]
+        return [current] * (n - n_old) + old
 
     def _jobs_for(self, slot: _Slot) -> list[Job]:
-        task = self.stream.stages[slot.stage].task
         # Seeds depend only on (run seed, step): a resumed run draws the same items.
         rng = random.Random(f"{self.config.seed}:{slot.step}")
-        seeds = self.probes[task].training_seeds(rng, self.config.prompts_per_step)
-        self._envs[task.label] = task
-        return [
-            Job(task.label, seed, group=f"{slot.step}:{i}")
-            for i, seed in enumerate(seeds)
-            for _ in range(self.config.grpo.group_size)
-        ]
+        jobs = []
+        for i, task in enumerate(self._tasks_for(slot)):
+            (seed,) = self.probes[task].training_seeds(rng, 1)
+            jobs += [Job(task.label, seed, group=f"{slot.step}:{i}")] * self.config.grpo.group_size
+        return jobs
 
     # ---- evaluation ------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy success on every task's held-out probe set; probe episodes are stored, not learned."""
         jobs = []
         for task, probe in self.probes.items():
-            self._envs[task.label] = task
             jobs += [Job(task.label, s, split="probe") for s in probe.seeds]
-        episodes = play(self.policy, jobs, self._make_env, self.config.generation(0.0), self.generator)
+        episodes = self.actor.play(jobs, self.config.generation(0.0))
         self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
         scores = {}
         for task in self.probes:
@@ -220,9 +235,7 @@ class Runtime:
         if len(stored) == len(jobs):  # the crash came after storing, before the update: reuse
             episodes = stored
         else:
-            episodes = play(
-                self.policy, jobs, self._make_env, self.config.generation(self.config.grpo.temperature), self.generator
-            )
+            episodes = self.actor.play(jobs, self.config.generation(self.config.grpo.temperature))
             self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
         t_act = time.time() - t0
         report = self.learner.update(make_batch(episodes, self.config.grpo.scale_rewards))

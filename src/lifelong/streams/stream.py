@@ -60,6 +60,9 @@ class Stream:
     stages: tuple[Stage, ...]
     probe_size: int = 48
     description: str = ""
+    # Tasks evaluated alongside the stages' probes but never trained on: skills the pretrained
+    # model already has, to measure forgetting of them.
+    general: tuple[Task, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -78,12 +81,14 @@ class Stream:
             "probe_size": self.probe_size,
             "description": self.description,
             "stages": [{"env": s.task.env, "params": dict(s.task.params), "episodes": s.episodes} for s in self.stages],
+            "general": [{"env": t.env, "params": dict(t.params)} for t in self.general],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Stream:
         stages = tuple(Stage(Task.of(s["env"], **s.get("params", {})), int(s["episodes"])) for s in d["stages"])
-        return cls(d["name"], stages, int(d.get("probe_size", 48)), d.get("description", ""))
+        general = tuple(Task.of(g["env"], **g.get("params", {})) for g in d.get("general", []))
+        return cls(d["name"], stages, int(d.get("probe_size", 48)), d.get("description", ""), general)
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict())
