@@ -61,3 +61,10 @@ def test_eos_ends_a_row(tiny_model, tokenizer) -> None:
     first = _greedy(tiny_model, ctx, n=1)[0].token_ids[0]
     row = sample(tiny_model, ctx, max_new_tokens=10, eos_ids={first}, pad_id=2, temperature=0.0)[0]
     assert row.token_ids == [first] and row.ended == "eos"
+
+
+def test_broken_weights_give_text_not_a_crash(tiny_model, tokenizer) -> None:
+    with torch.no_grad():
+        tiny_model.lm_head.weight[0, 0] = float("nan")
+    rows = sample(tiny_model, [tokenizer.encode("hi")] * 2, max_new_tokens=3, eos_ids=set(), pad_id=2)
+    assert all(len(r.token_ids) == 3 for r in rows)

@@ -88,8 +88,10 @@ class CheckpointRing:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        good = self.latest_good_path()
         for old in self.paths()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != good:  # the newest good checkpoint is what a rollback needs: never prune it
+                shutil.rmtree(old, ignore_errors=True)
         return target
 
     def verify(self, path: Path) -> None:
@@ -107,9 +109,24 @@ class CheckpointRing:
 
     def latest(self) -> Checkpoint | None:
         paths = self.paths()
-        if not paths:
-            return None
-        path = paths[-1]
+        return self.load(paths[-1]) if paths else None
+
+    def latest_good_path(self) -> Path | None:
+        """The newest checkpoint whose state says `good` (passed the update gate)."""
+        for path in reversed(self.paths()):
+            try:
+                if json.loads((path / _STATE).read_text()).get("good"):
+                    return path
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def latest_good(self) -> Checkpoint | None:
+        path = self.latest_good_path()
+        return self.load(path) if path else None
+
+    def load(self, path: Path) -> Checkpoint:
+        """A checkpoint folder, verified against its manifest."""
         self.verify(path)
         state = json.loads((path / _STATE).read_text())
         return Checkpoint(path, int(state["step"]), state)

@@ -116,6 +116,8 @@ class GRPOLearner:
             raise ConfigError("the policy has no trainable parameters", "create the Policy with LoRA settings")
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.step = 0
+        self.lr_scale = 1.0  # set by the guard: backs off after a rollback
+        self.refuse_nonfinite = True  # the guard's cheapest check; off only to show what it prevents
 
     def update(self, batch: Batch) -> UpdateReport:
         cfg, model = self.config, self.policy.model
@@ -128,6 +130,8 @@ class GRPOLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no group had reward spread")
         total_tokens = sum(sum(s.loss_mask) for s in batch.samples)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * self.lr_scale
         model.train()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = 0.0
@@ -138,7 +142,7 @@ class GRPOLearner:
                     sums[k] += v
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
+            if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
                 model.eval()
                 return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
@@ -156,6 +160,7 @@ class GRPOLearner:
             "policy/clip_frac": sums["policy/clip_frac"] / denom,
             "policy/sampler_mismatch": sums["policy/sampler_mismatch"] / denom,
             "grad/norm": grad_norm,
+            "optim/lr": cfg.learning_rate * self.lr_scale,
             "batch/samples": float(len(batch.samples)),
             "batch/tokens": float(total_tokens),
         }

@@ -27,12 +27,12 @@ import torch
 from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.guard.gate import Guard, GuardConfig, Verdict
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.loop.actor import Actor, Job, LocalActor
 from lifelong.memory.store import SQLiteStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
-from lifelong.types import UpdateReport
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class RunConfig:
     checkpoints_kept: int = 3
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1:
@@ -80,6 +81,7 @@ class RunConfig:
         d = dict(d)
         d["grpo"] = GRPOConfig(**d.get("grpo", {}))
         d["lora"] = LoraSettings(**d.get("lora", {}))
+        d["guard"] = GuardConfig(**d.get("guard", {}))
         return cls(**d)
 
 
@@ -147,6 +149,8 @@ class Runtime:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.schedule = self._schedule()
+        self.guard = Guard(config.guard, run_dir, self._drift_prompts(config.guard.drift_prompts))
+        self.learner.refuse_nonfinite = self.guard.enabled
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
 
@@ -158,6 +162,15 @@ class Runtime:
                 slots.append(_Slot(len(slots) + 1, i))
         return slots
 
+    def _drift_prompts(self, n: int) -> list[list[int]]:
+        """Probe prompts for the KL-drift check, taken in turn from every task's probe set."""
+        prompts: list[list[int]] = []
+        for i in range(n):
+            probe = list(self.probes.values())[i % len(self.probes)]
+            observation, _ = probe.task.make().reset(seed=probe.seeds[i // len(self.probes) % len(probe.seeds)])
+            prompts.append(self.policy.start(observation))
+        return prompts
+
     def make_env(self, label: str) -> Env:
         """A fresh environment for a task label used in this run's jobs."""
         return self.tasks[label].make()
@@ -166,10 +179,14 @@ class Runtime:
         """The task of each prompt of a step: the stage's task, plus rehearsal of earlier tasks."""
         current = self.stream.stages[slot.stage].task
         earlier = [t for t in dict.fromkeys(s.task for s in self.stream.stages[: slot.stage]) if t != current]
+        slipping = [self.tasks[label] for label in self.guard.slipping() if self.tasks[label] in earlier]
         n = self.config.prompts_per_step
         n_old = min(n - 1, round(n * self.config.rehearsal)) if earlier else 0
-        # Round-robin over earlier tasks across steps, so each is practised in turn.
-        old = [earlier[(slot.step * n_old + i) % len(earlier)] for i in range(n_old)]
+        if slipping:  # re-learn what slips, even when plain rehearsal is off
+            n_old = max(n_old, min(n - 1, 1))
+        # Slipping tasks first, then round-robin over earlier tasks across steps.
+        rotation = [earlier[(slot.step * n_old + i) % len(earlier)] for i in range(n_old)] if earlier else []
+        old = (slipping + rotation)[:n_old]
         return [current] * (n - n_old) + old
 
     def _jobs_for(self, slot: _Slot) -> list[Job]:
@@ -208,37 +225,69 @@ class Runtime:
         if done_steps == 0 and not self.state["before"]:
             self.progress.note("evaluating the untrained model on held-out probes")
             self.state["before"] = self.evaluate(step=0)
-            self._checkpoint(0)
+            self.guard.gate(0, self.policy, self.state["before"], guarded=[])
+            self.guard.mark_good(self.policy, self.state["before"], self.generator)
+            self._checkpoint(0, good=True)
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
                 break
-            self._step(slot)
+            verdict = self._step(slot)
+            gated = False
             last_of_stage = slot.step == len(self.schedule) or self.schedule[slot.step].stage != slot.stage
             if last_of_stage or (self.config.eval_every and slot.step % self.config.eval_every == 0):
                 self.progress.note(f"step {slot.step}: evaluating probes")
-                self.evaluate(step=slot.step)
+                scores = self.evaluate(step=slot.step)
+                if verdict.keep:  # the thorough gate piggybacks on the evaluation: no extra probes
+                    verdict = self.guard.gate(slot.step, self.policy, scores, self._guarded(slot))
+                    gated = True
+                if verdict.keep and gated:
+                    self.guard.mark_good(self.policy, scores, self.generator)
+            if not verdict.keep and self.guard.enabled:
+                self._rollback(slot.step, verdict)
+                if gated or last_of_stage:  # the recorded scores must be those of the kept weights
+                    self.evaluate(step=slot.step)
             # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
             # it on resume from the stored episodes.
-            self._checkpoint(slot.step)
+            self._checkpoint(slot.step, good=gated and verdict.keep)
         return self.summary()
+
+    def _guarded(self, slot: _Slot) -> list[str]:
+        """Tasks that must not regress: general probes and every task reached so far."""
+        reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
+        return [t.label for t in self.stream.general] + sorted(reached)
+
+    def _rollback(self, step: int, verdict: Verdict) -> None:
+        good = self.ring.latest_good()
+        if good is None:  # cannot happen: step 0 is always good
+            raise RuntimeError("no good checkpoint to roll back to")
+        self.ring.restore(good, self.policy.model, self.learner.optimizer)
+        self.policy.version += 1  # new identity for restored weights; versions never repeat
+        self.guard.rolled_back(step, good.step, verdict.reason)
+        self.progress.note(f"step {step}: update rejected ({verdict.reason}); rolled back to step {good.step}")
+        self._log({"type": "rollback", "step": step, "to_step": good.step, "reason": verdict.reason})
 
     def _start(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         return 0
 
-    def _step(self, slot: _Slot) -> UpdateReport:
-        """Act, store, learn: one update of the schedule."""
+    def _step(self, slot: _Slot) -> Verdict:
+        """Act, store, screen, learn, check: one update of the schedule."""
         t0 = time.time()
         jobs = self._jobs_for(slot)
         stored = self.store.episodes(run_id=self.run_id, step=slot.step, split="train")
         if len(stored) == len(jobs):  # the crash came after storing, before the update: reuse
             episodes = stored
+            self._log({"type": "resume", "step": slot.step, "reused_episodes": len(stored)})
         else:
             episodes = self.actor.play(jobs, self.config.generation(self.config.grpo.temperature))
             self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
         t_act = time.time() - t0
-        report = self.learner.update(make_batch(episodes, self.config.grpo.scale_rewards))
+        learnable = self.guard.screen(slot.step, episodes)
+        self.guard.before_update(self.policy)
+        self.learner.lr_scale = self.guard.state.lr_scale
+        report = self.learner.update(make_batch(learnable, self.config.grpo.scale_rewards))
+        verdict = self.guard.after_update(slot.step, report, self.policy)
         self.state["episodes"] += len(episodes)
         stage = self.stream.stages[slot.stage].task.label
         record: dict[str, Any] = {
@@ -252,11 +301,14 @@ class Runtime:
             "time/act_s": t_act,
             "time/learn_s": time.time() - t0 - t_act,
             "success/train": sum(e.success for e in episodes) / len(episodes),
+            "guard/keep": verdict.keep,
+            "guard/findings": [f.detector for f in verdict.findings],
+            "guard/screened_out": len(episodes) - len(learnable),
             **report.metrics,
         }
         self._log(record)
         self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
-        return report
+        return verdict
 
     # ---- persistence -----------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -264,24 +316,34 @@ class Runtime:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _checkpoint(self, step: int) -> None:
+    def _checkpoint(self, step: int, good: bool) -> None:
         now = time.time()
         self.state["seconds"] += now - self._clock
         self._clock = now
-        state = {**self.state, "version": self.policy.version, "learner_step": self.learner.step}
-        state["rng"] = self.generator.get_state().tolist()
-        self.ring.save(self.policy.model, self.learner.optimizer, step, state)  # type: ignore[arg-type]
+        state = {
+            **self.state,
+            "version": self.policy.version,
+            "learner_step": self.learner.step,
+            "good": good,  # passed the update gate: a rollback target
+            "guard": self.guard.to_dict(),
+            "rng": self.generator.get_state().tolist(),
+        }
+        self.ring.save(self.policy.model, self.learner.optimizer, step, state)
 
     def _restore(self) -> int:
         checkpoint = self.ring.latest()
         if checkpoint is None:
             return 0
-        self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)  # type: ignore[arg-type]
+        self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)
         s = checkpoint.state
         self.state = {k: s[k] for k in ("before", "evals", "episodes", "seconds")}
         self.policy.version = int(s["version"])
         self.learner.step = int(s["learner_step"])
         self.generator.set_state(torch.tensor(s["rng"], dtype=torch.uint8))
+        self.guard.load(s["guard"])
+        if self.guard.enabled:  # the drift reference is samples, not saved: re-draw it
+            self.guard.set_drift_reference(self.policy, self.generator)
+        self._log({"type": "resume", "step": checkpoint.step, "version": self.policy.version})
         return checkpoint.step
 
     def summary(self) -> RunSummary:

@@ -96,6 +96,9 @@ def sample(
     for _ in range(max_new_tokens):
         # Greedy decoding records the model's own (T=1) log-probs, which is what scoring wants.
         logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)  # (B, V)
+        if not torch.isfinite(logp).all():
+            # Broken weights (NaN/Inf) must give broken text, not a crash that loses the batch.
+            logp = torch.log_softmax(torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=-1e4), dim=-1)
         if temperature <= 0:
             drawn = logp.argmax(dim=-1, keepdim=True)
         else:

@@ -1,0 +1,189 @@
+"""Detectors: each looks at one kind of evidence and returns a `Finding` or None.
+
+Two grades, as in Gymnasium's passive checker and Lightning's spike detection:
+  * cheap, on every update: non-finite values, update-size spikes, entropy bounds, reward
+    consistency within a group, reward saturation against the probes;
+  * thorough, at evaluation points (the gate): KL drift on probe prompts and probe regressions.
+Each has its own warm-up, window and tolerance. A finding's `reject` says whether the update must
+be undone; flags are logged and acted on (e.g. quarantining a reward source) without a rollback.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lifelong.types import Episode
+
+
+@dataclass(frozen=True)
+class Finding:
+    detector: str
+    reject: bool  # True: undo the update; False: a flag, logged and acted on otherwise
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NonFiniteCheck:
+    """NaN/Inf in the loss, the gradient or the adapter weights."""
+
+    def check(self, metrics: dict[str, float], nonfinite_params: int) -> Finding | None:
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad or nonfinite_params:
+            return Finding(
+                "non_finite",
+                True,
+                f"non-finite {', '.join(bad) or 'adapter weights'}",
+                {"metrics": bad, "nonfinite_params": nonfinite_params},
+            )
+        return None
+
+
+@dataclass
+class UpdateSizeSpike:
+    """An update far larger than recent ones (a learning-rate spike, a poisoned batch)."""
+
+    factor: float = 10.0
+    warmup: int = 3
+    window: int = 20
+    history: deque[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.window)
+
+    def check(self, size: float) -> Finding | None:
+        if not math.isfinite(size):
+            return Finding("update_spike", True, "update size is not finite", {"size": size})
+        if len(self.history) >= self.warmup:
+            median = statistics.median(self.history)
+            if median > 0 and size > self.factor * median:
+                return Finding(
+                    "update_spike",
+                    True,
+                    f"update norm {size:.3g} is {size / median:.0f}x the recent median {median:.3g}",
+                    {"size": size, "median": median, "factor": self.factor},
+                )
+        self.history.append(size)  # only accepted sizes become the baseline
+        return None
+
+
+@dataclass
+class EntropyBounds:
+    """Collapse (entropy near zero on every token) or gibberish (entropy far above the reference
+    policy's on the same prompts). The upper bound is relative because a model's normal entropy
+    depends on the model and the prompts (a random model sits at log |V|)."""
+
+    low: float = 0.01
+    margin: float = 2.0  # nats per token above the reference
+
+    def check(self, entropy: float, where: str, reference: float | None = None) -> Finding | None:
+        if not entropy >= self.low:  # also catches NaN
+            return Finding(
+                "entropy",
+                True,
+                f"policy entropy {entropy:.3f} on {where} has collapsed (below {self.low})",
+                {"entropy": entropy, "where": where},
+            )
+        if reference is not None and entropy > reference + self.margin:
+            return Finding(
+                "entropy",
+                True,
+                f"policy entropy {entropy:.3f} on {where} exploded (reference {reference:.3f} + {self.margin})",
+                {"entropy": entropy, "reference": reference, "where": where},
+            )
+        return None
+
+
+@dataclass
+class KLDriftGuard:
+    """The policy moved too far on probe prompts since the last good version."""
+
+    budget: float = 1.0  # nats per token
+
+    def check(self, kl: float) -> Finding | None:
+        if not kl <= self.budget:  # also catches NaN
+            return Finding("kl_drift", True, f"KL drift {kl:.3f} nats/token exceeds budget {self.budget}", {"kl": kl})
+        return None
+
+
+@dataclass
+class ProbeRegression:
+    """A guarded task (general ability or one already learned) lost more than its budget."""
+
+    budget: float = 0.10
+
+    def check(self, scores: dict[str, float], reference: dict[str, float]) -> Finding | None:
+        drops = {t: reference[t] - s for t, s in scores.items() if t in reference and reference[t] - s > self.budget}
+        if drops:
+            worst = max(drops, key=lambda t: drops[t])
+            return Finding(
+                "probe_regression",
+                True,
+                f"{worst} fell {100 * drops[worst]:.1f} pts (budget {100 * self.budget:.0f})",
+                {"drops": drops, "scores": scores, "reference": reference},
+            )
+        return None
+
+
+@dataclass
+class RewardConsistency:
+    """The same answer to the same item got different rewards: the reward source is noisy or
+    corrupt. Groups where that happens are dropped from learning."""
+
+    tolerance: float = 1e-6
+
+    def screen(self, episodes: Iterable[Episode]) -> tuple[list[Episode], Finding | None]:
+        by_group: dict[str, list[Episode]] = defaultdict(list)
+        for ep in episodes:
+            by_group[ep.group or ep.id].append(ep)
+        kept: list[Episode] = []
+        bad_groups = []
+        for group, eps in by_group.items():
+            rewards: dict[tuple[str, ...], set[float]] = defaultdict(set)
+            for ep in eps:
+                rewards[tuple(t.completion.answer.strip() for t in ep.turns)].add(round(ep.reward, 6))
+            if any(max(r) - min(r) > self.tolerance for r in rewards.values()):
+                bad_groups.append(group)
+            else:
+                kept.extend(eps)
+        if not bad_groups:
+            return kept, None
+        finding = Finding(
+            "reward_inconsistent",
+            False,
+            f"{len(bad_groups)}/{len(by_group)} groups gave different rewards to identical answers; dropped",
+            {"groups": bad_groups},
+        )
+        return kept, finding
+
+
+@dataclass
+class RewardSaturation:
+    """Training reward near perfect while held-out probes of the same task are far lower: the
+    reward is being gamed or is broken. The task's rewards are quarantined until probes agree."""
+
+    window: int = 3
+    level: float = 0.97
+    gap: float = 0.35
+    recent: dict[str, deque[float]] = field(default_factory=dict)
+
+    def check(self, task: str, train_reward: float, probe_score: float | None) -> Finding | None:
+        history = self.recent.setdefault(task, deque(maxlen=self.window))
+        history.append(train_reward)
+        if probe_score is None or len(history) < self.window:
+            return None
+        mean = sum(history) / len(history)
+        if mean >= self.level and mean - probe_score > self.gap:
+            return Finding(
+                "reward_saturation",
+                False,
+                f"{task}: training reward {mean:.2f} over {self.window} steps but held-out success "
+                f"{probe_score:.2f}; reward quarantined",
+                {"task": task, "train_reward": mean, "probe": probe_score},
+            )
+        return None

@@ -1,0 +1,238 @@
+"""The update gate: keep an update only while training stays healthy; otherwise undo it.
+
+Per step the runtime asks the guard three things:
+  1. `screen(episodes)`: which episodes may be learned from (drops groups whose reward is
+     inconsistent, and tasks whose reward is quarantined as saturated/gamed);
+  2. `after_update(...)`: cheap checks on the update just made (finite, size, entropy);
+  3. at evaluation points, `gate(...)`: thorough checks (KL drift on probe prompts, regressions
+     of general-ability and already-learned tasks against the last good version).
+A rejected verdict makes the runtime restore the last good checkpoint and the guard back off the
+learning rate; a passed gate marks the current adapters good. Every finding is appended to
+`guard_events.jsonl` in the run folder with its evidence.
+
+It also schedules re-learning: a task whose probe score slips below its best is returned by
+`slipping()` so the runtime rehearses it next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifelong.errors import ConfigError
+from lifelong.guard.detectors import (
+    EntropyBounds,
+    Finding,
+    KLDriftGuard,
+    NonFiniteCheck,
+    ProbeRegression,
+    RewardConsistency,
+    RewardSaturation,
+    UpdateSizeSpike,
+)
+from lifelong.guard.health import AdapterSnapshot, DriftReading, ProbeDrift, nonfinite_count
+from lifelong.model.policy import Policy
+from lifelong.types import Episode, UpdateReport
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Guard settings; `enabled=False` turns every check, rollback and back-off off."""
+
+    enabled: bool = True
+    update_spike_factor: float = 10.0  # reject an update this many times the recent median size
+    spike_warmup: int = 3
+    min_entropy: float = 0.01
+    entropy_margin: float = 2.0  # nats/token above the last good version's entropy on probe prompts
+    kl_drift_budget: float = 1.0  # nats/token on probe prompts since the last good version
+    probe_drop_budget: float = 0.10  # max drop of a guarded task's held-out success per gate
+    drift_prompts: int = 8
+    saturation_window: int = 3
+    saturation_gap: float = 0.35
+    slip_threshold: float = 0.05  # a task this far below its best probe score is rehearsed
+    lr_backoff: float = 0.5  # learning-rate factor after a rollback
+    lr_recover: float = 1.25  # factor per passed gate, back up to the configured rate
+    min_lr_scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_backoff < 1:
+            raise ConfigError("lr_backoff must be in (0, 1)", "0.5 halves the learning rate after a rollback")
+        if self.lr_recover < 1:
+            raise ConfigError("lr_recover must be >= 1", "1.25 recovers a quarter per passed gate")
+        if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0:
+            raise ConfigError("budgets must be positive", "the defaults are kl 1.0 nats/token and 10 points")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    keep: bool
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f.message for f in self.findings if f.reject)
+
+
+@dataclass
+class GuardState:
+    """What the guard must remember across a resume (it is saved in every checkpoint)."""
+
+    lr_scale: float = 1.0
+    reference_scores: dict[str, float] = field(default_factory=dict)  # at the last good gate
+    best_scores: dict[str, float] = field(default_factory=dict)
+    latest_scores: dict[str, float] = field(default_factory=dict)
+    quarantined: list[str] = field(default_factory=list)
+    rollbacks: int = 0
+    detections: dict[str, int] = field(default_factory=dict)
+
+
+class Guard:
+    def __init__(self, config: GuardConfig, run_dir: Path, drift_prompts: Sequence[Sequence[int]] = ()) -> None:
+        self.config = config
+        self.events_path = run_dir / "guard_events.jsonl"
+        self.state = GuardState()
+        self.nonfinite = NonFiniteCheck()
+        self.spike = UpdateSizeSpike(config.update_spike_factor, config.spike_warmup)
+        self.entropy = EntropyBounds(config.min_entropy, config.entropy_margin)
+        self.drift_check = KLDriftGuard(config.kl_drift_budget)
+        self.regression = ProbeRegression(config.probe_drop_budget)
+        self.consistency = RewardConsistency()
+        self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
+        self.drift = ProbeDrift(list(drift_prompts)[: config.drift_prompts])
+        self._snapshot: AdapterSnapshot | None = None
+        self.last_drift = DriftReading(0.0, 0.0)
+        self.reference_drift = DriftReading(0.0, 0.0)  # the last good version read against itself
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    # ---- before learning ---------------------------------------------------------------------------
+    def screen(self, step: int, episodes: list[Episode]) -> list[Episode]:
+        """Episodes the learner may use. Logs what it drops and why."""
+        if not self.enabled:
+            return episodes
+        kept, finding = self.consistency.screen(episodes)
+        findings = [finding] if finding else []
+        by_task: dict[str, list[Episode]] = {}
+        for ep in kept:
+            by_task.setdefault(ep.env, []).append(ep)
+        for task, eps in by_task.items():
+            reward = sum(e.reward for e in eps) / len(eps)
+            sat = self.saturation.check(task, reward, self.state.latest_scores.get(task))
+            if sat is not None and task not in self.state.quarantined:
+                self.state.quarantined.append(task)
+                findings.append(sat)
+        self._log(step, findings)
+        return [e for e in kept if e.env not in self.state.quarantined]
+
+    def before_update(self, policy: Policy) -> None:
+        self._snapshot = AdapterSnapshot(policy) if self.enabled else None
+
+    # ---- after learning ----------------------------------------------------------------------------
+    def after_update(self, step: int, report: UpdateReport, policy: Policy) -> Verdict:
+        """Cheap checks on the update just applied (or refused by the learner)."""
+        if not self.enabled:
+            return Verdict(True)
+        findings: list[Finding] = []
+        if report.reason == "non-finite gradient":
+            findings.append(Finding("non_finite", False, "non-finite gradient; the update was skipped", report.metrics))
+        if report.applied:
+            for f in (
+                self.nonfinite.check(report.metrics, nonfinite_count(policy)),
+                self.spike.check(self._snapshot.distance(policy)) if self._snapshot else None,
+                self.entropy.check(report.metrics.get("policy/entropy", 1.0), "the training batch"),
+            ):
+                if f is not None:
+                    findings.append(f)
+        self._log(step, findings)
+        return Verdict(not any(f.reject for f in findings), tuple(findings))
+
+    def gate(self, step: int, policy: Policy, scores: dict[str, float], guarded: Sequence[str]) -> Verdict:
+        """Thorough check at an evaluation point. `scores`: held-out success per task now;
+        `guarded`: tasks that must not regress (general probes and tasks reached so far)."""
+        self.state.latest_scores.update(scores)
+        for task, score in scores.items():
+            self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
+        self._release_quarantine(step, scores)
+        if not self.enabled:
+            return Verdict(True)
+        reading = self.drift.read(policy)
+        findings = [
+            f
+            for f in (
+                self.drift_check.check(reading.kl),
+                self.entropy.check(reading.entropy, "probe prompts", self.reference_drift.entropy)
+                if reading.entropy > 0
+                else None,
+                self.regression.check(
+                    {t: s for t, s in scores.items() if t in guarded},
+                    {t: s for t, s in self.state.reference_scores.items() if t in guarded},
+                ),
+            )
+            if f is not None
+        ]
+        self._log(step, findings, {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores})
+        self.last_drift = reading
+        return Verdict(not any(f.reject for f in findings), tuple(findings))
+
+    def mark_good(self, policy: Policy, scores: dict[str, float], generator: torch.Generator | None = None) -> None:
+        """The current adapters passed the gate: they become the reference for the next one."""
+        self.state.reference_scores = dict(scores)
+        self.state.lr_scale = min(1.0, self.state.lr_scale * self.config.lr_recover)
+        if self.enabled:
+            self.set_drift_reference(policy, generator)
+
+    def set_drift_reference(self, policy: Policy, generator: torch.Generator | None = None) -> None:
+        self.drift.set_reference(policy, generator)
+        self.reference_drift = self.drift.read(policy)
+
+    def rolled_back(self, step: int, to_step: int, reason: str) -> None:
+        self.state.rollbacks += 1
+        self.state.lr_scale = max(self.config.min_lr_scale, self.state.lr_scale * self.config.lr_backoff)
+        self._log(
+            step,
+            [Finding("rollback", False, f"rolled back to step {to_step}: {reason}", {"lr_scale": self.state.lr_scale})],
+        )
+
+    def slipping(self) -> list[str]:
+        """Tasks whose latest probe score is below their best by more than the threshold, worst first."""
+        if not self.enabled:
+            return []
+        gaps = {
+            t: self.state.best_scores[t] - s
+            for t, s in self.state.latest_scores.items()
+            if t in self.state.best_scores and self.state.best_scores[t] - s > self.config.slip_threshold
+        }
+        return sorted(gaps, key=lambda t: -gaps[t])
+
+    def _release_quarantine(self, step: int, scores: dict[str, float]) -> None:
+        for task in list(self.state.quarantined):
+            recent = self.saturation.recent.get(task)
+            if task in scores and recent and sum(recent) / len(recent) - scores[task] <= self.config.saturation_gap:
+                self.state.quarantined.remove(task)
+                self._log(step, [Finding("reward_saturation", False, f"{task}: probes agree again; released", {})])
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def _log(self, step: int, findings: Sequence[Finding], extra: dict[str, Any] | None = None) -> None:
+        for f in findings:
+            self.state.detections[f.detector] = self.state.detections.get(f.detector, 0) + 1
+        if not findings:
+            return
+        self.events_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.events_path, "a") as out:
+            for f in findings:
+                record = {"time": time.time(), "step": step, **asdict(f), **(extra or {})}
+                out.write(json.dumps(record, default=str) + "\n")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self.state)
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.state = GuardState(**d)

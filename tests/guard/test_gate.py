@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lifelong.guard.gate import Guard, GuardConfig
+from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Episode, Turn
+
+
+def _batch_episodes(policy: Policy, seed: int) -> list[Episode]:
+    ctx = policy.start("Pick a token")
+    gen = GenerationConfig(thinking_tokens=0, answer_tokens=2)
+    comps = policy.respond([ctx] * 8, gen, torch.Generator().manual_seed(seed))
+    return [
+        Episode(f"{seed}-{i}", "t", 0, (Turn(tuple(ctx), c, "q", float(i % 2)),), float(i % 2), bool(i % 2), {}, 0, "g")
+        for i, c in enumerate(comps)
+    ]
+
+
+def _guard(policy: Policy, tmp_path: Path, **kw: object) -> Guard:
+    return Guard(GuardConfig(**kw), tmp_path, [policy.start("probe one"), policy.start("probe two")])  # type: ignore[arg-type]
+
+
+def test_learning_rate_spike_is_rejected_after_warmup(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path)
+    learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=1e-3, kl_coef=0.0))
+    for step in range(4):
+        guard.before_update(tiny_policy)
+        verdict = guard.after_update(step, learner.update(make_batch(_batch_episodes(tiny_policy, step))), tiny_policy)
+        assert verdict.keep, verdict.reason
+    learner.lr_scale = 100.0  # the fault: a learning-rate x100 spike
+    guard.before_update(tiny_policy)
+    verdict = guard.after_update(9, learner.update(make_batch(_batch_episodes(tiny_policy, 9))), tiny_policy)
+    assert not verdict.keep and "median" in verdict.reason
+    assert '"detector": "update_spike"' in (tmp_path / "guard_events.jsonl").read_text()
+
+
+def test_drift_is_zero_at_the_reference_and_grows_with_learning(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, kl_drift_budget=1e-4)
+    guard.mark_good(tiny_policy, {"t": 0.5}, torch.Generator().manual_seed(0))
+    verdict = guard.gate(1, tiny_policy, {"t": 0.5}, guarded=["t"])
+    assert verdict.keep and guard.last_drift.kl < 1e-6
+    learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=0.05, kl_coef=0.0))
+    for step in range(3):
+        learner.update(make_batch(_batch_episodes(tiny_policy, step)))
+    verdict = guard.gate(2, tiny_policy, {"t": 0.5}, guarded=["t"])
+    assert not verdict.keep and "KL drift" in verdict.reason
+
+
+def test_probe_regression_on_a_guarded_task_rejects(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, probe_drop_budget=0.1)
+    guard.mark_good(tiny_policy, {"old": 0.8, "general": 0.6})
+    assert not guard.gate(1, tiny_policy, {"old": 0.5, "general": 0.6}, guarded=["old", "general"]).keep
+    # an unguarded task (not reached yet) may move freely
+    assert guard.gate(2, tiny_policy, {"old": 0.8, "general": 0.6, "later": 0.0}, guarded=["old"]).keep
+
+
+def test_rollback_backs_off_and_good_gates_recover_the_learning_rate(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path)
+    guard.rolled_back(3, 1, "test")
+    guard.rolled_back(4, 1, "test")
+    assert guard.state.lr_scale == 0.25 and guard.state.rollbacks == 2
+    guard.mark_good(tiny_policy, {})
+    assert guard.state.lr_scale == 0.3125
+
+
+def test_slipping_tasks_are_reported_worst_first(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, slip_threshold=0.05)
+    guard.gate(1, tiny_policy, {"a": 0.9, "b": 0.8, "c": 0.5}, guarded=[])
+    guard.gate(2, tiny_policy, {"a": 0.7, "b": 0.5, "c": 0.48}, guarded=[])
+    assert guard.slipping() == ["b", "a"]
+
+
+def test_disabled_guard_checks_nothing(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, enabled=False)
+    episodes = _batch_episodes(tiny_policy, 0)
+    assert guard.screen(0, episodes) == episodes
+    guard.mark_good(tiny_policy, {"t": 1.0})
+    assert guard.gate(1, tiny_policy, {"t": 0.0}, guarded=["t"]).keep
+    assert guard.slipping() == []

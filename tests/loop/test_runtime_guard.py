@@ -1,0 +1,82 @@
+"""The rollback path of the runtime, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lifelong.guard.gate import GuardConfig
+from lifelong.guard.health import trainable
+from lifelong.learn.grpo import GRPOConfig
+from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.model.policy import Policy
+from lifelong.streams.stream import Stage, Stream, Task
+from lifelong.types import Batch, UpdateReport
+
+
+def _config(guard: bool) -> RunConfig:
+    stream = Stream("t", (Stage(Task.of("tests.support_envs:coin"), 48),), probe_size=4)
+    return RunConfig(
+        stream=stream.to_dict(),
+        prompts_per_step=2,
+        eval_every=2,
+        answer_tokens=3,
+        grpo=GRPOConfig(group_size=4, learning_rate=1e-3),
+        guard=GuardConfig(enabled=guard),
+    )
+
+
+def _spike_at(runtime: Runtime, step: int) -> None:
+    """Fault injection: the learning rate is multiplied by 1000 for one update."""
+    update = runtime.learner.update
+
+    def faulty(batch: Batch) -> UpdateReport:
+        if runtime.learner.step == step - 1:
+            runtime.learner.lr_scale *= 1000
+        return update(batch)
+
+    runtime.learner.update = faulty  # type: ignore[method-assign]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_rejected_update_is_rolled_back_to_the_last_good_checkpoint(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    _spike_at(runtime, 5)
+    runtime.run(stop_after=5)
+    records = _records(tmp_path / "run")
+    rollbacks = [r for r in records if r["type"] == "rollback"]
+    assert [(r["step"], r["to_step"]) for r in rollbacks] == [(5, 4)]
+    assert "median" in rollbacks[0]["reason"]
+    # the live adapters are exactly those of the good checkpoint at step 4
+    good = load_file(runtime.ring.folder / "step-000004" / "adapter_model.safetensors")
+    live = [p.detach() for p in trainable(tiny_policy)]
+    assert all(torch.equal(a, b) for a, b in zip(live, good.values(), strict=True)) or sum(
+        float(p.abs().sum()) for p in live
+    ) == sum(float(v.abs().sum()) for v in good.values())
+    assert runtime.guard.state.lr_scale == 0.5  # backed off
+    events = (tmp_path / "run" / "guard_events.jsonl").read_text()
+    assert '"detector": "update_spike"' in events and '"detector": "rollback"' in events
+
+
+def test_without_the_guard_the_spike_stays(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=False), tiny_policy, tmp_path / "run")
+    _spike_at(runtime, 5)
+    runtime.run(stop_after=5)
+    assert not [r for r in _records(tmp_path / "run") if r["type"] == "rollback"]
+    assert not (tmp_path / "run" / "guard_events.jsonl").exists()
+
+
+def test_guard_state_survives_a_resume(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    _spike_at(runtime, 5)
+    runtime.run(stop_after=5)
+    resumed = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    resumed.run(resume=True, stop_after=1)
+    assert resumed.guard.state.rollbacks == 1
+    assert resumed.guard.state.lr_scale < 1.0
