@@ -100,3 +100,22 @@ class UpdateReport:
     applied: bool
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """One item of the fast-path memory: a lesson from a failure or an example of a success.
+
+    `key` is the question it is about (for retrieval), `text` what goes into the context,
+    `provenance` the ids of the episodes it was made from.
+    """
+
+    id: str
+    kind: str  # "lesson" or "example"
+    task: str
+    key: str
+    text: str
+    provenance: tuple[str, ...]
+    created: float
+    uses: int = 0
+    wins: int = 0

@@ -98,7 +98,8 @@ class Guard:
         self.events_path = run_dir / "guard_events.jsonl"
         self.state = GuardState()
         self.nonfinite = NonFiniteCheck()
-        self.spike = UpdateSizeSpike(config.update_spike_factor, config.spike_warmup)
+        # one baseline per kind of update: an RL step and a distillation step differ in size
+        self.spikes: dict[str, UpdateSizeSpike] = {}
         self.entropy = EntropyBounds(config.min_entropy, config.entropy_margin)
         self.drift_check = KLDriftGuard(config.kl_drift_budget)
         self.regression = ProbeRegression(config.probe_drop_budget)
@@ -136,7 +137,7 @@ class Guard:
         self._snapshot = AdapterSnapshot(policy) if self.enabled else None
 
     # ---- after learning ----------------------------------------------------------------------------
-    def after_update(self, step: int, report: UpdateReport, policy: Policy) -> Verdict:
+    def after_update(self, step: int, report: UpdateReport, policy: Policy, kind: str = "rl") -> Verdict:
         """Cheap checks on the update just applied (or refused by the learner)."""
         if not self.enabled:
             return Verdict(True)
@@ -146,13 +147,18 @@ class Guard:
         if report.applied:
             for f in (
                 self.nonfinite.check(report.metrics, nonfinite_count(policy)),
-                self.spike.check(self._snapshot.distance(policy)) if self._snapshot else None,
+                self._spike(kind).check(self._snapshot.distance(policy)) if self._snapshot else None,
                 self.entropy.check(report.metrics.get("policy/entropy", 1.0), "the training batch"),
             ):
                 if f is not None:
                     findings.append(f)
         self._log(step, findings)
         return Verdict(not any(f.reject for f in findings), tuple(findings))
+
+    def _spike(self, kind: str) -> UpdateSizeSpike:
+        if kind not in self.spikes:
+            self.spikes[kind] = UpdateSizeSpike(self.config.update_spike_factor, self.config.spike_warmup)
+        return self.spikes[kind]
 
     def gate(self, step: int, policy: Policy, scores: dict[str, float], guarded: Sequence[str]) -> Verdict:
         """Thorough check at an evaluation point. `scores`: held-out success per task now;

@@ -18,16 +18,16 @@ from lifelong.model.sampler import left_pad, positions
 from lifelong.types import Sample
 
 
-def completion_logprobs(
+def completion_log_softmax(
     model: torch.nn.Module,
     samples: Sequence[Sample],
     pad_id: int,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
+    """(log_softmax over the vocabulary (B, C, V), completion ids (B, C), loss mask (B, C)).
 
-    Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
-    and on tokens the runtime forced).
+    Row i, position t is the distribution that predicted completion token t of sample i.
+    Gradients flow when called with grad enabled.
     """
     if not samples:
         raise ValueError("no samples to score")
@@ -71,7 +71,21 @@ def completion_logprobs(
             use_cache=True,
         )
         logits = torch.cat([first_logits, out.logits], dim=1)  # (B, C, V)
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    pad_id: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
+
+    Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
+    and on tokens the runtime forced).
+    """
+    logp_all, comp, loss_mask = completion_log_softmax(model, samples, pad_id, temperature)
     logp = logp_all.gather(-1, comp.unsqueeze(-1)).squeeze(-1)  # (B, C)
     with torch.no_grad():  # entropy is a health metric, not a loss term
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)

@@ -23,17 +23,23 @@ from lifelong.types import Completion, Episode, Turn
 
 @dataclass(frozen=True)
 class Job:
-    """One episode to play: which environment, which seed, which GRPO group."""
+    """One episode to play: which environment, which seed, which GRPO group. `context` is put in
+    front of the first observation (lessons recalled from memory, for a retry)."""
 
     env: str
     seed: int
     group: str = ""
     split: str = "train"
+    context: str = ""
 
 
 class Actor(Protocol):
     """Plays jobs with the current policy. The runtime only talks to this, so episodes can come
-    from this process (`LocalActor`) or from remote rollout workers, with one loop for both."""
+    from this process (`LocalActor`) or from remote rollout workers, with one loop for both.
+
+    An actor may also offer `prefetch(jobs, gen) -> None`: the runtime then announces the next
+    step's jobs before it learns, so they can be sampled meanwhile; such an actor must bound how
+    stale what it returns is (`scale.ray_actor.RayActor`)."""
 
     def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]: ...
 
@@ -80,7 +86,8 @@ def play(
         except Exception as exc:  # a broken environment fails its episode, not the batch
             live.append(_Live(job, env, [], "", [], {"error": f"reset: {type(exc).__name__}: {exc}"}, done=True))
             continue
-        live.append(_Live(job, env, policy.start(observation), observation, [], dict(info)))
+        shown = f"{job.context}\n\n{observation}" if job.context else observation
+        live.append(_Live(job, env, policy.start(shown), observation, [], dict(info)))
     for _ in range(max((e.env.max_turns for e in live), default=0)):
         active = [e for e in live if not e.done]
         if not active:

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,11 +28,15 @@ from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import Guard, GuardConfig, Verdict
+from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
+from lifelong.learn.sft import SFTLearner, make_sft_batch
 from lifelong.loop.actor import Actor, Job, LocalActor
+from lifelong.memory.book import MemoryBook, MemoryConfig, notes
 from lifelong.memory.store import SQLiteStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
+from lifelong.types import Batch, Episode, MemoryItem, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,22 @@ class RunConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    # What the agent does with its experience (see `for_method` for the named combinations).
+    method: str = "lifelong"
+    update_rule: str = "grpo"  # "grpo", "sft" or "none" (weights never change)
+    memory_in_context: bool = False  # recall lessons and examples into every training context
+    write_memory: bool = True  # keep lessons from failures (and, with memory in context, examples)
+    consolidate: bool = True  # retry stuck items with their lesson; distil the successes into weights
+    retries: int = 4  # samples of a retry with the lesson in context
+    replay_lessons: int = 4  # earlier consolidated lessons mixed into each distillation update
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:
+        if self.update_rule not in UPDATE_RULES:
+            raise ConfigError(f"unknown update_rule {self.update_rule!r}", f"use one of {', '.join(UPDATE_RULES)}")
+        if self.consolidate and self.update_rule == "none":
+            raise ConfigError("consolidate needs weights that learn", "set update_rule to grpo or sft")
         if self.prompts_per_step < 1:
             raise ConfigError("prompts_per_step must be >= 1", "the default is 4")
         if not 0.0 <= self.rehearsal < 1.0:
@@ -82,7 +100,36 @@ class RunConfig:
         d["grpo"] = GRPOConfig(**d.get("grpo", {}))
         d["lora"] = LoraSettings(**d.get("lora", {}))
         d["guard"] = GuardConfig(**d.get("guard", {}))
+        d["distill"] = DistillConfig(**d.get("distill", {}))
+        d["memory"] = MemoryConfig(**d.get("memory", {}))
         return cls(**d)
+
+    @classmethod
+    def for_method(cls, method: str, **settings: Any) -> RunConfig:
+        """The named methods compared by `lifelong eval`, on otherwise identical settings:
+
+        frozen    no learning at all
+        memory    lessons and examples recalled into context; weights never change
+        sft       fine-tune on its own successful episodes, stage after stage
+        grpo      plain group-relative policy gradient: no guard, no rehearsal, no memory
+        lifelong  GRPO + guard + rehearsal + retry-with-lesson consolidated by self-distillation
+        """
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+        guard = settings.pop("guard", GuardConfig())
+        plain = {"rehearsal": 0.0, "guard": replace(guard, enabled=False), "consolidate": False}
+        presets: dict[str, dict[str, Any]] = {
+            "frozen": {**plain, "update_rule": "none", "write_memory": False},
+            "memory": {**plain, "update_rule": "none", "memory_in_context": True},
+            "sft": {**plain, "update_rule": "sft", "write_memory": False},
+            "grpo": {**plain, "update_rule": "grpo", "write_memory": False},
+            "lifelong": {"update_rule": "grpo", "guard": guard},
+        }
+        return cls(**{**settings, **presets[method], "method": method})
+
+
+METHODS = ("frozen", "memory", "sft", "grpo", "lifelong")
+UPDATE_RULES = ("grpo", "sft", "none")
 
 
 @dataclass(frozen=True)
@@ -140,8 +187,12 @@ class Runtime:
         self.run_dir = run_dir
         self.run_id = run_dir.name
         self.progress = progress or NoProgress()
-        self.learner = GRPOLearner(policy, config.grpo)
+        self.learner: GRPOLearner | SFTLearner = (
+            SFTLearner(policy, config.grpo) if config.update_rule == "sft" else GRPOLearner(policy, config.grpo)
+        )
         self.store = SQLiteStore(run_dir / "experience.sqlite")
+        self.memory = MemoryBook(self.store, config.memory)
+        self.distiller = SelfDistiller(policy, self.learner.optimizer, config.distill)
         self.ring = CheckpointRing(run_dir / "checkpoints", keep=config.checkpoints_kept)
         # Held-out probes: every task of the stream, and the general-ability probes (never trained).
         self.probes = {t: ProbeSet(t, self.stream.probe_size) for t in [*self.stream.tasks, *self.stream.general]}
@@ -195,15 +246,23 @@ class Runtime:
         jobs = []
         for i, task in enumerate(self._tasks_for(slot)):
             (seed,) = self.probes[task].training_seeds(rng, 1)
-            jobs += [Job(task.label, seed, group=f"{slot.step}:{i}")] * self.config.grpo.group_size
+            context = self._recall(task, seed) if self.config.memory_in_context else ""
+            jobs += [Job(task.label, seed, group=f"{slot.step}:{i}", context=context)] * self.config.grpo.group_size
         return jobs
+
+    def _recall(self, task: Task, seed: int) -> str:
+        """Lessons and examples from memory about this item, as context for acting on it."""
+        return notes(self.memory.retrieve(task.label, task.make().item_key(seed)))
 
     # ---- evaluation ------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy success on every task's held-out probe set; probe episodes are stored, not learned."""
         jobs = []
         for task, probe in self.probes.items():
-            jobs += [Job(task.label, s, split="probe") for s in probe.seeds]
+            recall = self.config.memory_in_context
+            jobs += [
+                Job(task.label, s, split="probe", context=self._recall(task, s) if recall else "") for s in probe.seeds
+            ]
         episodes = self.actor.play(jobs, self.config.generation(0.0))
         self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
         scores = {}
@@ -283,11 +342,20 @@ class Runtime:
             episodes = self.actor.play(jobs, self.config.generation(self.config.grpo.temperature))
             self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
         t_act = time.time() - t0
+        prefetch = getattr(self.actor, "prefetch", None)  # actors that sample ahead (scale/ray_actor.py)
+        if prefetch is not None and slot.step < len(self.schedule):
+            # Let them sample the next step while this one learns; they bound the staleness.
+            prefetch(self._jobs_for(self.schedule[slot.step]), self.config.generation(self.config.grpo.temperature))
+        if self.config.write_memory and self.config.memory_in_context:
+            self._remember(episodes)
         learnable = self.guard.screen(slot.step, episodes)
         self.guard.before_update(self.policy)
         self.learner.lr_scale = self.guard.state.lr_scale
-        report = self.learner.update(make_batch(learnable, self.config.grpo.scale_rewards))
+        report = self._update(learnable)
         verdict = self.guard.after_update(slot.step, report, self.policy)
+        consolidation: dict[str, float] = {}
+        if verdict.keep and self.config.consolidate:
+            consolidation, verdict = self._consolidate(slot, episodes)
         self.state["episodes"] += len(episodes)
         stage = self.stream.stages[slot.stage].task.label
         record: dict[str, Any] = {
@@ -305,10 +373,79 @@ class Runtime:
             "guard/findings": [f.detector for f in verdict.findings],
             "guard/screened_out": len(episodes) - len(learnable),
             **report.metrics,
+            **consolidation,
         }
         self._log(record)
         self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
         return verdict
+
+    def _update(self, episodes: list[Episode]) -> UpdateReport:
+        rule = self.config.update_rule
+        if rule == "none":
+            rewards = [e.reward for e in episodes]
+            mean = sum(rewards) / len(rewards) if rewards else 0.0
+            return UpdateReport(self.learner.step, False, {"reward/mean": mean}, reason="this method does not learn")
+        batch: Batch = (
+            make_sft_batch(episodes) if rule == "sft" else make_batch(episodes, self.config.grpo.scale_rewards)
+        )
+        return self.learner.update(batch)
+
+    def _remember(self, episodes: list[Episode]) -> None:
+        """Memory method: a lesson for every failed item, an example for every solved one."""
+        by_item: dict[tuple[str, int], list[Episode]] = {}
+        for ep in episodes:
+            by_item.setdefault((ep.env, ep.seed), []).append(ep)
+        for eps in by_item.values():
+            wins = [e for e in eps if e.success]
+            self.memory.add_example(wins[0]) if wins else self.memory.add_lesson(eps[0])
+
+    def _consolidate(self, slot: _Slot, episodes: list[Episode]) -> tuple[dict[str, float], Verdict]:
+        """The failure path: items where every sample failed are retried with their lesson in
+        context; retries that succeed are distilled into the weights (teacher = with the lesson,
+        student = without), mixed with replay of lessons consolidated before."""
+        groups: dict[str, list[Episode]] = {}
+        for ep in episodes:
+            groups.setdefault(ep.group, []).append(ep)
+        stuck = [eps[0] for eps in groups.values() if not any(e.success for e in eps) and eps[0].turns]
+        stuck = [ep for ep in stuck if self.make_env(ep.env).max_turns == 1]  # single-turn lessons only
+        if not stuck:
+            return {"memory/stuck": 0.0}, Verdict(True)
+        lessons = {ep.group: self.memory.add_lesson(ep) for ep in stuck}
+        jobs = [
+            Job(ep.env, ep.seed, group=f"{ep.group}:retry", split="retry", context=notes([lessons[ep.group]]))
+            for ep in stuck
+            for _ in range(self.config.retries)
+        ]
+        retries = self.actor.play(jobs, self.config.generation(1.0))
+        self.store.add(retries, run_id=self.run_id, step=slot.step, model=self.policy.name)
+        new: list[Lesson] = []
+        for ep in stuck:
+            wins = [r for r in retries if r.group == f"{ep.group}:retry" and r.success]
+            self.memory.record([lessons[ep.group]], won=bool(wins))
+            if wins:
+                student = tuple(self.policy.start(ep.turns[0].observation))
+                new.append(Lesson(student, wins[0].turns[0].prompt_ids, tuple(w.turns[0].completion for w in wins)))
+        metrics = {"memory/stuck": float(len(stuck)), "memory/retry_solved": float(len(new))}
+        if not new:
+            return metrics, Verdict(True)
+        replay = self._replay_lessons(exclude={lessons[g].id for g in lessons})
+        self.guard.before_update(self.policy)
+        self.distiller.lr_scale = self.guard.state.lr_scale
+        report = self.distiller.update(new + replay, self.generator)
+        verdict = self.guard.after_update(slot.step, report, self.policy, kind="distill")
+        return {**metrics, **report.metrics, "memory/replayed": float(len(replay))}, verdict
+
+    def _replay_lessons(self, exclude: set[str]) -> list[Lesson]:
+        """Lessons that helped before (a retry with them succeeded), as replay for distillation."""
+        helped = [i for i in self.memory.items() if i.kind == "lesson" and i.wins > 0 and i.id not in exclude]
+        rng = random.Random(f"{self.config.seed}:replay:{len(helped)}")
+        return [self.lesson_of(item) for item in rng.sample(helped, min(self.config.replay_lessons, len(helped)))]
+
+    def lesson_of(self, item: MemoryItem) -> Lesson:
+        """A memory item as a distillation lesson: its question with and without the item in context."""
+        student = tuple(self.policy.start(item.key))
+        teacher = tuple(self.policy.start(f"{notes([item])}\n\n{item.key}"))
+        return Lesson(student, teacher)
 
     # ---- persistence -----------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.errors import LifelongError
-from lifelong.types import Completion, Episode, StopReason, Turn
+from lifelong.types import Completion, Episode, MemoryItem, StopReason, Turn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -44,6 +44,29 @@ _MIGRATIONS: dict[int, str] = {
         created REAL NOT NULL
     );
     CREATE INDEX episodes_run_step ON episodes (run_id, step, split);
+    """,
+    # Fast-path memory: small items (lessons from failures, examples of successes) with provenance,
+    # and a log of every edit, so memory is changed item by item and never rewritten whole.
+    2: """
+    CREATE TABLE memory_items (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        task TEXT NOT NULL,
+        key TEXT NOT NULL,
+        text TEXT NOT NULL,
+        provenance TEXT NOT NULL,
+        created REAL NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0,
+        wins INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX memory_items_task ON memory_items (task);
+    CREATE TABLE memory_edits (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        op TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
     """,
 }
 
@@ -165,6 +188,58 @@ class SQLiteStore:
             raise
         return len(rows)
 
+    # ---- memory items -------------------------------------------------------------------------
+    def add_memory(self, item: MemoryItem) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO memory_items VALUES (?,?,?,?,?,?,?,?,?)",
+                    (item.id, item.kind, item.task, item.key, item.text, json.dumps(list(item.provenance)),
+                     item.created, item.uses, item.wins),
+                ),
+                _edit("add", item.id, {"kind": item.kind, "task": item.task, "key": item.key}),
+            ]
+        )  # fmt: skip
+
+    def forget_memory(self, item_id: str, reason: str) -> bool:
+        """Delete one item (explicit forgetting); returns False if it did not exist."""
+        exists = self._db.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone()
+        if not exists:
+            return False
+        self._write(
+            [("DELETE FROM memory_items WHERE id = ?", (item_id,)), _edit("forget", item_id, {"reason": reason})]
+        )
+        return True
+
+    def record_memory_use(self, item_id: str, won: bool) -> None:
+        self._write(
+            [
+                ("UPDATE memory_items SET uses = uses + 1, wins = wins + ? WHERE id = ?", (int(won), item_id)),
+                _edit("use", item_id, {"won": won}),
+            ]
+        )
+
+    def memory_items(self, task: str | None = None) -> list[MemoryItem]:
+        sql, args = self._where(task=task)
+        columns = "id, kind, task, key, text, provenance, created, uses, wins"
+        rows = self._db.execute(f"SELECT {columns} FROM memory_items{sql} ORDER BY created", args)
+        return [MemoryItem(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8]) for r in rows]
+
+    def memory_edits(self) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self._db.execute("SELECT op, item_id, detail FROM memory_edits ORDER BY seq")
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run statements in one transaction: all or nothing."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                self._db.execute(sql, args)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     # ---- reading ------------------------------------------------------------------------------
     def count(self, run_id: str | None = None, split: str | None = None) -> int:
         sql, args = self._where(run_id=run_id, split=split)
@@ -174,13 +249,17 @@ class SQLiteStore:
         sql, args = self._where(run_id=run_id)
         return {r[0] for r in self._db.execute(f"SELECT id FROM episodes{sql}", args)}
 
+    def episode(self, episode_id: str) -> Episode | None:
+        found = list(self.iter_episodes(id=episode_id))
+        return found[0] if found else None
+
     def episodes(self, run_id: str | None = None, step: int | None = None, split: str | None = None) -> list[Episode]:
         return list(self.iter_episodes(run_id=run_id, step=step, split=split))
 
     def iter_episodes(
-        self, run_id: str | None = None, step: int | None = None, split: str | None = None
+        self, run_id: str | None = None, step: int | None = None, split: str | None = None, id: str | None = None
     ) -> Iterator[Episode]:
-        sql, args = self._where(run_id=run_id, step=step, split=split)
+        sql, args = self._where(run_id=run_id, step=step, split=split, id=id)
         query = (
             "SELECT id, env, seed, group_id, split, reward, success, info, turns, adapter_version, created "
             f"FROM episodes{sql} ORDER BY rowid"
@@ -206,6 +285,13 @@ class SQLiteStore:
         if not parts:
             return "", []
         return " WHERE " + " AND ".join(p for p, _ in parts), [v for _, v in parts]
+
+
+def _edit(op: str, item_id: str, detail: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT INTO memory_edits (time, op, item_id, detail) VALUES (?,?,?,?)",
+        (time.time(), op, item_id, json.dumps(detail)),
+    )
 
 
 def episode_summary(ep: Episode) -> dict[str, Any]:

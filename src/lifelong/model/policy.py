@@ -135,6 +135,20 @@ class Policy:
                 suffix = suffix[len(eos_text) :]
         return ids + self._encode(suffix)
 
+    def answer_start(self, completion: Completion) -> int:
+        """Index of the first token after the answer marker (len(tokens) if there is none)."""
+        ids = completion.token_ids
+        low, high = 0, len(ids)
+        if ANSWER_MARKER not in self._text(ids):
+            return len(ids)
+        while low < high:  # smallest prefix whose text contains the marker
+            mid = (low + high) // 2
+            if ANSWER_MARKER in self._text(ids[:mid]):
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
     # ---- acting ----------------------------------------------------------------------------
     @torch.no_grad()
     def respond(

@@ -1,0 +1,170 @@
+"""The unstuck rate: after failing an item once, does the agent solve it next time, with memory off?
+
+Held-out items (never seen in training) are met once, greedily. For those failed at this first
+encounter, each method does what it does with a failure and its correction (the environment's
+ground truth, as a teacher would give it):
+
+  frozen    nothing
+  memory    writes a lesson into memory (context only; weights never change)
+  lifelong  writes the lesson, retries with it in context, distils successful retries into the
+            weights (teacher = with the lesson, student = without; replay of earlier lessons), and
+            runs one consolidation ("sleep") pass over all lessons that helped
+
+All failures are processed before any item is met again, so later lessons can interfere with
+earlier ones. At the next encounter memory is switched OFF: only the weights answer. The unstuck
+rate is the fraction of first-encounter failures solved then. For context, the memory method is
+also scored with its memory ON, and lifelong's weights are checked on other held-out items
+(general drift), so unstuck items are not bought with damage elsewhere.
+
+    python benchmarks/unstuck.py [--items 40] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lifelong.cli import _quiet_libraries
+from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
+from lifelong.loop.actor import Job, play
+from lifelong.memory.book import MemoryBook, notes
+from lifelong.memory.store import SQLiteStore
+from lifelong.model.loading import load_model
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.streams.stream import PROBE_SEED_BASE, Task
+from lifelong.types import Episode, MemoryItem
+
+TASKS = (Task.of("add", max_value=20), Task.of("larger"), Task.of("letter", position="last"))
+GREEDY = GenerationConfig(thinking_tokens=0, answer_tokens=12, temperature=0.0)
+SAMPLED = GenerationConfig(thinking_tokens=0, answer_tokens=12, temperature=1.0)
+
+
+def items(n: int, offset: int) -> list[Job]:
+    """n held-out items per task (probe-range seeds, never used for training)."""
+    return [Job(t.label, PROBE_SEED_BASE + offset + i, split="probe") for t in TASKS for i in range(n)]
+
+
+def make_env(label: str):  # type: ignore[no-untyped-def]
+    return {t.label: t for t in TASKS}[label].make()
+
+
+def encounter(policy: Policy, jobs: Sequence[Job]) -> list[Episode]:
+    return play(policy, jobs, make_env, GREEDY)
+
+
+def success_rate(episodes: Sequence[Episode]) -> float:
+    return sum(e.success for e in episodes) / max(len(episodes), 1)
+
+
+def lesson_of(policy: Policy, item: MemoryItem, wins: Sequence[Episode] = ()) -> Lesson:
+    student = tuple(policy.start(item.key))
+    teacher = tuple(policy.start(f"{notes([item])}\n\n{item.key}"))
+    return Lesson(student, wins[0].turns[0].prompt_ids if wins else teacher, tuple(w.turns[0].completion for w in wins))
+
+
+def run_lifelong(
+    policy: Policy, failures: list[Episode], book: MemoryBook, args: argparse.Namespace, gen: torch.Generator
+) -> dict[str, float]:
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=args.lr)
+    distiller = SelfDistiller(policy, optimizer, DistillConfig(learning_rate=args.lr))
+    helped: list[MemoryItem] = []
+    retried = solved = 0
+    rng = random.Random(0)
+    for start in range(0, len(failures), args.batch):
+        batch = failures[start : start + args.batch]
+        lessons = {ep.id: book.add_lesson(ep) for ep in batch}
+        jobs = [
+            Job(ep.env, ep.seed, group=ep.id, split="retry", context=notes([lessons[ep.id]]))
+            for ep in batch
+            for _ in range(args.retries)
+        ]
+        retries = play(policy, jobs, make_env, SAMPLED, gen)
+        new: list[Lesson] = []
+        for ep in batch:
+            wins = [r for r in retries if r.group == ep.id and r.success]
+            retried += 1
+            book.record([lessons[ep.id]], won=bool(wins))
+            if wins:
+                solved += 1
+                new.append(lesson_of(policy, lessons[ep.id], wins))
+                helped.append(lessons[ep.id])
+        if not new:
+            continue
+        for _ in range(args.updates):
+            replay = [lesson_of(policy, i) for i in rng.sample(helped, min(args.replay, len(helped)))]
+            distiller.update(new + replay, gen)
+    for _ in range(args.sleep_rounds):  # the slow path: one pass over everything that helped
+        order = rng.sample(helped, len(helped))
+        for start in range(0, len(order), args.batch):
+            distiller.update([lesson_of(policy, i) for i in order[start : start + args.batch]], gen)
+    return {"retry_success": solved / max(retried, 1), "lessons_consolidated": float(len(helped))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=40, help="held-out items per task")
+    parser.add_argument("--retries", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8, help="failures handled per update")
+    parser.add_argument("--updates", type=int, default=2, help="distillation updates per batch")
+    parser.add_argument("--replay", type=int, default=4)
+    parser.add_argument("--sleep-rounds", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    _quiet_libraries()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    model, tok, name = load_model()
+    policy = Policy(model, tok, name=name)
+    work = Path(tempfile.mkdtemp(prefix="lifelong-unstuck-"))
+    jobs = items(args.items, 0)
+    others = items(args.items // 2, 10_000)  # different held-out items, to check for damage
+
+    first = encounter(policy, jobs)
+    failures = [e for e in first if not e.success]
+    base_others = success_rate(encounter(policy, others))
+    print(f"{len(jobs)} items, {len(failures)} failed at first encounter ({time.time() - t0:.0f}s)", file=sys.stderr)
+    failed_jobs = [Job(e.env, e.seed, split="probe") for e in failures]
+
+    results: dict[str, float] = {}
+    # frozen: the weights never change, so the next encounter is the first one again
+    results["frozen"] = success_rate(encounter(policy, failed_jobs))
+
+    book = MemoryBook(SQLiteStore(work / "memory.sqlite"))
+    for ep in failures:
+        book.add_lesson(ep)
+    results["memory_weights_only"] = success_rate(encounter(policy, failed_jobs))
+    with_context = [
+        Job(j.env, j.seed, split="probe", context=notes(book.retrieve(j.env, make_env(j.env).item_key(j.seed))))
+        for j in failed_jobs
+    ]
+    memory_on = success_rate(encounter(policy, with_context))
+    print(f"frozen and memory done ({time.time() - t0:.0f}s)", file=sys.stderr)
+
+    life_book = MemoryBook(SQLiteStore(work / "lifelong.sqlite"))
+    extra = run_lifelong(policy, failures, life_book, args, torch.Generator().manual_seed(0))
+    results["lifelong"] = success_rate(encounter(policy, failed_jobs))
+    life_others = success_rate(encounter(policy, others))
+    minutes = (time.time() - t0) / 60
+
+    print(f"\nunstuck rate over {len(failures)} items failed at first encounter (memory off at the next):")
+    for key in ("frozen", "memory_weights_only", "lifelong"):
+        print(f"  {key:22s} {100 * results[key]:5.1f}%")
+    print(f"  (memory, with its memory on: {100 * memory_on:.1f}%)")
+    print(f"  (lifelong retries with the lesson solved {100 * extra['retry_success']:.1f}%)")
+    print(f"  other held-out items, lifelong weights: {100 * base_others:.1f}% -> {100 * life_others:.1f}%")
+    print(f"({minutes:.1f} minutes)")
+    if args.json:
+        print(json.dumps({**{k: round(v, 4) for k, v in results.items()}, "items": len(failures)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""On-policy self-distillation: the model with a lesson in its context teaches itself without it.
+
+After a failure, the agent retries with a lesson (feedback, a correction, a past success) in its
+context and succeeds. That success lives only in the context; this update moves it into the weights.
+The teacher is the policy *with* the lesson, the student the same policy *without* it (one set of
+weights; the teacher side runs under no_grad). On completions the student sampled itself (on-policy)
+plus the teacher's successful retry, the loss is the per-token reverse KL(student || teacher) over
+the whole vocabulary, so mass moves to what the teacher prefers even where the student never sampled
+it (GKD, Agarwal et al. 2024; "on-policy distillation", Thinking Machines 2025).
+
+Only answer tokens are targets: the chain of thought is never a distillation target.
+Replay: `Lesson`s built from earlier successes (teacher prompt = student prompt) keep the student
+where it already is on them, so consolidating a new item does not overwrite old ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lifelong.errors import ConfigError
+from lifelong.learn.logprobs import completion_log_softmax
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Completion, Sample, UpdateReport
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    learning_rate: float = 2e-4
+    student_samples: int = 4  # on-policy samples per lesson per step
+    max_grad_norm: float = 1.0
+    answer_tokens: int = 12
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.student_samples < 0:
+            raise ConfigError("learning_rate must be > 0 and student_samples >= 0", "defaults: 2e-4 and 4")
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One thing to consolidate: the same question with and without its lesson in context."""
+
+    student_prompt: tuple[int, ...]
+    teacher_prompt: tuple[int, ...]
+    successes: tuple[Completion, ...] = ()  # the teacher's successful retries (or past successes)
+
+
+class SelfDistiller:
+    """Consolidates lessons into the adapters. Shares the optimizer with the RL learner, so the
+    adapters have one optimizer state and one checkpoint."""
+
+    def __init__(
+        self, policy: Policy, optimizer: torch.optim.Optimizer, config: DistillConfig = DistillConfig()
+    ) -> None:
+        self.policy = policy
+        self.optimizer = optimizer
+        self.config = config
+        self.lr_scale = 1.0
+
+    def _answer_mask(self, completion: Completion) -> tuple[int, ...]:
+        start = self.policy.answer_start(completion)
+        return tuple(m if i >= start else 0 for i, m in enumerate(completion.loss_mask))
+
+    def update(self, lessons: Sequence[Lesson], generator: torch.Generator | None = None) -> UpdateReport:
+        if not lessons:
+            return UpdateReport(0, False, {}, reason="no lessons")
+        cfg, model = self.config, self.policy.model
+        gen = GenerationConfig(thinking_tokens=0, answer_tokens=cfg.answer_tokens, temperature=1.0)
+        pairs: list[tuple[Sample, Sample]] = []
+        contexts = [lesson.student_prompt for lesson in lessons for _ in range(cfg.student_samples)]
+        sampled = iter(self.policy.respond(contexts, gen, generator) if contexts else [])
+        for lesson in lessons:
+            completions = [next(sampled) for _ in range(cfg.student_samples)] + list(lesson.successes)
+            for c in completions:
+                answer_mask = self._answer_mask(c)
+                if sum(answer_mask) == 0:
+                    continue
+                pairs.append(
+                    (
+                        Sample(lesson.student_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
+                        Sample(lesson.teacher_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
+                    )
+                )
+        if not pairs:
+            return UpdateReport(0, False, {}, reason="no answer tokens to distil")
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * self.lr_scale
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        student_logp, _, mask = completion_log_softmax(model, [s for s, _ in pairs], self.policy.pad_id)
+        with torch.no_grad():
+            teacher_logp, _, _ = completion_log_softmax(model, [t for _, t in pairs], self.policy.pad_id)
+        # reverse KL per position: sum_v p_s (log p_s - log p_t)    (B, C)
+        kl = (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
+        tokens = mask.sum().clamp(min=1)
+        loss = (kl * mask).sum() / tokens
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        applied = math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.policy.version += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        return UpdateReport(
+            self.policy.version,
+            applied,
+            {
+                "distill/kl": float(loss),
+                "distill/tokens": float(tokens),
+                "distill/sequences": float(len(pairs)),
+                "grad/norm": grad_norm,
+            },
+            reason="" if applied else "non-finite gradient",
+        )

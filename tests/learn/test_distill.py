@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import torch
+
+from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
+from lifelong.model.policy import GenerationConfig, Policy
+
+
+def test_answer_start_is_after_the_marker(tiny_policy: Policy) -> None:
+    c = tiny_policy.respond([tiny_policy.start("q")], GenerationConfig(thinking_tokens=3, answer_tokens=2))[0]
+    start = tiny_policy.answer_start(c)
+    assert "Answer:" in tiny_policy.tokenizer.decode(c.token_ids[:start])
+    assert "Answer:" not in tiny_policy.tokenizer.decode(c.token_ids[: start - 1])
+
+
+def test_the_student_moves_to_the_teacher(tiny_policy: Policy) -> None:
+    student = tuple(tiny_policy.start("What is the code?"))
+    teacher = tuple(tiny_policy.start("What is the code? Lesson from last time: it is zebra"))
+    retry = tiny_policy.respond(
+        [teacher], GenerationConfig(thinking_tokens=0, answer_tokens=2), torch.Generator().manual_seed(5)
+    )[0]
+    optimizer = torch.optim.AdamW([p for p in tiny_policy.model.parameters() if p.requires_grad], lr=0.02)
+    distiller = SelfDistiller(
+        tiny_policy, optimizer, DistillConfig(learning_rate=0.02, student_samples=2, answer_tokens=2)
+    )
+    lesson = Lesson(student, teacher, (retry,))
+    first = distiller.update([lesson], torch.Generator().manual_seed(0))
+    assert first.applied and first.metrics["distill/kl"] > 0
+    for step in range(1, 12):
+        last = distiller.update([lesson], torch.Generator().manual_seed(step))
+    # KL(student || teacher) on answer tokens, measured before each update, fell by far
+    assert last.metrics["distill/kl"] < 0.2 * first.metrics["distill/kl"]
+    assert tiny_policy.version == 12
+
+
+def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:
+    c = tiny_policy.respond([tiny_policy.start("q")], GenerationConfig(thinking_tokens=4, answer_tokens=2))[0]
+    optimizer = torch.optim.AdamW([p for p in tiny_policy.model.parameters() if p.requires_grad], lr=0.01)
+    mask = SelfDistiller(tiny_policy, optimizer)._answer_mask(c)
+    start = tiny_policy.answer_start(c)
+    assert not any(mask[:start]) and any(mask[start:])
