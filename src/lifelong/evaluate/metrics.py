@@ -70,7 +70,7 @@ def fwt(R: Sequence[Sequence[float]]) -> float:
 def forgetting(R: Sequence[Sequence[float]]) -> float:
     """Max variant: how far each earlier task fell from its best score before the last stage."""
     T = _check(R)
-    return _mean([max(R[l][j - 1] for l in range(1, T)) - R[T][j - 1] for j in range(1, T)])
+    return _mean([max(R[s][j - 1] for s in range(1, T)) - R[T][j - 1] for j in range(1, T)])
 
 
 def forgetting_avalanche(R: Sequence[Sequence[float]]) -> float:

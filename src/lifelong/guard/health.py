@@ -69,6 +69,10 @@ class ProbeDrift:
             if sum(c.loss_mask) > 0
         ]
 
+    @property
+    def has_reference(self) -> bool:
+        return bool(self._reference)
+
     @torch.no_grad()
     def read(self, policy: Policy) -> DriftReading:
         if not self._reference:

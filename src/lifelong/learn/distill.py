@@ -110,7 +110,7 @@ class SelfDistiller:
             self.policy.version,
             applied,
             {
-                "distill/kl": float(loss),
+                "distill/kl": float(loss.detach()),
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,

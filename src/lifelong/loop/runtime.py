@@ -28,6 +28,7 @@ from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import Guard, GuardConfig, Verdict
+from lifelong.guard.health import ProbeDrift
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.learn.sft import SFTLearner, make_sft_batch
@@ -201,6 +202,9 @@ class Runtime:
         self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.schedule = self._schedule()
         self.guard = Guard(config.guard, run_dir, self._drift_prompts(config.guard.drift_prompts))
+        # Drift from the pretrained model (adapters off), measured at every evaluation for every
+        # method, guard or not: forgetting tracks how far the output distribution has moved.
+        self.base_drift = ProbeDrift(self._drift_prompts(config.guard.drift_prompts))
         self.learner.refuse_nonfinite = self.guard.enabled
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
@@ -269,7 +273,16 @@ class Runtime:
         for task in self.probes:
             mine = [e for e in episodes if e.env == task.label]
             scores[task.label] = sum(e.success for e in mine) / len(mine)
-        record = {"type": "eval", "step": step, "episodes": self.state["episodes"], "scores": scores}
+        if not self.base_drift.has_reference:
+            with self.policy.model.disable_adapter():
+                self.base_drift.set_reference(self.policy, self.generator)
+        record = {
+            "type": "eval",
+            "step": step,
+            "episodes": self.state["episodes"],
+            "scores": scores,
+            "drift/kl_base": self.base_drift.read(self.policy).kl,
+        }
         self.state["evals"].append(record)
         self._log(record)
         return scores
@@ -278,7 +291,7 @@ class Runtime:
     def run(self, resume: bool = False, stop_after: int | None = None) -> RunSummary:
         """Run the stream to its end (or `stop_after` updates); resume from the newest checkpoint."""
         self._clock = time.time()
-        done_steps = self._restore() if resume else self._start()
+        done_steps = self.restore() if resume else self._start()
         total = len(self.schedule) * self.config.episodes_per_step
         self.progress.start(total, self.state["episodes"])
         if done_steps == 0 and not self.state["before"]:
@@ -286,7 +299,7 @@ class Runtime:
             self.state["before"] = self.evaluate(step=0)
             self.guard.gate(0, self.policy, self.state["before"], guarded=[])
             self.guard.mark_good(self.policy, self.state["before"], self.generator)
-            self._checkpoint(0, good=True)
+            self.checkpoint(0, good=True)
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
                 break
@@ -307,7 +320,7 @@ class Runtime:
                     self.evaluate(step=slot.step)
             # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
             # it on resume from the stored episodes.
-            self._checkpoint(slot.step, good=gated and verdict.keep)
+            self.checkpoint(slot.step, good=gated and verdict.keep)
         return self.summary()
 
     def _guarded(self, slot: _Slot) -> list[str]:
@@ -453,7 +466,7 @@ class Runtime:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _checkpoint(self, step: int, good: bool) -> None:
+    def checkpoint(self, step: int, good: bool) -> None:
         now = time.time()
         self.state["seconds"] += now - self._clock
         self._clock = now
@@ -467,7 +480,8 @@ class Runtime:
         }
         self.ring.save(self.policy.model, self.learner.optimizer, step, state)
 
-    def _restore(self) -> int:
+    def restore(self) -> int:
+        """Load the newest checkpoint (adapters, optimizer, loop and guard state); returns its step."""
         checkpoint = self.ring.latest()
         if checkpoint is None:
             return 0

@@ -1,0 +1,172 @@
+"""HTTP routes of `lifelong serve` (FastAPI): OpenAI's chat, models and errors, plus feedback.
+
+  POST /v1/chat/completions        chat (stream: true for server-sent events in OpenAI's chunk format)
+  GET  /v1/chat/completions/{id}   a stored completion of the caller's tenant
+  GET  /v1/models[/{id}]           the served model, with the caller's live adapter version
+  POST /v1/feedback                {"completion_id", "choice"?, one of "rating" | "score" | "correction"}
+  GET  /v1/adapters                the caller's adapter versions and the gate's verdicts (operators: all)
+  GET  /v1/monitor/flags           the reasoning monitor's flags (operator keys only)
+  GET  /health                     liveness, no key needed
+
+Authentication is `Authorization: Bearer <key>`; the key names the tenant. Bodies are parsed here
+(not by FastAPI) so that the key is checked before the body and every failure gets an OpenAI-style
+error. Blocking work (the model, SQLite fsyncs) runs in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lifelong.serve.config import TenantKey
+from lifelong.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    FeedbackRequest,
+    completion_body,
+    model_body,
+    parse_json,
+    stream_events,
+    validation_error,
+)
+from lifelong.serve.service import ChatService
+
+
+def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = None) -> FastAPI:
+    app = FastAPI(title="lifelong serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.service = service
+    max_bytes = service.config.max_body_bytes
+
+    def authenticate(request: Request) -> TenantKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        token = token.strip()
+        found = None
+        for key, tenant in keys.items():  # compare with every key in constant time
+            if hmac.compare_digest(key.encode(), token.encode()):
+                found = tenant
+        if found is None:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return found
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            raise ApiError(413, f"request body is {length} bytes; the limit is {max_bytes}", code="request_too_large")
+        return parse_json(await request.body(), max_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _query_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value")
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        err = ApiError(500, f"internal error ({type(exc).__name__}); the request was not answered", "server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_id}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> JSONResponse | StreamingResponse:
+        who = authenticate(request)
+        body = await body_of(request)
+        try:
+            req = ChatRequest.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        result = await run_in_threadpool(service.chat, who.tenant, req, body)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            pieces = [service.pieces(ch.completion.answer) for ch in result.choices]
+            return StreamingResponse(
+                stream_events(result, include_usage, pieces),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        return JSONResponse(completion_body(result))
+
+    @app.get("/v1/chat/completions/{completion_id}")
+    async def retrieve(completion_id: str, request: Request) -> JSONResponse:
+        who = authenticate(request)
+        result = await run_in_threadpool(service.retrieve, who.tenant, completion_id)
+        return JSONResponse(completion_body(result))
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        version, updated = service.adapter_of(who.tenant)
+        return {"object": "list", "data": [model_body(service.model_id, who.tenant, version, service.created, updated)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        service.check_model(model_id)
+        version, updated = service.adapter_of(who.tenant)
+        return model_body(service.model_id, who.tenant, version, service.created, updated)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        body = await body_of(request)
+        try:
+            req = FeedbackRequest.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        fb = await run_in_threadpool(service.feedback, who.tenant, req)
+        return {
+            "id": f"fb-{fb.id}",
+            "object": "feedback",
+            "completion_id": fb.request_id,
+            "choice": fb.index,
+            "kind": fb.kind,
+            "stored": True,
+            "held_out": fb.holdout,
+        }
+
+    @app.get("/v1/adapters")
+    async def adapters(request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        records = await run_in_threadpool(service.store.adapters, None if who.operator else who.tenant)
+        live = service.bank.versions()
+        if not who.operator:
+            live = {who.tenant: live.get(who.tenant, 0)}
+        return {"object": "list", "data": [asdict(r) for r in records], "live": live}
+
+    @app.get("/v1/monitor/flags")
+    async def flags(request: Request, after: int = 0, limit: int = 100, tenant: str | None = None) -> dict[str, Any]:
+        who = authenticate(request)
+        if not who.operator:
+            raise ApiError(403, "monitor flags are for operator keys only", "permission_error", code="not_operator")
+        data = await run_in_threadpool(service.flags, after, min(max(limit, 1), 1000), tenant)
+        return {"object": "list", "data": data}
+
+    return app

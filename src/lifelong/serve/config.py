@@ -1,0 +1,202 @@
+"""Configuration of `lifelong serve`: the server, its background learner, its gate and its tenants.
+
+Every knob has a working default (`ServeConfig()` serves the embedded model on 127.0.0.1:8000 and
+learns from feedback). Cross-field checks run in `__post_init__` and say the fix. The config is
+written to `<store>/serve.json` at start-up so the learner process reads exactly what the server
+was given. API keys are not part of it: they stay in the server process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import ConfigError
+from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings
+
+# Tenant names become folder names under <store>/adapters/; keep them boring.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The background learner: when it runs, how hard it pushes, and how politely it shares the CPU."""
+
+    enabled: bool = True
+    min_feedback: int = 4  # a tenant's pending feedback items that start a round...
+    max_wait_s: float = 30.0  # ...or fewer, once the oldest of them has waited this long
+    max_items_per_round: int = 32
+    steps_per_round: int = 2  # optimizer steps per round on the round's items
+    learning_rate: float = 2e-4  # LoRA wants ~10x a full fine-tune's rate
+    kl_coef: float = 0.02  # k3 KL to the base model in the policy-gradient step (learn/grpo.py)
+    baseline_window: int = 64  # a tenant's running baseline = mean of its last N ratings
+    holdout_every: int = 5  # every Nth correction is held out as a probe, never trained on (0 = none)
+    threads: int = 1  # torch threads of the learner process; the server keeps the rest
+    nice: int = 19  # lowest CPU priority: answers first, learning in the gaps
+    poll_s: float = 0.5
+    checkpoints_kept: int = 3  # adapter versions kept on disk per tenant
+    # "module:factory" of the gate that decides whether a new adapter version may go live; the
+    # factory is called with the GateConfig. The full guard (guard/) plugs in here.
+    gate: str = "lifelong.serve.gate:ProbeGate"
+
+    def __post_init__(self) -> None:
+        if self.min_feedback < 1 or self.max_items_per_round < self.min_feedback:
+            raise ConfigError(
+                "learner.min_feedback must be >= 1 and <= max_items_per_round", "the defaults are 4 and 32"
+            )
+        if self.steps_per_round < 1:
+            raise ConfigError("learner.steps_per_round must be >= 1", "the default is 2")
+        if self.learning_rate <= 0:
+            raise ConfigError("learner.learning_rate must be > 0", "try 2e-4 for LoRA")
+        if self.holdout_every < 0 or self.holdout_every == 1:
+            raise ConfigError(
+                "learner.holdout_every must be 0 or >= 2", "1 would hold out every correction and learn from none"
+            )
+        if self.threads < 1:
+            raise ConfigError("learner.threads must be >= 1", "the default is 1")
+        if ":" not in self.gate:
+            raise ConfigError(
+                f"learner.gate {self.gate!r} is not 'module:factory'", "e.g. lifelong.serve.gate:ProbeGate"
+            )
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The minimal gate: weights finite, and no probe group's score down by more than the budget."""
+
+    # Mean per-token log-prob (nats) a probe group may lose against the better of the live and the
+    # base adapter. Comparing with the better of the two bounds both one step's and the total damage.
+    probe_budget: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.probe_budget < 0:
+            raise ConfigError("gate.probe_budget must be >= 0", "0.3 nats/token is the default")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    store: Path = Path("serve-data")  # folder: serve.sqlite, adapters/, flags.jsonl, learner.log
+    model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    host: str = "127.0.0.1"
+    port: int = 8000
+    keys_file: Path | None = None
+    keys: tuple[tuple[str, str], ...] = ()  # (tenant, key) pairs given on the command line
+    operator_keys: tuple[str, ...] = ()  # keys of tenant "operator", allowed to read monitor flags
+    expose_reasoning: bool = False  # operators only: put the raw chain of thought in responses
+    reasoning_effort: str = "none"  # default when a request names none; 2 CPU cores favour none
+    answer_tokens: int = 32  # default answer budget (max_tokens of a request overrides it)
+    max_answer_tokens: int = 256
+    max_prompt_tokens: int = 2048
+    max_body_bytes: int = 1 << 20
+    max_n: int = 4
+    threads: int = 2  # torch threads for answering
+    probes_file: Path | None = None  # JSONL of {"prompt", "answer", "tenant"?}; None = built-in probes
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "store", Path(self.store))
+        if self.reasoning_effort not in EFFORT_BUDGETS:
+            raise ConfigError(
+                f"unknown reasoning_effort {self.reasoning_effort!r}", f"use one of {', '.join(EFFORT_BUDGETS)}"
+            )
+        if not 1 <= self.answer_tokens <= self.max_answer_tokens:
+            raise ConfigError("answer_tokens must be in [1, max_answer_tokens]", "the defaults are 32 and 256")
+        if self.max_prompt_tokens < 16 or self.max_body_bytes < 1024 or self.max_n < 1:
+            raise ConfigError(
+                "max_prompt_tokens >= 16, max_body_bytes >= 1024 and max_n >= 1 are required",
+                "the defaults are 2048, 1 MiB and 4",
+            )
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range", "use a port in 1..65535 (0 = any free port)")
+        if self.threads < 1:
+            raise ConfigError("threads must be >= 1", "the default is 2")
+        for tenant, key in self.keys:
+            check_tenant(tenant)
+            if not key:
+                raise ConfigError(f"empty API key for tenant {tenant!r}", "pass --key TENANT=KEY with a non-empty key")
+        if any(not k for k in self.operator_keys):
+            raise ConfigError("empty operator key", "pass --operator-key with a non-empty key")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keys"], d["operator_keys"] = [], []  # secrets stay in the server process
+        for k in ("store", "keys_file", "probes_file"):
+            d[k] = None if d[k] is None else str(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
+        d = dict(d)
+        d["lora"] = LoraSettings(**d.get("lora", {}))
+        d["learner"] = LearnerConfig(**d.get("learner", {}))
+        d["gate"] = GateConfig(**d.get("gate", {}))
+        d["keys"] = tuple(tuple(k) for k in d.get("keys", ()))
+        d["operator_keys"] = tuple(d.get("operator_keys", ()))
+        for k in ("keys_file", "probes_file"):
+            d[k] = None if d.get(k) is None else Path(d[k])
+        return cls(**d)
+
+
+def check_tenant(name: str) -> str:
+    if not TENANT_PATTERN.match(name):
+        raise ConfigError(
+            f"tenant name {name!r} is not allowed",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    """One API key: whose it is, and whether it may read operator endpoints (monitor flags)."""
+
+    key: str
+    tenant: str
+    operator: bool = False
+
+
+def load_keys(config: ServeConfig) -> tuple[dict[str, TenantKey], str | None]:
+    """API keys from the keys file and --key flags; (keys, note). With neither, a key for tenant
+    `default` is generated once into <store>/keys.json and the note says where it is.
+
+    Keys file format: {"keys": [{"key": "sk-...", "tenant": "alice"},
+                                {"key": "sk-...", "tenant": "ops", "operator": true}]}
+    """
+    keys: dict[str, TenantKey] = {}
+    note = None
+    path = config.keys_file
+    if path is None and not config.keys and not config.operator_keys:
+        path = config.store / "keys.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            generated = {"keys": [{"key": "sk-" + secrets.token_urlsafe(24), "tenant": "default", "operator": True}]}
+            path.write_text(json.dumps(generated, indent=1))
+            path.chmod(0o600)
+        note = f"API keys are in {path} (pass --keys FILE or --key TENANT=KEY to choose your own)"
+    if path is not None:
+        fix = 'write {"keys": [{"key": "sk-...", "tenant": "alice"}, ...]} (operator: true for operators)'
+        try:
+            data = json.loads(Path(path).read_text())
+            entries = data["keys"]
+            for e in entries:
+                k = TenantKey(str(e["key"]), check_tenant(str(e["tenant"])), bool(e.get("operator", False)))
+                if not k.key:
+                    raise ValueError("empty key")
+                keys[k.key] = k
+        except OSError as exc:
+            raise ConfigError(f"cannot read keys file {path} ({exc.strerror})", "check the --keys path") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"keys file {path} is not valid ({type(exc).__name__}: {exc})", fix) from exc
+    for tenant, key in config.keys:
+        keys[key] = TenantKey(key, tenant, operator=False)
+    for key in config.operator_keys:
+        keys[key] = TenantKey(key, "operator", operator=True)
+    if not keys:
+        raise ConfigError("no API keys configured", "pass --key TENANT=KEY or a --keys file with at least one key")
+    return keys, note

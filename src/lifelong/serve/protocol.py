@@ -1,0 +1,276 @@
+"""The OpenAI wire format: request models, error bodies and response/chunk builders.
+
+Requests are validated with pydantic; unknown fields are accepted and ignored, as OpenAI clients
+send many optional ones. Every error is `{"error": {"message", "type", "param", "code"}}` with the
+HTTP status OpenAI would use: 400 bad request, 401 bad key, 403 not allowed, 404 unknown model or
+id, 413 body too large, 500 our fault.
+
+Extensions, all optional: `reasoning: {"summary": "auto"}` in a request asks for a short summary
+of the private reasoning (`message.reasoning_summary`); with `--expose-reasoning` the raw chain is in
+`message.reasoning_content` (the field vLLM and DeepSeek use). Responses carry the tenant's adapter
+version in `adapter_version` and `system_fingerprint` ("adapter-v3").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lifelong.types import Completion, StopReason
+
+EFFORTS = ("none", "minimal", "low", "medium", "high")  # "minimal" is OpenAI's name for almost none
+
+
+class ApiError(Exception):
+    """An error for the client, rendered as an OpenAI error body with this HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    msg = first.get("msg", "invalid request")
+    return ApiError(400, f"{param}: {msg}" if param else str(msg), param=param, code="invalid_value")
+
+
+def parse_json(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}", code="request_too_large")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: str
+    text: str | None = None
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for p in self.content:
+            if p.type != "text" or p.text is None:
+                raise ApiError(400, f"content part of type {p.type!r} is not supported; send text", param="messages")
+            parts.append(p.text)
+        return "".join(parts)
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ReasoningOptions(_Open):
+    summary: str | None = None  # "auto" | "concise" | "detailed" ask for a summary
+
+
+class ChatRequest(_Open):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    reasoning_effort: str | None = None
+    reasoning: ReasoningOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1)
+    seed: int | None = None
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _effort(cls, v: str | None) -> str | None:
+        if v is not None and v not in EFFORTS:
+            raise ValueError(f"must be one of {', '.join(EFFORTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _last_is_user(self) -> ChatRequest:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be from the user")
+        return self
+
+    @property
+    def wants_summary(self) -> bool:
+        return self.reasoning is not None and self.reasoning.summary not in (None, "none")
+
+
+class FeedbackRequest(_Open):
+    """Feedback on one choice of a completion: exactly one of rating, score or correction."""
+
+    completion_id: str = Field(min_length=1, max_length=200)
+    choice: int = Field(default=0, ge=0)
+    rating: Literal["up", "down"] | None = None
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    correction: str | None = Field(default=None, min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FeedbackRequest:
+        given = [k for k in ("rating", "score", "correction") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of rating ('up'/'down'), score (0..1) or correction (text)")
+        if self.score is not None and not math.isfinite(self.score):
+            raise ValueError("score must be finite")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "thumbs" if self.rating else "score" if self.score is not None else "correction"
+
+    @property
+    def reward(self) -> float | None:
+        if self.rating is not None:
+            return 1.0 if self.rating == "up" else 0.0
+        return self.score
+
+
+# ---- responses -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Choice:
+    """One answered choice as the client may see it."""
+
+    completion: Completion
+    reasoning_tokens: int
+    summary: str | None  # when the client asked for one
+    reasoning: str | None  # raw chain, only with --expose-reasoning
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    id: str
+    created: int
+    model: str
+    adapter_version: int
+    prompt_tokens: int
+    choices: tuple[Choice, ...]
+
+
+def finish_reason(c: Completion) -> str:
+    return "length" if c.stop == StopReason.ANSWER_BUDGET else "stop"
+
+
+def _usage(r: ChatResult) -> dict[str, Any]:
+    completion = sum(len(ch.completion.token_ids) for ch in r.choices)
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": r.prompt_tokens + completion,
+        "completion_tokens_details": {"reasoning_tokens": sum(ch.reasoning_tokens for ch in r.choices)},
+    }
+
+
+def _message_extras(ch: Choice) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if ch.summary is not None:
+        extra["reasoning_summary"] = ch.summary
+    if ch.reasoning is not None:
+        extra["reasoning_content"] = ch.reasoning
+    return extra
+
+
+def completion_body(r: ChatResult) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "object": "chat.completion",
+        "created": r.created,
+        "model": r.model,
+        "system_fingerprint": f"adapter-v{r.adapter_version}",
+        "adapter_version": r.adapter_version,
+        "choices": [
+            {
+                "index": i,
+                "message": {
+                    "role": "assistant",
+                    "content": ch.completion.answer,
+                    "refusal": None,
+                    **_message_extras(ch),
+                },
+                "logprobs": None,
+                "finish_reason": finish_reason(ch.completion),
+            }
+            for i, ch in enumerate(r.choices)
+        ],
+        "usage": _usage(r),
+    }
+
+
+def stream_events(r: ChatResult, include_usage: bool, pieces: Sequence[Sequence[str]]) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format: a role chunk, content deltas, a finish chunk per
+    choice, an optional usage chunk, then [DONE]. `pieces[i]` is choice i's answer cut into deltas."""
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        chunk = {
+            "id": r.id,
+            "object": "chat.completion.chunk",
+            "created": r.created,
+            "model": r.model,
+            "system_fingerprint": f"adapter-v{r.adapter_version}",
+            "adapter_version": r.adapter_version,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    usage_null = {"usage": None} if include_usage else {}
+
+    def delta(i: int, d: dict[str, Any], finish: str | None = None) -> str:
+        return event([{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}], **usage_null)
+
+    for i, ch in enumerate(r.choices):
+        yield delta(i, {"role": "assistant", "content": "", **_message_extras(ch)})
+        for piece in pieces[i]:
+            yield delta(i, {"content": piece})
+        yield delta(i, {}, finish_reason(ch.completion))
+    if include_usage:
+        yield event([], usage=_usage(r))
+    yield "data: [DONE]\n\n"
+
+
+def model_body(model: str, tenant: str, version: int, created: int, updated: float | None) -> dict[str, Any]:
+    return {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "lifelong",
+        "tenant": tenant,
+        "adapter_version": version,
+        "adapter_updated": updated,
+    }
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,163 @@
+"""Learning from feedback through a live server (loopback, official openai client, learner process):
+a round of corrections visibly improves held-out answers, one tenant's feedback never changes what
+another tenant's model answers, and flipped feedback is stopped by the gate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from lifelong.serve import ServeConfig
+from tests.serve.conftest import LEARNING, SKY, ask, client, http, write_probes
+
+TRAIN = [f"Name a primary color. (item {i})" for i in range(8)]
+HELD_OUT = [f"Name a primary color. (item {i})" for i in range(100, 106)]
+
+
+def adapters(url: str) -> list[dict[str, Any]]:
+    """Every tenant's adapter versions (an operator's view)."""
+    return list(http("GET", f"{url}/adapters", tenant="ops").json()["data"])
+
+
+def wait_for_rounds(url: str, tenants: dict[str, int], timeout: float = 180.0) -> list[dict[str, Any]]:
+    """Wait until each tenant has at least this many recorded rounds (kept or refused)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        records = adapters(url)
+        if all(sum(r["tenant"] == t for r in records) >= n for t, n in tenants.items()):
+            return records
+        time.sleep(0.2)
+    raise AssertionError(f"the learner did not finish rounds for {tenants} in {timeout}s: {adapters(url)}")
+
+
+def version_of(c: openai.OpenAI) -> int:
+    """The live adapter version /v1/models reports for the client's tenant."""
+    return int((c.models.list().data[0].model_extra or {})["adapter_version"])
+
+
+def wait_for_version(c: openai.OpenAI, version: int, timeout: float = 30.0) -> None:
+    """Wait until the server has hot-loaded this adapter version for the client's tenant."""
+    deadline = time.time() + timeout
+    while version_of(c) < version:
+        assert time.time() < deadline, "the server did not load the new adapter version"
+        time.sleep(0.1)
+
+
+def correct(c: openai.OpenAI, model: str, question: str, answer: str) -> None:
+    r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], max_tokens=4)
+    c.post("/feedback", body={"completion_id": r.id, "correction": answer}, cast_to=object)
+
+
+def sampled(c: openai.OpenAI, model: str, questions: list[str]) -> list[str]:
+    """Answers sampled at temperature 1 with fixed seeds: any change of weights shows."""
+    return [ask(c, model, q, temperature=1.0, seed=7, max_tokens=6) for q in questions]
+
+
+@dataclass(frozen=True)
+class Round:
+    before: dict[str, list[str]]
+    after: dict[str, list[str]]
+    versions: dict[str, int]
+    records: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def feedback_round(
+    tmp_path_factory: pytest.TempPathFactory, serve_model_dir: Path, keys_file: Path, model_id: str
+) -> Iterator[Round]:
+    """alice corrects 8 answers to "blue"; bob and carol send nothing. Answers before and after."""
+    from contextlib import ExitStack
+
+    from lifelong.model.policy import LoraSettings
+    from lifelong.serve import BackgroundServer, Server
+
+    tmp = tmp_path_factory.mktemp("round")
+    config = ServeConfig(
+        store=tmp / "serve",
+        model=str(serve_model_dir),
+        keys_file=keys_file,
+        threads=1,
+        probes_file=write_probes(tmp / "probes.jsonl", []),
+        lora=LoraSettings(rank=4, alpha=8),
+        learner=replace(LEARNING, min_feedback=7),  # one round, once all of alice's corrections are in
+    )
+    with ExitStack() as stack:
+        server = Server(config)
+        stack.callback(server.close)
+        url = stack.enter_context(BackgroundServer(server))
+        a, b = client(url, "alice"), client(url, "bob")
+        before = {
+            "alice": [ask(a, model_id, q) for q in HELD_OUT],
+            "bob": [ask(b, model_id, q) for q in HELD_OUT],
+            "bob_sampled": sampled(b, model_id, HELD_OUT),
+        }
+        for q in TRAIN:
+            correct(a, model_id, q, "blue")
+        records = wait_for_rounds(url, {"alice": 1})
+        wait_for_version(a, 1)
+        after = {
+            "alice": [ask(a, model_id, q) for q in HELD_OUT],
+            "bob": [ask(b, model_id, q) for q in HELD_OUT],
+            "bob_sampled": sampled(b, model_id, HELD_OUT),
+        }
+        versions = {t: version_of(client(url, t)) for t in ("alice", "bob")}
+        yield Round(before, after, versions, records)
+
+
+def test_a_round_of_corrections_improves_held_out_answers(feedback_round: Round) -> None:
+    r = feedback_round
+    assert r.before["alice"].count("blue") == 0  # the untrained model never says it
+    assert r.after["alice"].count("blue") >= len(HELD_OUT) - 1  # prompts it was never corrected on
+    (record,) = [x for x in r.records if x["tenant"] == "alice"]
+    assert record["status"] == "live" and r.versions["alice"] == record["version"] == 1
+    assert record["metrics"]["round/corrections"] == 7  # the 5th correction was held out as a probe
+    assert record["metrics"]["probe/holdout/candidate"] > record["metrics"]["probe/holdout/base"]
+
+
+def test_one_tenants_feedback_never_changes_another_tenants_answers(feedback_round: Round) -> None:
+    r = feedback_round
+    assert r.after["bob"] == r.before["bob"]
+    assert r.after["bob_sampled"] == r.before["bob_sampled"]  # not even the sampled tokens moved
+    assert r.versions["bob"] == 0 and all(x["tenant"] == "alice" for x in r.records)
+
+
+def test_flipped_feedback_is_refused_by_the_gate_and_harms_no_other_tenant(
+    serve_config: ServeConfig, knowing_model_dir: Path, start_server: Callable[..., str], tmp_path: Path
+) -> None:
+    held_out = [SKY.format(i) for i in range(6)]
+    model = knowing_model_dir.name
+    url = start_server(
+        serve_config,
+        model=str(knowing_model_dir),
+        probes_file=write_probes(tmp_path / "probes.jsonl", [(SKY.format(300 + i), "blue") for i in range(6)]),
+        learner=replace(LEARNING, min_feedback=4),
+    )
+    alice, bob, carol = (client(url, t) for t in ("alice", "bob", "carol"))
+    before = {t: [ask(c, model, q) for q in held_out] for t, c in (("alice", alice), ("bob", bob), ("carol", carol))}
+    assert all(a == "blue" for answers in before.values() for a in answers)  # the base model knows
+    carol_sampled = sampled(carol, model, held_out)
+
+    for i in range(8):  # bob flips: "red" for questions whose answer is "blue"
+        correct(bob, model, SKY.format(10 + i), "red")
+    for i in range(4):  # alice agrees with the probes
+        correct(alice, model, SKY.format(20 + i), "blue")
+    records = wait_for_rounds(url, {"bob": 1, "alice": 1})
+    wait_for_version(alice, 1)
+
+    bob_rounds = [x for x in records if x["tenant"] == "bob"]
+    assert all(x["status"] == "rejected" and "operator probes fell" in x["reason"] for x in bob_rounds)
+    m = bob_rounds[0]["metrics"]
+    assert m["probe/operator/candidate"] < m["probe/operator/base"] - serve_config.gate.probe_budget
+    # within bob's tenant the gate bounds the damage: his live model is still the one that knew
+    assert version_of(bob) == 0
+    assert [ask(bob, model, q) for q in held_out] == before["bob"]
+    # and no other tenant is touched: carol's answers are the same tokens, alice's are still right
+    assert [ask(carol, model, q) for q in held_out] == before["carol"]
+    assert sampled(carol, model, held_out) == carol_sampled
+    assert [ask(alice, model, q) for q in held_out] == before["alice"]
