@@ -17,6 +17,8 @@ from lifelong.model.policy import LoraSettings, Policy
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["tests.memory.postgres"]  # the `pg_url` fixture: a PostgreSQL server on loopback
+
 
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerBase:

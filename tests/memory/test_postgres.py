@@ -1,0 +1,52 @@
+"""The experience store on a real PostgreSQL server (started on loopback by the test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifelong.memory.store import SCHEMA_VERSION, ExperienceStore, StoreError
+from tests.memory.test_store import episode
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def fresh_url(pg_url: str) -> str:
+    """A new empty database per test."""
+    name = f"t{abs(hash(object()))}"
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return pg_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_roundtrip_and_filters_match_sqlite(fresh_url: str, tmp_path: Path) -> None:
+    for location in (fresh_url, tmp_path / "s.sqlite"):
+        with ExperienceStore(location) as store:
+            store.add([episode(0), episode(1, 0.0)], run_id="r", step=1, model="m")
+            store.add([episode(2, split="probe")], run_id="r", step=2, model="m")
+            assert store.episodes(run_id="r", step=1) == [episode(0), episode(1, 0.0)]
+            assert store.count(split="probe") == 1 and store.ids() == {"ep0", "ep1", "ep2"}
+
+
+def test_a_failed_transaction_writes_nothing(fresh_url: str) -> None:
+    with ExperienceStore(fresh_url) as store:
+        store.add([episode(0)], run_id="r", step=1, model="m")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            store.add([episode(1), episode(0)], run_id="r", step=2, model="m")
+        assert store.ids() == {"ep0"}
+
+
+def test_newer_schema_is_refused(fresh_url: str) -> None:
+    ExperienceStore(fresh_url).close()
+    with psycopg.connect(fresh_url, autocommit=True) as db:
+        db.execute("UPDATE lifelong_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this lifelong"):
+        ExperienceStore(fresh_url)
+
+
+def test_unreachable_url_says_what_to_check() -> None:
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as err:
+        ExperienceStore("postgresql://nobody:secret@127.0.0.1:1/none")
+    assert "secret" not in str(err.value) and "server is running" in err.value.fix
