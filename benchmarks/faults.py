@@ -44,7 +44,7 @@ from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import GuardConfig
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime, _Slot
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.model.loading import load_model
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import Stage, Stream, Task
@@ -180,7 +180,7 @@ def run_fault(policy: Policy, fault: str, guard: bool, warm: Path, work: Path, p
     reset_to(policy, warm)
     runtime = FaultyRuntime(config(guard, TOTAL_STEPS, probe_size), policy, run_dir, fault=fault)
     runtime.run()
-    with SQLiteStore(run_dir / "experience.sqlite") as store:
+    with ExperienceStore(run_dir / "experience.sqlite") as store:
         lost = TOTAL_STEPS * runtime.config.episodes_per_step - store.count(split="train")
     return result(fault, guard, run_dir, lost)
 
@@ -197,12 +197,12 @@ def run_kill9(fault: str, guard: bool, warm: Path, work: Path, probe_size: int, 
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    with SQLiteStore(run_dir / "experience.sqlite") as store:
+    with ExperienceStore(run_dir / "experience.sqlite") as store:
         before_ids = store.ids()
     reset_to(policy, warm)
     runtime = Runtime(config(guard, TOTAL_STEPS, probe_size), policy, run_dir)
     runtime.run(resume=True)
-    with SQLiteStore(run_dir / "experience.sqlite") as store:
+    with ExperienceStore(run_dir / "experience.sqlite") as store:
         lost = len(before_ids - store.ids())
     resumed = any(json.loads(line)["type"] == "resume" for line in (run_dir / "metrics.jsonl").read_text().splitlines())
     return result(fault, guard, run_dir, lost, detected=resumed)

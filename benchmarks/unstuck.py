@@ -36,7 +36,7 @@ from lifelong.cli import _quiet_libraries
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.loop.actor import Job, play
 from lifelong.memory.book import MemoryBook, notes
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.model.loading import load_model
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import PROBE_SEED_BASE, Task
@@ -138,7 +138,7 @@ def main() -> None:
     # frozen: the weights never change, so the next encounter is the first one again
     results["frozen"] = success_rate(encounter(policy, failed_jobs))
 
-    book = MemoryBook(SQLiteStore(work / "memory.sqlite"))
+    book = MemoryBook(ExperienceStore(work / "memory.sqlite"))
     for ep in failures:
         book.add_lesson(ep)
     results["memory_weights_only"] = success_rate(encounter(policy, failed_jobs))
@@ -149,7 +149,7 @@ def main() -> None:
     memory_on = success_rate(encounter(policy, with_context))
     print(f"frozen and memory done ({time.time() - t0:.0f}s)", file=sys.stderr)
 
-    life_book = MemoryBook(SQLiteStore(work / "lifelong.sqlite"))
+    life_book = MemoryBook(ExperienceStore(work / "lifelong.sqlite"))
     extra = run_lifelong(policy, failures, life_book, args, torch.Generator().manual_seed(0))
     results["lifelong"] = success_rate(encounter(policy, failed_jobs))
     life_others = success_rate(encounter(policy, others))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifelong.memory.book import MemoryBook, MemoryConfig, correction, notes, similarity
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.types import Completion, Episode, StopReason, Turn
 
 
@@ -19,7 +19,7 @@ def test_similarity_prefers_the_same_question() -> None:
 
 
 def test_lessons_carry_the_correction_and_their_provenance(tmp_path: Path) -> None:
-    book = MemoryBook(SQLiteStore(tmp_path / "s.sqlite"))
+    book = MemoryBook(ExperienceStore(tmp_path / "s.sqlite"))
     item = book.add_lesson(_ep("What is 12 + 7?", "15", False, eid="failed-1"))
     assert '"15" was wrong' in item.text and "expected answer was 19" in item.text
     assert item.provenance == ("failed-1",) and item.kind == "lesson"
@@ -35,14 +35,14 @@ def test_env_feedback_wins_over_the_ground_truth() -> None:
 
 
 def test_the_same_lesson_is_not_stored_twice(tmp_path: Path) -> None:
-    book = MemoryBook(SQLiteStore(tmp_path / "s.sqlite"))
+    book = MemoryBook(ExperienceStore(tmp_path / "s.sqlite"))
     a = book.add_lesson(_ep("What is 1 + 1?", "3", False))
     b = book.add_lesson(_ep("What is 1 + 1?", "3", False, eid="e2"))
     assert a == b and len(book.items()) == 1
 
 
 def test_capacity_forgets_the_least_useful_item_and_logs_each_edit(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.sqlite")
+    store = ExperienceStore(tmp_path / "s.sqlite")
     book = MemoryBook(store, MemoryConfig(capacity=2))
     useful = book.add_lesson(_ep("What is 1 + 1?", "3", False, truth="2"))
     useless = book.add_lesson(_ep("What is 2 + 2?", "5", False, truth="4"))
@@ -56,7 +56,7 @@ def test_capacity_forgets_the_least_useful_item_and_logs_each_edit(tmp_path: Pat
 
 
 def test_explicit_forgetting(tmp_path: Path) -> None:
-    book = MemoryBook(SQLiteStore(tmp_path / "s.sqlite"))
+    book = MemoryBook(ExperienceStore(tmp_path / "s.sqlite"))
     item = book.add_lesson(_ep("q one", "x", False))
     assert book.forget(item.id, "user asked")
     assert not book.forget(item.id)

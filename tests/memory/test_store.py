@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.memory.store import SCHEMA_VERSION, SQLiteStore, StoreError
+from lifelong.memory.store import SCHEMA_VERSION, ExperienceStore, StoreError
 from lifelong.types import Completion, Episode, StopReason, Turn
 
 
@@ -21,14 +21,14 @@ def episode(i: int, reward: float = 1.0, split: str = "train") -> Episode:
 
 
 def test_roundtrip_keeps_every_field(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "s.sqlite") as store:
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
         store.add([episode(0), episode(1, 0.0)], run_id="r", step=1, model="m")
         got = store.episodes(run_id="r", step=1)
     assert got == [episode(0), episode(1, 0.0)]
 
 
 def test_filters_and_counts(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "s.sqlite") as store:
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
         store.add([episode(0), episode(1)], run_id="a", step=1, model="m")
         store.add([episode(2, split="probe")], run_id="a", step=2, model="m")
         store.add([episode(3)], run_id="b", step=1, model="m")
@@ -39,13 +39,13 @@ def test_filters_and_counts(tmp_path: Path) -> None:
 
 
 def test_uses_wal(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "s.sqlite").close()
+    ExperienceStore(tmp_path / "s.sqlite").close()
     mode = sqlite3.connect(tmp_path / "s.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
 
 def test_a_failed_write_leaves_nothing_half_written(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "s.sqlite") as store:
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
         store.add([episode(0)], run_id="r", step=1, model="m")
         with pytest.raises(sqlite3.IntegrityError):  # ep0 again: the whole transaction is refused
             store.add([episode(1), episode(0)], run_id="r", step=2, model="m")
@@ -54,28 +54,28 @@ def test_a_failed_write_leaves_nothing_half_written(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    SQLiteStore(path).close()
+    ExperienceStore(path).close()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="newer than this lifelong"):
-        SQLiteStore(path)
+        ExperienceStore(path)
 
 
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot be opened"):
-        SQLiteStore(path)
+        ExperienceStore(path)
 
 
 _WRITER = """
 import sys
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 sys.path.insert(0, sys.argv[2])
 from test_store import episode
-store = SQLiteStore(sys.argv[1])
+store = ExperienceStore(sys.argv[1])
 i = 0
 while True:
     store.add([episode(i), episode(i + 1)], run_id="r", step=i, model="m")
@@ -96,7 +96,7 @@ def test_survives_kill_9_during_writes(tmp_path: Path) -> None:
         acknowledged = int(proc.stdout.readline())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    with SQLiteStore(path) as store:
+    with ExperienceStore(path) as store:
         n = store.count()
         episodes = store.episodes()  # every row decodes: nothing half-written
     assert acknowledged >= 40

@@ -20,7 +20,7 @@ import torch
 from lifelong.evaluate.metrics import CLMetrics, cl_metrics, online_accuracy
 from lifelong.evaluate.report import read_metrics
 from lifelong.loop.runtime import Progress, RunConfig, Runtime
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import Stream
 
@@ -84,8 +84,8 @@ def result_from_run(method: str, run_dir: Path) -> MethodResult:
     R = [[evals[step]["scores"][t] for t in tasks] for step in [0, *ends]]
     general = {g.label: (evals[0]["scores"][g.label], evals[ends[-1]]["scores"][g.label]) for g in stream.general}
     deltas = [after - before for before, after in general.values()]
-    with SQLiteStore(run_dir / "experience.sqlite") as store:
-        online = online_accuracy([e.success for e in store.iter_episodes(split="train")])
+    with ExperienceStore(config.store or run_dir / "experience.sqlite") as store:
+        online = online_accuracy([e.success for e in store.iter_episodes(run_id=run_dir.name, split="train")])
     updates = [r for r in records if r.get("type") == "update"]
     seconds = sum(r.get("time/act_s", 0.0) + r.get("time/learn_s", 0.0) for r in updates)
     return MethodResult(

@@ -34,7 +34,7 @@ from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.learn.sft import SFTLearner, make_sft_batch
 from lifelong.loop.actor import Actor, Job, LocalActor
 from lifelong.memory.book import MemoryBook, MemoryConfig, notes
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
 from lifelong.types import Batch, Episode, MemoryItem, UpdateReport
@@ -46,6 +46,7 @@ class RunConfig:
 
     stream: dict[str, Any]  # Stream.to_dict()
     model: str | None = None  # None = the embedded default model
+    store: str | None = None  # a postgresql:// URL; None = experience.sqlite in the run folder
     prompts_per_step: int = 4  # distinct items per update; each is sampled group_size times
     # On 2 CPU cores with the 135M default, thinking costs 3-8x per episode and measured no better on
     # the demo's first task (dev/LOG.md); GPU users raise it.
@@ -191,7 +192,7 @@ class Runtime:
         self.learner: GRPOLearner | SFTLearner = (
             SFTLearner(policy, config.grpo) if config.update_rule == "sft" else GRPOLearner(policy, config.grpo)
         )
-        self.store = SQLiteStore(run_dir / "experience.sqlite")
+        self.store = ExperienceStore(config.store or run_dir / "experience.sqlite")
         self.memory = MemoryBook(self.store, config.memory)
         self.distiller = SelfDistiller(policy, self.learner.optimizer, config.distill)
         self.ring = CheckpointRing(run_dir / "checkpoints", keep=config.checkpoints_kept)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lifelong.memory.store import SQLiteStore
+from lifelong.memory.store import ExperienceStore
 from lifelong.types import Episode, MemoryItem
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
@@ -50,7 +50,7 @@ class MemoryConfig:
 
 
 class MemoryBook:
-    def __init__(self, store: SQLiteStore, config: MemoryConfig = MemoryConfig()) -> None:
+    def __init__(self, store: ExperienceStore, config: MemoryConfig = MemoryConfig()) -> None:
         self.store = store
         self.config = config
 
