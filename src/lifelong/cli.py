@@ -3,6 +3,8 @@
   lifelong run     act and learn on a stream of tasks; writes runs/<id>/ (metrics, curve, report)
   lifelong report  rebuild the report and curve of a run folder
   lifelong envs    list the environments
+  lifelong play    play an environment yourself (the quickest way to see one is right)
+  lifelong serve   an OpenAI-compatible server that learns from its users' feedback
 
 Errors about input print one line (`error: <problem> -- <fix>`) and exit with code 2; `--debug`
 shows the traceback instead.
@@ -112,10 +114,10 @@ def _stream_from_args(args: argparse.Namespace) -> Any:
             get_spec(name)  # unknown names fail here, with close matches
         stages = tuple(Stage(Task.of(n), args.episodes or 256) for n in names)
         return Stream("+".join(names), stages, probe_size=args.probe_size or 48)
-    stream = get_stream(args.stream)
+    stream = get_stream(args.stream)  # a named stream or a YAML file, checked before anything runs
     if args.episodes or args.probe_size:
         stages = tuple(Stage(s.task, args.episodes or s.episodes) for s in stream.stages)
-        return Stream(stream.name, stages, args.probe_size or stream.probe_size, stream.description)
+        return Stream(stream.name, stages, args.probe_size or stream.probe_size, stream.description, stream.general)
     return stream
 
 
@@ -154,24 +156,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {run_dir} already exists", "pass --resume to continue it, or a new --run-id")
         stream = _stream_from_args(args)
-        config = RunConfig(
+        config = RunConfig.for_method(
+            args.method,
             stream=stream.to_dict(),
             model=args.model,
             reasoning_effort=args.reasoning_effort,
             thinking_tokens=args.thinking_tokens,
             seed=args.seed,
+            store=args.store,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
     progress = ConsoleProgress(enabled=not args.quiet)
     resolve_model_folder(config.model, announce=progress.note)  # bad paths fail before any output
-    model, tokenizer, name = load_model(config.model)
-    progress.note(f"run folder {run_dir}")
-    policy = Policy(model, tokenizer, name=name, lora=config.lora)
-    runtime = Runtime(config, policy, run_dir, progress)
-    try:
-        summary = runtime.run(resume=args.resume, stop_after=args.max_steps)
-    finally:
-        progress.stop()
+    if args.ray or args.ray_address:  # the same Runtime inside a Ray learner actor (lifelong.scale)
+        summary = _run_on_ray(args, config, run_dir, progress)
+    else:
+        model, tokenizer, name = load_model(config.model)
+        progress.note(f"run folder {run_dir}")
+        policy = Policy(model, tokenizer, name=name, lora=config.lora)
+        if args.sampler == "vllm":  # sample on this machine's GPU with vLLM; learn here as always
+            from lifelong.scale.vllm_actor import vllm_runtime
+
+            runtime = vllm_runtime(config, policy, run_dir, progress)
+        else:
+            runtime = Runtime(config, policy, run_dir, progress)
+        try:
+            summary = runtime.run(resume=args.resume, stop_after=args.max_steps)
+        finally:
+            progress.stop()
     report = write_report(run_dir, summary.to_json(), config.to_dict())
     result = summary.to_json()
     if not args.quiet:
@@ -182,6 +194,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _run_on_ray(args: argparse.Namespace, config: Any, run_dir: Path, progress: ConsoleProgress) -> Any:
+    from lifelong.scale.ray_run import RayConfig, run_on_ray
+
+    ray_config = RayConfig(
+        address=args.ray_address,
+        workers=args.ray_workers,
+        max_staleness=args.max_staleness,
+        sampler=args.sampler,
+        worker_gpus=1.0 if args.sampler == "vllm" else 0.0,
+        log_to_driver=args.debug,
+    )
+    try:
+        return run_on_ray(
+            config, run_dir, ray_config, progress, resume=args.resume, stop_after=args.max_steps, threads=args.threads
+        )
+    finally:
+        progress.stop()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -228,7 +259,176 @@ def cmd_envs(args: argparse.Namespace) -> int:
     for s in specs:
         knobs = ", ".join(f"{k}={v}" for k, v in s.knobs.items())
         table.add_row(s.name, s.source, "multi" if s.multi_turn else "single", knobs, s.description)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(
+        "Also: rg:<dataset> for any reasoning-gym dataset and ta:<game id> for any single-player textarena "
+        "game that runs offline (their own prompts). Try one: lifelong play NAME",
+        highlight=False,
+    )
+    return 0
+
+
+def _knobs_from_args(items: list[str]) -> dict[str, Any]:
+    """`--knob max_value=10` pairs; values read as YAML does (10 -> int, true -> bool, up -> str)."""
+    import yaml
+
+    knobs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--knob {item!r} is not NAME=VALUE", "e.g. --knob max_value=10")
+        try:
+            knobs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            knobs[key.strip()] = value
+    return knobs
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    """A person plays an environment in the terminal: observations on stdout, actions from stdin."""
+    import random
+
+    from lifelong.envs.registry import make
+
+    env = make(args.env, **_knobs_from_args(args.knob or []))
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    observation, info = env.reset(seed=seed)
+    echo = not sys.stdin.isatty()  # piped input: show it, so the transcript reads like a game
+    print(f"{args.env} (seed {seed}): type your answer and press Enter; Ctrl-D quits.\n")
+    total, turn, finished = 0.0, 0, False
+    while not finished and turn < env.max_turns:
+        turn += 1
+        print(observation)
+        try:
+            action = input(f"[{turn}/{env.max_turns}] > " if env.max_turns > 1 else "> ")
+        except EOFError:
+            print("\n(no more input)")
+            break
+        if echo:
+            print(action)
+        result = env.step(action)
+        total += result.reward
+        finished = result.terminated or result.truncated
+        observation = result.observation
+    if finished and observation:
+        print(observation)
+    verdict = "solved" if total >= env.success_threshold else "not solved"
+    print(f"\nreward {total:.2f} ({verdict}); answer: {info.get('answer', '')}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lifelong.serve.config import ServeConfig
+    from lifelong.serve.server import run_server
+
+    settings: dict[str, Any] = {}
+    if args.config:
+        try:
+            settings = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            fix = "pass a JSON file of ServeConfig fields"
+            raise ConfigError(f"cannot read --config {args.config} ({exc})", fix) from exc
+    keys = []
+    for item in args.key or []:
+        tenant, sep, key = item.partition("=")
+        if not sep or not tenant or not key:
+            raise ConfigError(f"--key {item!r} is not TENANT=KEY", "e.g. --key alice=sk-alice-secret")
+        keys.append((tenant, key))
+    flags: dict[str, Any] = {
+        "store": args.store,
+        "model": args.model,
+        "host": args.host,
+        "port": args.port,
+        "keys_file": args.keys,
+        "keys": keys or None,
+        "operator_keys": args.operator_key or None,
+        "expose_reasoning": args.expose_reasoning or None,
+        "reasoning_effort": args.reasoning_effort,
+        "probes_file": args.probes,
+        "threads": args.threads,
+    }
+    settings |= {k: v for k, v in flags.items() if v is not None}
+    if args.no_learn:
+        settings["learner"] = {**settings.get("learner", {}), "enabled": False}
+    try:
+        config = ServeConfig.from_dict(settings)
+    except TypeError as exc:
+        raise ConfigError(f"--config has an unknown setting ({exc})", "use the field names of ServeConfig") from exc
+
+    def announce(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    run_server(config, announce)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lifelong.evaluate.compare import summary_line, write_comparison
+    from lifelong.evaluate.harness import run_methods
+    from lifelong.loop.runtime import METHODS
+    from lifelong.model.loading import load_model, resolve_model_folder
+    from lifelong.model.policy import Policy
+
+    torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    known = (*METHODS, "trl")
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        named = ", ".join(unknown) or "(none given)"
+        raise ConfigError(f"unknown method(s) {named}", f"choose from {', '.join(known)}")
+    stream = _stream_from_args(args)
+    out = Path(args.out or Path("reports") / f"{stream.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    progress = ConsoleProgress(enabled=not args.quiet)
+    resolve_model_folder(args.model, announce=progress.note)
+    external = {}
+    if "trl" in methods:
+        from lifelong.evaluate.trl_runner import trl_runner
+
+        external["trl"] = trl_runner(args.model, progress.note)
+
+    def make_policy() -> Policy:
+        model, tokenizer, name = load_model(args.model)
+        return Policy(model, tokenizer, name=name)
+
+    settings = {"model": args.model, "seed": args.seed}
+    try:
+        results = run_methods(
+            stream, methods, make_policy, out, settings, lambda m: progress.note(f"method {m}"), progress, external
+        )
+    finally:
+        progress.stop()
+    page = write_comparison(results, stream.name, out)
+    if not args.quiet:
+        for r in results:
+            progress.console.print(f"{r.method:10s} {r.summary()}", highlight=False)
+        progress.console.print(f"report: {page}")
+    if args.json:
+        print(summary_line(results, stream.name))
+    return 0
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lifelong.loop.consolidate import consolidate
+    from lifelong.loop.runtime import RunConfig, Runtime
+    from lifelong.model.loading import load_model
+    from lifelong.model.policy import Policy
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.json)", "pass a folder under runs/")
+    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    model, tokenizer, name = load_model(config.model)
+    runtime = Runtime(config, Policy(model, tokenizer, name=name, lora=config.lora), run_dir)
+    step = runtime.restore()
+    report = consolidate(runtime, rounds=args.rounds)
+    runtime.checkpoint(step, good=False)  # the gate judges the consolidated adapters at the next evaluation
+    print(json.dumps(report.__dict__) if args.json else report)
     return 0
 
 
@@ -238,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="act and learn on a stream of tasks")
-    run.add_argument("--stream", default="demo", help="a named stream (default: demo)")
+    run.add_argument(
+        "--stream", default="demo", help="a named stream (demo, default) or a stream YAML file (default: demo)"
+    )
     run.add_argument("--tasks", help="comma-separated environment names, one stage each (instead of --stream)")
     run.add_argument("--episodes", type=int, help="training episodes per stage (overrides the stream)")
     run.add_argument("--probe-size", type=int, help="held-out items per task")
@@ -251,15 +453,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--thinking-tokens", type=int, help="exact thinking budget (overrides --reasoning-effort)")
     run.add_argument("--lr", type=float, help="learning rate of the adapters")
+    run.add_argument(
+        "--method",
+        default="lifelong",
+        choices=["lifelong", "grpo", "sft", "memory", "frozen"],
+        help="what to do with experience (default: lifelong = GRPO + guard + rehearsal + memory consolidation)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--store", help="experience store: a postgresql:// URL (default: SQLite in the run folder)")
     run.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     run.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
     run.add_argument("--max-steps", type=int, help="stop after this many updates (the run can be resumed)")
     run.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--ray", action="store_true", help="run on Ray: a learner actor + rollout-worker actors (local Ray by default)"
+    )
+    run.add_argument("--ray-address", help="join a running Ray cluster (implies --ray): auto, or ray://HEAD:10001")
+    run.add_argument("--ray-workers", type=int, default=2, help="rollout-worker actors with --ray (default: 2)")
+    run.add_argument(
+        "--max-staleness",
+        type=int,
+        default=1,
+        help="with --ray: updates a prefetched episode may lag the learner; 0 = on-policy (default: 1)",
+    )
+    run.add_argument(
+        "--sampler",
+        choices=["torch", "vllm"],
+        default="torch",
+        help="vllm: sample on an NVIDIA GPU with vLLM (pip install 'lifelong[gpu]') (default: torch)",
+    )
     run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="compare methods on a stream: HTML report, PNGs, results.json")
+    ev.add_argument("--stream", default="default", help="a named stream or a stream YAML file (default: default)")
+    ev.add_argument("--tasks", help="comma-separated environment names, one stage each (instead of --stream)")
+    ev.add_argument("--methods", default="frozen,memory,sft,grpo,lifelong", help="comma-separated; also: trl")
+    ev.add_argument("--episodes", type=int, help="training episodes per stage (overrides the stream)")
+    ev.add_argument("--probe-size", type=int, help="held-out items per task")
+    ev.add_argument("--model", help="a local Hugging Face model folder (default: the embedded SmolLM2-135M)")
+    ev.add_argument("--out", help="report folder (default: reports/<stream>-<time>); an unfinished one is resumed")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
+    ev.add_argument("--json", action="store_true", help="print the results as one JSON line, last on stdout")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    sleep = sub.add_parser("consolidate", help="distil a run's memory into its adapters, then prune memory")
+    sleep.add_argument("run_dir")
+    sleep.add_argument("--rounds", type=int, default=3)
+    sleep.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
+    sleep.add_argument("--json", action="store_true")
+    sleep.set_defaults(func=cmd_consolidate)
 
     report = sub.add_parser("report", help="rebuild report.md and the learning curve of a run")
     report.add_argument("run_dir")
@@ -268,6 +515,32 @@ def build_parser() -> argparse.ArgumentParser:
     envs = sub.add_parser("envs", help="list environments")
     envs.add_argument("--json", action="store_true")
     envs.set_defaults(func=cmd_envs)
+
+    play = sub.add_parser("play", help="play an environment yourself in the terminal (actions from stdin)")
+    play.add_argument("env", help="an environment name from `lifelong envs`, e.g. guess_number or rg:chain_sum")
+    play.add_argument("--seed", type=int, help="which item or game (default: random)")
+    play.add_argument("--knob", action="append", metavar="NAME=VALUE", help="a difficulty knob; repeat for more")
+    play.set_defaults(func=cmd_play)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server that learns from feedback")
+    serve.add_argument("--model", help="a local Hugging Face model folder (default: the embedded SmolLM2-135M)")
+    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: 8000)")
+    serve.add_argument("--keys", help='API keys file: {"keys": [{"key": "sk-...", "tenant": "alice"}, ...]}')
+    serve.add_argument("--key", action="append", metavar="TENANT=KEY", help="an API key for a tenant (repeatable)")
+    serve.add_argument("--operator-key", action="append", metavar="KEY", help="a key that may read monitor flags")
+    serve.add_argument("--store", help="folder of the store, adapters and logs (default: serve-data)")
+    serve.add_argument(
+        "--expose-reasoning", action="store_true", help="put the raw chain of thought in responses (off by default)"
+    )
+    serve.add_argument(
+        "--reasoning-effort", choices=["none", "low", "medium", "high"], help="default thinking budget (none)"
+    )
+    serve.add_argument("--probes", help="JSONL of operator probes for the gate (default: built-in questions)")
+    serve.add_argument("--no-learn", action="store_true", help="store feedback but do not learn from it")
+    serve.add_argument("--threads", type=int, help="torch threads for answering (default: 2)")
+    serve.add_argument("--config", help="JSON file of further ServeConfig settings (learner, gate, lora, limits)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ psycopg = pytest.importorskip("psycopg")
 @pytest.fixture
 def fresh_url(pg_url: str) -> str:
     """A new empty database per test."""
-    name = f"t{abs(hash(object()))}"
+    name = f"t{uuid.uuid4().hex}"  # hash(object()) repeats once the object is freed
     with psycopg.connect(pg_url, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
     return pg_url.rsplit("/", 1)[0] + f"/{name}"

@@ -7,14 +7,22 @@ runtime never passes the chain of thought to an environment, so no reward can re
 
 Every environment is seeded and reproducible: the same seed gives the same item and the same
 responses to the same actions. `info["answer"]` holds a ground-truth answer (for reports and for
-the contract test that checks it earns full reward).
+the contract test that checks it earns full reward); a multi-turn game also gives
+`info["solution"]`, a list of actions that wins from that seed.
+
+Rewards are in [0, 1]. A multi-turn `Game` pays once, on its last step: 1.0 for a win, at most
+`PARTIAL_CREDIT` for progress in a game not won, and 0 when the agent made no progress, so the
+sum over an episode stays in [0, 1] and garbage earns nothing.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -51,11 +59,16 @@ class Env(ABC):
 
 @dataclass(frozen=True)
 class Item:
-    """A single-turn task instance: the question shown, the reference answer, extra facts."""
+    """A single-turn task instance: the question shown, the reference answer, extra facts.
+
+    `meta` goes into the episode's info (and the experience store); `hidden` is what the scorer
+    needs but reports do not (e.g. a library's whole item), kept out of both.
+    """
 
     question: str
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    hidden: Any = field(default=None, compare=False, repr=False)
 
 
 class SingleTurnTask(Env):
@@ -74,9 +87,13 @@ class SingleTurnTask(Env):
     def score(self, answer: str, item: Item) -> float:
         """Reward in [0, 1] for `answer` (the answer text only)."""
 
+    def item_for(self, seed: int | None) -> Item:
+        """The item behind a seed. Override to map seeds to items directly (e.g. a seed modulo a
+        fixed list, so consecutive seeds never repeat an item)."""
+        return self.generate(random.Random(seed))
+
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        rng = random.Random(seed)
-        self._item = self.generate(rng)
+        self._item = self.item_for(seed)
         return self._item.question, {"answer": self._item.answer, **self._item.meta}
 
     def step(self, action: str) -> StepResult:
@@ -87,7 +104,87 @@ class SingleTurnTask(Env):
         return StepResult("", reward, True, False, {"answer": item.answer, **item.meta})
 
     def item_key(self, seed: int) -> str:
-        return self.generate(random.Random(seed)).question
+        return self.item_for(seed).question
+
+
+# The most a game that was not won can earn; a win earns 1.0. Keeping partial credit well below a win
+# means the group-relative advantage always prefers finishing the game to hovering near the goal.
+PARTIAL_CREDIT = 0.5
+
+
+class Outcome(enum.StrEnum):
+    """Where a game stands after a move."""
+
+    PLAYING = "playing"
+    WON = "won"
+    LOST = "lost"  # ended early without a win (fell in a hole, lost to the opponent)
+
+
+class Game(Env):
+    """A multi-turn game with one reward, paid on its last step.
+
+    Subclasses implement `start(rng)` (set up a game, return the first observation and info with
+    "answer" and "solution") and `move(action)` (apply one action, return the next observation and
+    the outcome), and may implement `progress()` in [0, 1] for partial credit. The episode ends on
+    a win, a loss, or after `max_turns` actions (truncated). The final reward is 1.0 for a win, else
+    `PARTIAL_CREDIT * progress()`.
+    """
+
+    def __init__(self, max_turns: int) -> None:
+        self.max_turns = max_turns
+        self._turn = 0
+        self._over = True
+        self._info: dict[str, Any] = {}
+
+    @abstractmethod
+    def start(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
+        """Set up a new game from `rng`; returns (first observation, info with answer and solution)."""
+
+    @abstractmethod
+    def move(self, action: str) -> tuple[str, Outcome]:
+        """Apply one action; returns (next observation, outcome)."""
+
+    def progress(self) -> float:
+        """How far towards a win the game is, in [0, 1]; 0 when no useful action was taken."""
+        return 0.0
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        self._turn, self._over = 0, False
+        observation, self._info = self.start(random.Random(seed))
+        return observation, dict(self._info)
+
+    def step(self, action: str) -> StepResult:
+        if self._over:
+            raise RuntimeError(f"{self.name}: the game is over; call reset() before step()")
+        self._turn += 1
+        observation, outcome = self.move(action)
+        truncated = outcome is Outcome.PLAYING and self._turn >= self.max_turns
+        self._over = outcome is not Outcome.PLAYING or truncated
+        reward = 0.0
+        if outcome is Outcome.WON:
+            reward = 1.0
+        elif self._over:
+            reward = PARTIAL_CREDIT * min(max(self.progress(), 0.0), 1.0)
+        info = {**self._info, "outcome": outcome.value, "turns": self._turn}
+        return StepResult(observation, reward, outcome is not Outcome.PLAYING, truncated, info)
+
+
+@contextmanager
+def own_random(state: list[Any]) -> Iterator[None]:
+    """Run library code that uses Python's global `random` on a generator of its own.
+
+    `state` is a one-element list holding the library's generator state; it is swapped in on entry
+    and saved back on exit, and the caller's global state is restored, so a library that reseeds or
+    draws from `random` (textarena reseeds it on every reset) neither disturbs the learner's
+    randomness nor depends on it.
+    """
+    outer = random.getstate()
+    random.setstate(state[0])
+    try:
+        yield
+    finally:
+        state[0] = random.getstate()
+        random.setstate(outer)
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

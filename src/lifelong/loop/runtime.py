@@ -202,10 +202,11 @@ class Runtime:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.schedule = self._schedule()
-        self.guard = Guard(config.guard, run_dir, self._drift_prompts(config.guard.drift_prompts))
+        drift_prompts = self._drift_prompts(config.guard.drift_prompts)
+        self.guard = Guard(config.guard, run_dir, drift_prompts)
         # Drift from the pretrained model (adapters off), measured at every evaluation for every
         # method, guard or not: forgetting tracks how far the output distribution has moved.
-        self.base_drift = ProbeDrift(self._drift_prompts(config.guard.drift_prompts))
+        self.base_drift = ProbeDrift(drift_prompts)
         self.learner.refuse_nonfinite = self.guard.enabled
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
