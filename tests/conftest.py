@@ -7,6 +7,7 @@ the model has 2 layers of width 64, so a learning step takes milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,9 +29,10 @@ def tokenizer() -> PreTrainedTokenizerBase:
     return tok
 
 
-def make_tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+def make_tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
+    """A 2-layer, 64-wide Llama over the real tokenizer; `overrides` change its LlamaConfig."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -43,7 +45,7 @@ def make_tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaF
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(LlamaConfig(**(settings | overrides)))
     model.eval()
     return model
 

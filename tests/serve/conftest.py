@@ -20,32 +20,17 @@ from typing import Any
 import openai
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.serve import BackgroundServer, LearnerConfig, ServeConfig, Server
+from tests.conftest import make_tiny_model
 
 KEYS = {"alice": "sk-alice", "bob": "sk-bob", "carol": "sk-carol", "ops": "sk-ops"}
 
 
 def make_learnable_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
+    return make_tiny_model(tokenizer, seed, pad_token_id=None, initializer_range=0.2)
 
 
 @pytest.fixture(autouse=True)
