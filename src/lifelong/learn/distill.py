@@ -23,6 +23,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import completion_log_softmax
+from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Completion, Sample, UpdateReport
 
@@ -86,8 +87,7 @@ class SelfDistiller:
                 )
         if not pairs:
             return UpdateReport(0, False, {}, reason="no answer tokens to distil")
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * self.lr_scale
+        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         student_logp, _, mask = completion_log_softmax(model, [s for s, _ in pairs], self.policy.pad_id)
@@ -98,11 +98,9 @@ class SelfDistiller:
         tokens = mask.sum().clamp(min=1)
         loss = (kl * mask).sum() / tokens
         loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
         if applied:
-            self.optimizer.step()
             self.policy.version += 1
         self.optimizer.zero_grad(set_to_none=True)
         model.eval()

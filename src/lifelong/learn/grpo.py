@@ -24,6 +24,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
 
@@ -130,8 +131,7 @@ class GRPOLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no group had reward spread")
         total_tokens = sum(sum(s.loss_mask) for s in batch.samples)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * self.lr_scale
+        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
         model.train()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = 0.0
@@ -140,13 +140,10 @@ class GRPOLearner:
             for chunk in _micro_batches(batch.samples, cfg.micro_batch):
                 for k, v in self._accumulate(chunk, total_tokens).items():
                     sums[k] += v
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
                 model.eval()
                 return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
-            self.optimizer.step()
         model.eval()
         self.step += 1
         self.policy.version += 1

@@ -16,6 +16,7 @@ import torch
 
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
 
@@ -51,8 +52,7 @@ class SFTLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no successful episode to imitate")
         cfg, model = self.config, self.policy.model
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * self.lr_scale
+        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
         total = sum(sum(s.loss_mask) for s in batch.samples)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -62,13 +62,10 @@ class SFTLearner:
             loss = -(logp * mask).sum() / total
             loss.backward()
             nll += float(loss)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
         if self.refuse_nonfinite and not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
             model.eval()
             return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
-        self.optimizer.step()
         model.eval()
         self.step += 1
         self.policy.version += 1
