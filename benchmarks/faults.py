@@ -190,6 +190,7 @@ def run_kill9(fault: str, guard: bool, warm: Path, work: Path, probe_size: int, 
     run_dir = work / f"{fault}-{'on' if guard else 'off'}"
     marker = run_dir.parent / f"{run_dir.name}.in-update"
     cmd = [sys.executable, __file__, "--child", str(run_dir), "--warm", str(warm), "--probe-size", str(probe_size)]
+    cmd += ["--threads", str(torch.get_num_threads())]
     child = subprocess.Popen([*cmd, "--guard" if guard else "--no-guard", "--marker", str(marker)])
     while not marker.exists():
         if child.poll() is not None:
@@ -232,6 +233,7 @@ def main() -> None:
     parser.add_argument("--warm-steps", type=int, default=6)
     parser.add_argument("--probe-size", type=int, default=48)
     parser.add_argument("--workdir", help="keep run folders here (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--warm", help=argparse.SUPPRESS)
@@ -239,7 +241,7 @@ def main() -> None:
     parser.add_argument("--guard", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     args = parser.parse_args()
     _quiet_libraries()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.child:
         child(args)
         return

@@ -46,10 +46,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--probe-size", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=1, help="alternate off/on runs this many times")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     _quiet_libraries()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="lifelong-guard-overhead-"))
     off, on = [], []
     for r in range(args.repeats):  # alternate so drifting machine load hits both alike

@@ -58,6 +58,23 @@ def test_probe_regression_on_a_guarded_task_rejects(tiny_policy: Policy, tmp_pat
     assert guard.gate(2, tiny_policy, {"old": 0.8, "general": 0.6, "later": 0.0}, guarded=["old"]).keep
 
 
+def test_general_ability_eroding_a_little_per_gate_is_rejected_against_the_pretrained_model(
+    tiny_policy: Policy, tmp_path: Path
+) -> None:
+    guard = _guard(tiny_policy, tmp_path, probe_drop_budget=0.1, general_drop_budget=0.08)
+    guard.mark_good(tiny_policy, {"facts": 0.60, "task": 0.3})  # step 0: the pretrained model
+    for step, facts in enumerate((0.55, 0.53), start=1):  # each gate within both budgets
+        verdict = guard.gate(step, tiny_policy, {"facts": facts, "task": 0.5}, ["facts", "task"], ["facts"])
+        assert verdict.keep, verdict.reason
+        guard.mark_good(tiny_policy, {"facts": facts, "task": 0.5})
+    # 5 points below the last good version (within 10) but 10 below the pretrained model (over 8)
+    verdict = guard.gate(3, tiny_policy, {"facts": 0.50, "task": 0.5}, ["facts", "task"], ["facts"])
+    assert not verdict.keep and "below the pretrained model" in verdict.reason
+    # a trained task is held only to the last good version
+    verdict = guard.gate(4, tiny_policy, {"facts": 0.60, "task": 0.45}, ["facts", "task"], ["facts"])
+    assert verdict.keep, verdict.reason
+
+
 def test_rollback_backs_off_and_good_gates_recover_the_learning_rate(tiny_policy: Policy, tmp_path: Path) -> None:
     guard = _guard(tiny_policy, tmp_path)
     guard.rolled_back(3, 1, "test")

@@ -21,7 +21,7 @@ def test_the_student_moves_to_the_teacher(tiny_policy: Policy) -> None:
     )[0]
     optimizer = torch.optim.AdamW([p for p in tiny_policy.model.parameters() if p.requires_grad], lr=0.02)
     distiller = SelfDistiller(
-        tiny_policy, optimizer, DistillConfig(learning_rate=0.02, student_samples=2, answer_tokens=2)
+        tiny_policy, optimizer, DistillConfig(learning_rate=0.02, student_samples=2, answer_tokens=2, reference_kl=0.0)
     )
     lesson = Lesson(student, teacher, (retry,))
     first = distiller.update([lesson], torch.Generator().manual_seed(0))
@@ -31,6 +31,23 @@ def test_the_student_moves_to_the_teacher(tiny_policy: Policy) -> None:
     # KL(student || teacher) on answer tokens, measured before each update, fell by far
     assert last.metrics["distill/kl"] < 0.2 * first.metrics["distill/kl"]
     assert tiny_policy.version == 12
+
+
+def test_the_reference_anchor_keeps_the_student_nearer_the_pretrained_model(tiny_policy: Policy) -> None:
+    student = tuple(tiny_policy.start("What is the code?"))
+    teacher = tuple(tiny_policy.start("What is the code? Lesson from last time: it is zebra"))
+    lesson = Lesson(student, teacher)
+    start = {k: v.clone() for k, v in tiny_policy.model.state_dict().items() if "lora" in k}
+    moved = {}
+    for weight in (0.0, 10.0):
+        tiny_policy.model.load_state_dict(start, strict=False)
+        params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+        config = DistillConfig(learning_rate=0.02, student_samples=4, answer_tokens=2, reference_kl=weight)
+        distiller = SelfDistiller(tiny_policy, torch.optim.AdamW(params, lr=0.02), config)
+        for step in range(10):
+            report = distiller.update([lesson], torch.Generator().manual_seed(step))
+        moved[weight] = report.metrics["distill/reference_kl"]
+    assert moved[10.0] < 0.5 * moved[0.0]
 
 
 def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:

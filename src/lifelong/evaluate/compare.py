@@ -89,7 +89,7 @@ def plot_curves(results: Sequence[MethodResult], out: Path) -> Path:
 
 
 def plot_forgetting(results: Sequence[MethodResult], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(1.8 + 1.1 * len(results), 3.4))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.1 * len(results), 3.8))
     width = 0.38
     xs = range(len(results))
     bwt = [100 * r.metrics.BWT for r in results]
@@ -102,7 +102,8 @@ def plot_forgetting(results: Sequence[MethodResult], out: Path) -> Path:
     ax.set_xticks(list(xs), [r.method for r in results])
     ax.set_ylabel("points")
     ax.set_title("Backward transfer and forgetting", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    # below the axes: inside them the legend covers the bars
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out / "forgetting.png"
@@ -136,11 +137,28 @@ def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any])
     for r in results:
         s = r.summary()
         cells = "".join(
-            f"<td>{s[k]:.1f}</td>" if k == "episodes_per_min" else f"<td>{100 * s[k]:+.1f}</td>" for k in keys
+            f"<td>{s[k]:.1f}</td>"
+            if k == "episodes_per_min"
+            else f"<td>{100 * s[k]:.1f}</td>"
+            if k in ("ACC", "online_acc")  # levels; the others are changes, signed
+            else f"<td>{100 * s[k]:+.1f}</td>"
+            for k in keys
         )
         rows.append(f"<tr><td><b>{html.escape(r.method)}</b></td>{cells}</tr>")
     matrices = "".join(
         f'<figure><img src="{p.name}" alt="accuracy matrix of {m}"></figure>' for m, p in figures["matrices"]
+    )
+    # general_delta is a mean: one probe's loss can hide behind another's gain, so show each
+    probes = sorted({g for r in results for g in r.general})
+    general_head = "".join(f"<th>{html.escape(g)}</th>" for g in ["method", *probes])
+    general_rows = "".join(
+        f"<tr><td><b>{html.escape(r.method)}</b></td>"
+        + "".join(
+            f"<td>{100 * before:.1f} &rarr; {100 * after:.1f}</td>"
+            for before, after in (r.general.get(g, (float("nan"), float("nan"))) for g in probes)
+        )
+        + "</tr>"
+        for r in results
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lifelong eval: {html.escape(stream)}</title>
@@ -160,7 +178,8 @@ held-out items never used for learning, in points (percent); episodes_per_min is
 right after its stage to the end (Lopez-Paz &amp; Ranzato). FWT: score on a task just before its stage minus
 the pretrained score. forgetting: best earlier score minus final (Chaudhry; Mammoth's variant; Avalanche's
 variant equals -BWT). online_acc: success of training items when first met, before learning from them.
-general_delta: change on general-ability probes never trained on.</p>
+general_delta: change on general-ability probes never trained on (mean over the probes; each below).</p>
+<table><tr>{general_head}</tr>{general_rows}</table>
 <h2>Learning curves</h2><img src="{figures["curves"].name}" alt="learning curves">
 <h2>Forgetting</h2><img src="{figures["forgetting"].name}" alt="forgetting bars">
 <h2>Drift from the pretrained model</h2><img src="{figures["drift"].name}" alt="probe drift">

@@ -84,8 +84,11 @@ def result_from_run(method: str, run_dir: Path) -> MethodResult:
     R = [[evals[step]["scores"][t] for t in tasks] for step in [0, *ends]]
     general = {g.label: (evals[0]["scores"][g.label], evals[ends[-1]]["scores"][g.label]) for g in stream.general}
     deltas = [after - before for before, after in general.values()]
+    # A run folder's own SQLite store holds only its run (whatever the folder is called now); a
+    # shared store (PostgreSQL) is filtered by the run's id, the folder name it was run under.
+    run_id = run_dir.name if config.store else None
     with ExperienceStore(config.store or run_dir / "experience.sqlite") as store:
-        online = online_accuracy([e.success for e in store.iter_episodes(run_id=run_dir.name, split="train")])
+        online = online_accuracy([e.success for e in store.iter_episodes(run_id=run_id, split="train")])
     updates = [r for r in records if r.get("type") == "update"]
     seconds = sum(r.get("time/act_s", 0.0) + r.get("time/learn_s", 0.0) for r in updates)
     return MethodResult(

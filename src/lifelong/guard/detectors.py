@@ -116,6 +116,7 @@ class ProbeRegression:
     """A guarded task (general ability or one already learned) lost more than its budget."""
 
     budget: float = 0.10
+    against: str = "the last good version"  # what the reference scores are, for the message
 
     def check(self, scores: dict[str, float], reference: dict[str, float]) -> Finding | None:
         drops = {t: reference[t] - s for t, s in scores.items() if t in reference and reference[t] - s > self.budget}
@@ -124,7 +125,7 @@ class ProbeRegression:
             return Finding(
                 "probe_regression",
                 True,
-                f"{worst} fell {100 * drops[worst]:.1f} pts (budget {100 * self.budget:.0f})",
+                f"{worst} fell {100 * drops[worst]:.1f} pts below {self.against} (budget {100 * self.budget:.0f})",
                 {"drops": drops, "scores": scores, "reference": reference},
             )
         return None

@@ -52,6 +52,9 @@ class GuardConfig:
     entropy_margin: float = 2.0  # nats/token above the last good version's entropy on probe prompts
     kl_drift_budget: float = 1.0  # nats/token on probe prompts since the last good version
     probe_drop_budget: float = 0.10  # max drop of a guarded task's held-out success per gate
+    # Max total drop of a general-ability probe below the pretrained model. The per-gate budget
+    # alone lets a skill erode a few points at a time (seen: facts 56% -> 34% over a stream).
+    general_drop_budget: float = 0.08
     drift_prompts: int = 8
     saturation_window: int = 3
     saturation_gap: float = 0.35
@@ -65,8 +68,10 @@ class GuardConfig:
             raise ConfigError("lr_backoff must be in (0, 1)", "0.5 halves the learning rate after a rollback")
         if self.lr_recover < 1:
             raise ConfigError("lr_recover must be >= 1", "1.25 recovers a quarter per passed gate")
-        if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0:
-            raise ConfigError("budgets must be positive", "the defaults are kl 1.0 nats/token and 10 points")
+        if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
+            raise ConfigError(
+                "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
+            )
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class GuardState:
 
     lr_scale: float = 1.0
     reference_scores: dict[str, float] = field(default_factory=dict)  # at the last good gate
+    base_scores: dict[str, float] = field(default_factory=dict)  # of the pretrained model (step 0)
     best_scores: dict[str, float] = field(default_factory=dict)
     latest_scores: dict[str, float] = field(default_factory=dict)
     quarantined: list[str] = field(default_factory=list)
@@ -103,6 +109,7 @@ class Guard:
         self.entropy = EntropyBounds(config.min_entropy, config.entropy_margin)
         self.drift_check = KLDriftGuard(config.kl_drift_budget)
         self.regression = ProbeRegression(config.probe_drop_budget)
+        self.erosion = ProbeRegression(config.general_drop_budget, against="the pretrained model")
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
         self.drift = ProbeDrift(list(drift_prompts)[: config.drift_prompts])
@@ -160,9 +167,12 @@ class Guard:
             self.spikes[kind] = UpdateSizeSpike(self.config.update_spike_factor, self.config.spike_warmup)
         return self.spikes[kind]
 
-    def gate(self, step: int, policy: Policy, scores: dict[str, float], guarded: Sequence[str]) -> Verdict:
+    def gate(
+        self, step: int, policy: Policy, scores: dict[str, float], guarded: Sequence[str], general: Sequence[str] = ()
+    ) -> Verdict:
         """Thorough check at an evaluation point. `scores`: held-out success per task now;
-        `guarded`: tasks that must not regress (general probes and tasks reached so far)."""
+        `guarded`: tasks that must not regress (general probes and tasks reached so far);
+        `general`: the general-ability probes, also held to the pretrained model's scores."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -181,6 +191,10 @@ class Guard:
                     {t: s for t, s in scores.items() if t in guarded},
                     {t: s for t, s in self.state.reference_scores.items() if t in guarded},
                 ),
+                self.erosion.check(
+                    {t: s for t, s in scores.items() if t in general},
+                    {t: s for t, s in self.state.base_scores.items() if t in general},
+                ),
             )
             if f is not None
         ]
@@ -191,6 +205,8 @@ class Guard:
     def mark_good(self, policy: Policy, scores: dict[str, float], generator: torch.Generator | None = None) -> None:
         """The current adapters passed the gate: they become the reference for the next one."""
         self.state.reference_scores = dict(scores)
+        if not self.state.base_scores:  # the first good version is the pretrained model
+            self.state.base_scores = dict(scores)
         self.state.lr_scale = min(1.0, self.state.lr_scale * self.config.lr_recover)
         if self.enabled:
             self.set_drift_reference(policy, generator)

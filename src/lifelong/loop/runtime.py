@@ -312,7 +312,7 @@ class Runtime:
                 self.progress.note(f"step {slot.step}: evaluating probes")
                 scores = self.evaluate(step=slot.step)
                 if verdict.keep:  # the thorough gate piggybacks on the evaluation: no extra probes
-                    verdict = self.guard.gate(slot.step, self.policy, scores, self._guarded(slot))
+                    verdict = self.guard.gate(slot.step, self.policy, scores, self._guarded(slot), self._general())
                     gated = True
                 if verdict.keep and gated:
                     self.guard.mark_good(self.policy, scores, self.generator)
@@ -325,10 +325,13 @@ class Runtime:
             self.checkpoint(slot.step, good=gated and verdict.keep)
         return self.summary()
 
+    def _general(self) -> list[str]:
+        return [t.label for t in self.stream.general]
+
     def _guarded(self, slot: _Slot) -> list[str]:
         """Tasks that must not regress: general probes and every task reached so far."""
         reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
-        return [t.label for t in self.stream.general] + sorted(reached)
+        return self._general() + sorted(reached)
 
     def _rollback(self, step: int, verdict: Verdict) -> None:
         good = self.ring.latest_good()
