@@ -130,20 +130,21 @@ def plot_drift(results: Sequence[MethodResult], out: Path) -> Path:
     return path
 
 
+def _cell(key: str, value: float) -> str:
+    if key == "episodes_per_min":
+        return f"{value:.1f}"
+    if key in ("ACC", "online_acc"):  # levels, in points; the other metrics are changes, signed
+        return f"{100 * value:.1f}"
+    return f"{100 * value:+.1f}"
+
+
 def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any]) -> str:
     keys = ["ACC", "BWT", "FWT", "forgetting", "online_acc", "general_delta", "episodes_per_min"]
     head = "".join(f"<th>{k}</th>" for k in ["method", *keys])
     rows = []
     for r in results:
         s = r.summary()
-        cells = "".join(
-            f"<td>{s[k]:.1f}</td>"
-            if k == "episodes_per_min"
-            else f"<td>{100 * s[k]:.1f}</td>"
-            if k in ("ACC", "online_acc")  # levels; the others are changes, signed
-            else f"<td>{100 * s[k]:+.1f}</td>"
-            for k in keys
-        )
+        cells = "".join(f"<td>{_cell(k, s[k])}</td>" for k in keys)
         rows.append(f"<tr><td><b>{html.escape(r.method)}</b></td>{cells}</tr>")
     matrices = "".join(
         f'<figure><img src="{p.name}" alt="accuracy matrix of {m}"></figure>' for m, p in figures["matrices"]

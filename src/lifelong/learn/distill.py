@@ -99,17 +99,21 @@ class SelfDistiller:
         set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        student_logp, _, mask = completion_log_softmax(model, [s for s, _ in pairs], self.policy.pad_id)
+        students = [s for s, _ in pairs]
+        student_logp, _, mask = completion_log_softmax(model, students, self.policy.pad_id)
         with torch.no_grad():
             teacher_logp, _, _ = completion_log_softmax(model, [t for _, t in pairs], self.policy.pad_id)
-        # reverse KL per position: sum_v p_s (log p_s - log p_t)    (B, C)
+            with model.disable_adapter():  # the pretrained model; its KL is also reported
+                reference_logp, _, _ = completion_log_softmax(model, students, self.policy.pad_id)
         student_p = student_logp.exp()
-        kl = (student_p * (student_logp - teacher_logp)).sum(-1)
-        with torch.no_grad(), model.disable_adapter():  # also reported: how far the student moved
-            reference_logp, _, _ = completion_log_softmax(model, [s for s, _ in pairs], self.policy.pad_id)
-        anchor = (student_p * (student_logp - reference_logp)).sum(-1)
         tokens = mask.sum().clamp(min=1)
-        loss = ((kl + cfg.reference_kl * anchor) * mask).sum() / tokens
+
+        def reverse_kl(other_logp: torch.Tensor) -> torch.Tensor:
+            """KL(student || other) per answer token: sum_v p_s (log p_s - log p_o), token-mean."""
+            return ((student_p * (student_logp - other_logp)).sum(-1) * mask).sum() / tokens
+
+        kl, anchor = reverse_kl(teacher_logp), reverse_kl(reference_logp)
+        loss = kl + cfg.reference_kl * anchor
         loss.backward()
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
@@ -121,8 +125,8 @@ class SelfDistiller:
             self.policy.version,
             applied,
             {
-                "distill/kl": float((kl.detach() * mask).sum() / tokens),
-                "distill/reference_kl": float((anchor.detach() * mask).sum() / tokens),
+                "distill/kl": float(kl.detach()),
+                "distill/reference_kl": float(anchor.detach()),
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,
