@@ -14,9 +14,15 @@ Faults:
   garbage_feedback  random 0/1 rewards
   kill9             the process is killed with SIGKILL in the middle of an update, then resumed
 
+A control run with no fault (guard on and off) comes first: it shows what the same eight steps
+of normal learning do to the probes, and whether the guard raises false alarms.
+
 Per fault: detected (a guard finding, or for kill9 the resume noticing the interrupted step),
 recovered (every probe within 2 points of its value before the fault, or better), probe_delta
-(worst probe change, after - before), episodes_lost (stored episodes missing afterwards).
+(worst probe change, after - before), episodes_lost (stored episodes missing afterwards), and
+control_delta (the no-fault run's probe_delta with the same guard setting) and
+recovered_vs_control (within 2 points of before or of the no-fault run's end, whichever is lower:
+normal learning moves a probe by an item or two too, and that is not the fault's damage).
 
     python benchmarks/faults.py [--faults a,b] [--json]
 """
@@ -50,8 +56,10 @@ from lifelong.model.policy import Policy
 from lifelong.streams.stream import Stage, Stream, Task
 from lifelong.types import Batch, UpdateReport
 
+CONTROL = "none"  # the no-fault run
 FAULTS = ("nan_grad", "lr_spike", "flipped_reward", "always_one", "garbage_feedback", "kill9")
 FAULT_STEPS = range(1, 4)
+RECOVERY_TOLERANCE = 0.02  # probe points (as a fraction) a recovered run may end below its baseline
 TOTAL_STEPS = 8
 TRAINED = Task.of("add", max_value=20)
 GENERAL = Task.of("letter", position="first")
@@ -69,6 +77,8 @@ class FaultResult:
     after: dict[str, float]
     rollbacks: int
     findings: list[str]
+    control_delta: float | None = None
+    recovered_vs_control: bool | None = None
 
 
 def config(guard: bool, steps: int, probe_size: int) -> RunConfig:
@@ -172,7 +182,8 @@ def result(fault: str, guard: bool, run_dir: Path, lost: int, detected: bool | N
     found = findings(run_dir)
     rollbacks = sum(1 for f in found if f == "rollback")
     hit = detected if detected is not None else any(f != "rollback" for f in found)
-    return FaultResult(fault, guard, hit, delta >= -0.02, round(delta, 4), lost, before, after, rollbacks, found)
+    recovered = delta >= -RECOVERY_TOLERANCE
+    return FaultResult(fault, guard, hit, recovered, round(delta, 4), lost, before, after, rollbacks, found)
 
 
 def run_fault(policy: Policy, fault: str, guard: bool, warm: Path, work: Path, probe_size: int) -> FaultResult:
@@ -257,29 +268,39 @@ def main() -> None:
     print(f"warm-up: {args.warm_steps} steps of {TRAINED.label} (work folder {work})", file=sys.stderr)
     warm = warm_up(policy, work, args.warm_steps, args.probe_size)
     results = []
-    for fault in faults:
+    control: dict[bool, float] = {}
+    for fault in [CONTROL, *faults]:
         for guard in (True, False):
             print(f"[{time.time() - t0:5.0f}s] {fault} guard={'on' if guard else 'off'}", file=sys.stderr)
             if fault == "kill9":
                 r = run_kill9(fault, guard, warm, work, args.probe_size, policy)
             else:
                 r = run_fault(policy, fault, guard, warm, work, args.probe_size)
+            if fault == CONTROL:
+                control[guard] = r.probe_delta
+            else:
+                r.control_delta = control[guard]
+                r.recovered_vs_control = r.probe_delta >= min(0.0, r.control_delta) - RECOVERY_TOLERANCE
             results.append(r)
             print(
                 f"    detected={r.detected} recovered={r.recovered} probe_delta={r.probe_delta:+.3f} "
                 f"lost={r.episodes_lost} rollbacks={r.rollbacks} findings={sorted(set(r.findings))}",
                 file=sys.stderr,
             )
-    print(f"\n{'fault':18s} {'guard':5s} {'detected':8s} {'recovered':9s} {'probe_delta':>11s} {'lost':>4s}")
+    print(f"\n{'fault':18s} {'guard':5s} {'detected':8s} {'recovered':9s} {'probe_delta':>11s}", end=" ")
+    print(f"{'control':>8s} {'vs_control':10s} {'lost':>4s}")
     for r in results:
+        ctrl = f"{100 * r.control_delta:+7.1f}p" if r.control_delta is not None else f"{'':8s}"
+        vs_control = "" if r.recovered_vs_control is None else str(r.recovered_vs_control)
         print(
             f"{r.fault:18s} {'on' if r.guard else 'off':5s} {r.detected!s:8s} {r.recovered!s:9s} "
-            f"{100 * r.probe_delta:+10.1f}p {r.episodes_lost:4d}"
+            f"{100 * r.probe_delta:+10.1f}p {ctrl} {vs_control:10s} {r.episodes_lost:4d}"
         )
     print(f"({(time.time() - t0) / 60:.1f} minutes)")
     if args.json:
         keys = ("fault", "guard", "detected", "recovered", "probe_delta", "episodes_lost")
-        print(json.dumps([{k: asdict(r)[k] for k in keys} for r in results]))
+        keys += ("control_delta", "recovered_vs_control")
+        print(json.dumps([{k: asdict(r)[k] for k in keys} for r in results if r.fault != CONTROL]))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_learning_rate_spike_is_rejected_after_warmup(tiny_policy: Policy, tmp_p
 
 def test_drift_is_zero_at_the_reference_and_grows_with_learning(tiny_policy: Policy, tmp_path: Path) -> None:
     guard = _guard(tiny_policy, tmp_path, kl_drift_budget=1e-4)
-    guard.mark_good(tiny_policy, {"t": 0.5}, torch.Generator().manual_seed(0))
+    guard.mark_good(tiny_policy, {"t": 0.5})
     verdict = guard.gate(1, tiny_policy, {"t": 0.5}, guarded=["t"])
     assert verdict.keep and guard.last_drift.kl < 1e-6
     learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=0.05, kl_coef=0.0))
@@ -73,6 +73,18 @@ def test_general_ability_eroding_a_little_per_gate_is_rejected_against_the_pretr
     # a trained task is held only to the last good version
     verdict = guard.gate(4, tiny_policy, {"facts": 0.60, "task": 0.45}, ["facts", "task"], ["facts"])
     assert verdict.keep, verdict.reason
+
+
+def test_the_task_being_trained_is_held_to_a_tighter_budget(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, probe_drop_budget=0.1, trained_drop_budget=0.05)
+    guard.mark_good(tiny_policy, {"add": 0.70, "old": 0.60})
+    # 8 points down on both: within the guarded budget for "old", over the trained budget for "add"
+    scores = {"add": 0.62, "old": 0.52}
+    verdict = guard.gate(4, tiny_policy, scores, guarded=["add", "old"], trained=["add"])
+    assert not verdict.keep and "add fell 8.0 pts below the last good version while being trained" in verdict.reason
+    assert [f.detector for f in verdict.findings] == ["trained_regression"]
+    # the same drop on a task not trained since the last gate is interference, within budget
+    assert guard.gate(5, tiny_policy, scores, guarded=["add", "old"], trained=["other"]).keep
 
 
 def test_rollback_backs_off_and_good_gates_recover_the_learning_rate(tiny_policy: Policy, tmp_path: Path) -> None:

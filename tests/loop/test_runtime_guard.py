@@ -7,12 +7,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tests.conftest import make_tiny_model
+from transformers import PreTrainedTokenizerBase
 
 from lifelong.guard.gate import GuardConfig
 from lifelong.guard.health import trainable
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime
-from lifelong.model.policy import Policy
+from lifelong.memory.store import ExperienceStore
+from lifelong.model.policy import LoraSettings, Policy
 from lifelong.streams.stream import Stage, Stream, Task
 from lifelong.types import Batch, UpdateReport
 
@@ -30,11 +33,13 @@ def _config(guard: bool) -> RunConfig:
 
 
 def _spike_at(runtime: Runtime, step: int) -> None:
-    """Fault injection: the learning rate is multiplied by 1000 for one update."""
+    """Fault injection: the learning rate is multiplied by 1000 for the update of one step."""
     update = runtime.learner.update
+    calls = [0]  # the runtime asks for one update per step (learner.step counts only applied ones)
 
     def faulty(batch: Batch) -> UpdateReport:
-        if runtime.learner.step == step - 1:
+        calls[0] += 1
+        if calls[0] == step:
             runtime.learner.lr_scale *= 1000
         return update(batch)
 
@@ -80,3 +85,39 @@ def test_guard_state_survives_a_resume(tiny_policy: Policy, tmp_path: Path) -> N
     resumed.run(resume=True, stop_after=1)
     assert resumed.guard.state.rollbacks == 1
     assert resumed.guard.state.lr_scale < 1.0
+
+
+def test_the_task_being_trained_getting_worse_is_rolled_back(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    evaluate = runtime.evaluate
+
+    def worse_at_step_4(step: int) -> dict[str, float]:
+        scores = evaluate(step)
+        if step != 4:
+            return scores
+        # 7 points below the last good version: inside the 10-point budget for guarded tasks,
+        # over the 5-point budget for the task being trained (a flipped reward does this)
+        return {t: runtime.guard.state.reference_scores[t] - 0.07 for t in scores}
+
+    runtime.evaluate = worse_at_step_4  # type: ignore[method-assign]
+    runtime.run(stop_after=4)
+    rollbacks = [r for r in _records(tmp_path / "run") if r["type"] == "rollback"]
+    assert [(r["step"], r["to_step"]) for r in rollbacks] == [(4, 2)]
+    assert "while being trained" in rollbacks[0]["reason"]
+
+
+def test_watching_a_run_does_not_change_what_it_samples(tokenizer: PreTrainedTokenizerBase, tmp_path: Path) -> None:
+    """The guard draws its drift samples from its own generator, so a run with the guard on samples
+    exactly what the same run without it samples (while no update is rejected)."""
+    answers = {}
+    for guard in (True, False):
+        policy = Policy(make_tiny_model(tokenizer), tokenizer, name="tiny", lora=LoraSettings(rank=4, alpha=8))
+        run_dir = tmp_path / f"guard-{guard}"
+        Runtime(_config(guard=guard), policy, run_dir).run(stop_after=4)
+        assert not [r for r in _records(run_dir) if r["type"] == "rollback"]
+        with ExperienceStore(run_dir / "experience.sqlite") as store:
+            episodes = [
+                e for step in range(1, 5) for e in store.episodes(run_id=run_dir.name, step=step, split="train")
+            ]
+        answers[guard] = [t.completion.token_ids for e in episodes for t in e.turns]
+    assert answers[True] == answers[False] and len(answers[True]) == 4 * 8

@@ -113,17 +113,21 @@ class KLDriftGuard:
 
 @dataclass
 class ProbeRegression:
-    """A guarded task (general ability or one already learned) lost more than its budget."""
+    """A guarded task lost more than its budget against a reference: the last good version (tasks
+    already reached), the pretrained model (general ability), or the last good version while the
+    task was being trained (a drop there means its training signal is wrong: a flipped or garbage
+    reward, or too large a step)."""
 
     budget: float = 0.10
     against: str = "the last good version"  # what the reference scores are, for the message
+    detector: str = "probe_regression"  # the finding's name in guard_events.jsonl
 
     def check(self, scores: dict[str, float], reference: dict[str, float]) -> Finding | None:
         drops = {t: reference[t] - s for t, s in scores.items() if t in reference and reference[t] - s > self.budget}
         if drops:
             worst = max(drops, key=lambda t: drops[t])
             return Finding(
-                "probe_regression",
+                self.detector,
                 True,
                 f"{worst} fell {100 * drops[worst]:.1f} pts below {self.against} (budget {100 * self.budget:.0f})",
                 {"drops": drops, "scores": scores, "reference": reference},

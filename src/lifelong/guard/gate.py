@@ -52,10 +52,15 @@ class GuardConfig:
     entropy_margin: float = 2.0  # nats/token above the last good version's entropy on probe prompts
     kl_drift_budget: float = 1.0  # nats/token on probe prompts since the last good version
     probe_drop_budget: float = 0.10  # max drop of a guarded task's held-out success per gate
+    # Max drop of the task being trained, per gate. Training on a task should not make it worse;
+    # when it does, its reward is suspect (seen: a sign-flipped reward cost 8 points in 3 steps,
+    # inside the 10-point budget above, and stayed).
+    trained_drop_budget: float = 0.05
     # Max total drop of a general-ability probe below the pretrained model. The per-gate budget
     # alone lets a skill erode a few points at a time (seen: facts 56% -> 34% over a stream).
     general_drop_budget: float = 0.08
     drift_prompts: int = 8
+    drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
     saturation_gap: float = 0.35
     slip_threshold: float = 0.05  # a task this far below its best probe score is rehearsed
@@ -68,6 +73,10 @@ class GuardConfig:
             raise ConfigError("lr_backoff must be in (0, 1)", "0.5 halves the learning rate after a rollback")
         if self.lr_recover < 1:
             raise ConfigError("lr_recover must be >= 1", "1.25 recovers a quarter per passed gate")
+        if self.drift_prompts < 1 or self.drift_samples < 1:
+            raise ConfigError(
+                "drift_prompts and drift_samples must be >= 1", "the defaults are 8 prompts, 1 sample each"
+            )
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -99,8 +108,11 @@ class GuardState:
 
 
 class Guard:
-    def __init__(self, config: GuardConfig, run_dir: Path, drift_prompts: Sequence[Sequence[int]] = ()) -> None:
+    def __init__(
+        self, config: GuardConfig, run_dir: Path, drift_prompts: Sequence[Sequence[int]] = (), seed: int = 0
+    ) -> None:
         self.config = config
+        self.seed = seed
         self.events_path = run_dir / "guard_events.jsonl"
         self.state = GuardState()
         self.nonfinite = NonFiniteCheck()
@@ -109,12 +121,20 @@ class Guard:
         self.entropy = EntropyBounds(config.min_entropy, config.entropy_margin)
         self.drift_check = KLDriftGuard(config.kl_drift_budget)
         self.regression = ProbeRegression(config.probe_drop_budget)
-        self.erosion = ProbeRegression(config.general_drop_budget, against="the pretrained model")
+        self.erosion = ProbeRegression(
+            config.general_drop_budget, against="the pretrained model", detector="general_erosion"
+        )
+        self.trained_regression = ProbeRegression(
+            config.trained_drop_budget,
+            against="the last good version while being trained",
+            detector="trained_regression",
+        )
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
-        self.drift = ProbeDrift(list(drift_prompts)[: config.drift_prompts])
+        self.drift = ProbeDrift(list(drift_prompts)[: config.drift_prompts], samples_per_prompt=config.drift_samples)
         self._snapshot: AdapterSnapshot | None = None
         self.last_drift = DriftReading(0.0, 0.0)
+        self._gated_version: int | None = None  # the policy version `last_drift` was read from
         self.reference_drift = DriftReading(0.0, 0.0)  # the last good version read against itself
 
     @property
@@ -168,11 +188,18 @@ class Guard:
         return self.spikes[kind]
 
     def gate(
-        self, step: int, policy: Policy, scores: dict[str, float], guarded: Sequence[str], general: Sequence[str] = ()
+        self,
+        step: int,
+        policy: Policy,
+        scores: dict[str, float],
+        guarded: Sequence[str],
+        general: Sequence[str] = (),
+        trained: Sequence[str] = (),
     ) -> Verdict:
         """Thorough check at an evaluation point. `scores`: held-out success per task now;
         `guarded`: tasks that must not regress (general probes and tasks reached so far);
-        `general`: the general-ability probes, also held to the pretrained model's scores."""
+        `general`: the general-ability probes, also held to the pretrained model's scores;
+        `trained`: the tasks trained since the last gate, held to a tighter budget."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -187,33 +214,34 @@ class Guard:
                 self.entropy.check(reading.entropy, "probe prompts", self.reference_drift.entropy)
                 if reading.entropy > 0
                 else None,
-                self.regression.check(
-                    {t: s for t, s in scores.items() if t in guarded},
-                    {t: s for t, s in self.state.reference_scores.items() if t in guarded},
-                ),
-                self.erosion.check(
-                    {t: s for t, s in scores.items() if t in general},
-                    {t: s for t, s in self.state.base_scores.items() if t in general},
-                ),
+                self.regression.check(_only(scores, guarded), _only(self.state.reference_scores, guarded)),
+                self.erosion.check(_only(scores, general), _only(self.state.base_scores, general)),
+                self.trained_regression.check(_only(scores, trained), _only(self.state.reference_scores, trained)),
             )
             if f is not None
         ]
         self._log(step, findings, {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores})
-        self.last_drift = reading
+        self.last_drift, self._gated_version = reading, policy.version
         return Verdict(not any(f.reject for f in findings), tuple(findings))
 
-    def mark_good(self, policy: Policy, scores: dict[str, float], generator: torch.Generator | None = None) -> None:
+    def mark_good(self, policy: Policy, scores: dict[str, float]) -> None:
         """The current adapters passed the gate: they become the reference for the next one."""
         self.state.reference_scores = dict(scores)
         if not self.state.base_scores:  # the first good version is the pretrained model
             self.state.base_scores = dict(scores)
         self.state.lr_scale = min(1.0, self.state.lr_scale * self.config.lr_recover)
         if self.enabled:
-            self.set_drift_reference(policy, generator)
+            # The gate has just read this version's entropy on the probe prompts: reuse it
+            # instead of scoring the new reference samples again (a forward pass per gate).
+            gated = self._gated_version == policy.version and self.last_drift.entropy > 0
+            self.set_drift_reference(policy, self.last_drift.entropy if gated else None)
 
-    def set_drift_reference(self, policy: Policy, generator: torch.Generator | None = None) -> None:
-        self.drift.set_reference(policy, generator)
-        self.reference_drift = self.drift.read(policy)
+    def set_drift_reference(self, policy: Policy, entropy: float | None = None) -> None:
+        """Sample the drift reference from the policy as it is now. The guard draws from its own
+        seeded generator, never the run's: watching a run must not change what the run samples
+        (so runs with the guard on and off, or resumed and not, sample the same)."""
+        self.drift.set_reference(policy, torch.Generator().manual_seed(self.seed))
+        self.reference_drift = DriftReading(0.0, entropy) if entropy is not None else self.drift.read(policy)
 
     def rolled_back(self, step: int, to_step: int, reason: str) -> None:
         self.state.rollbacks += 1
@@ -258,3 +286,7 @@ class Guard:
 
     def load(self, d: dict[str, Any]) -> None:
         self.state = GuardState(**d)
+
+
+def _only(scores: dict[str, float], tasks: Sequence[str]) -> dict[str, float]:
+    return {t: s for t, s in scores.items() if t in tasks}

@@ -203,7 +203,7 @@ class Runtime:
         self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.schedule = self._schedule()
         drift_prompts = self._drift_prompts(config.guard.drift_prompts)
-        self.guard = Guard(config.guard, run_dir, drift_prompts)
+        self.guard = Guard(config.guard, run_dir, drift_prompts, seed=config.seed)
         # Drift from the pretrained model (adapters off), measured at every evaluation for every
         # method, guard or not: forgetting tracks how far the output distribution has moved.
         self.base_drift = ProbeDrift(drift_prompts)
@@ -277,7 +277,7 @@ class Runtime:
             scores[task.label] = sum(e.success for e in mine) / len(mine)
         if not self.base_drift.has_reference:
             with self.policy.model.disable_adapter():
-                self.base_drift.set_reference(self.policy, self.generator)
+                self.base_drift.set_reference(self.policy, torch.Generator().manual_seed(self.config.seed))
         record = {
             "type": "eval",
             "step": step,
@@ -300,7 +300,7 @@ class Runtime:
             self.progress.note("evaluating the untrained model on held-out probes")
             self.state["before"] = self.evaluate(step=0)
             self.guard.gate(0, self.policy, self.state["before"], guarded=[])
-            self.guard.mark_good(self.policy, self.state["before"], self.generator)
+            self.guard.mark_good(self.policy, self.state["before"])
             self.checkpoint(0, good=True)
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
@@ -312,10 +312,13 @@ class Runtime:
                 self.progress.note(f"step {slot.step}: evaluating probes")
                 scores = self.evaluate(step=slot.step)
                 if verdict.keep:  # the thorough gate piggybacks on the evaluation: no extra probes
-                    verdict = self.guard.gate(slot.step, self.policy, scores, self._guarded(slot), self._general())
+                    trained = [self.stream.stages[slot.stage].task.label]  # a gate never spans stages
+                    verdict = self.guard.gate(
+                        slot.step, self.policy, scores, self._guarded(slot), self._general(), trained
+                    )
                     gated = True
                 if verdict.keep and gated:
-                    self.guard.mark_good(self.policy, scores, self.generator)
+                    self.guard.mark_good(self.policy, scores)
             if not verdict.keep and self.guard.enabled:
                 self._rollback(slot.step, verdict)
                 if gated or last_of_stage:  # the recorded scores must be those of the kept weights
@@ -498,7 +501,7 @@ class Runtime:
         self.generator.set_state(torch.tensor(s["rng"], dtype=torch.uint8))
         self.guard.load(s["guard"])
         if self.guard.enabled:  # the drift reference is samples, not saved: re-draw it
-            self.guard.set_drift_reference(self.policy, self.generator)
+            self.guard.set_drift_reference(self.policy)
         self._log({"type": "resume", "step": checkpoint.step, "version": self.policy.version})
         return checkpoint.step
 
