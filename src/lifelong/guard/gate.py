@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lifelong.errors import ConfigError
 from lifelong.guard.detectors import (
     EntropyBounds,
@@ -112,7 +110,6 @@ class Guard:
         self, config: GuardConfig, run_dir: Path, drift_prompts: Sequence[Sequence[int]] = (), seed: int = 0
     ) -> None:
         self.config = config
-        self.seed = seed
         self.events_path = run_dir / "guard_events.jsonl"
         self.state = GuardState()
         self.nonfinite = NonFiniteCheck()
@@ -131,7 +128,9 @@ class Guard:
         )
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
-        self.drift = ProbeDrift(list(drift_prompts)[: config.drift_prompts], samples_per_prompt=config.drift_samples)
+        self.drift = ProbeDrift(
+            list(drift_prompts)[: config.drift_prompts], samples_per_prompt=config.drift_samples, seed=seed
+        )
         self._snapshot: AdapterSnapshot | None = None
         self.last_drift = DriftReading(0.0, 0.0)
         self._gated_version: int | None = None  # the policy version `last_drift` was read from
@@ -237,10 +236,8 @@ class Guard:
             self.set_drift_reference(policy, self.last_drift.entropy if gated else None)
 
     def set_drift_reference(self, policy: Policy, entropy: float | None = None) -> None:
-        """Sample the drift reference from the policy as it is now. The guard draws from its own
-        seeded generator, never the run's: watching a run must not change what the run samples
-        (so runs with the guard on and off, or resumed and not, sample the same)."""
-        self.drift.set_reference(policy, torch.Generator().manual_seed(self.seed))
+        """Sample the drift reference from the policy as it is now (from the drift's own generator)."""
+        self.drift.set_reference(policy)
         self.reference_drift = DriftReading(0.0, entropy) if entropy is not None else self.drift.read(policy)
 
     def rolled_back(self, step: int, to_step: int, reason: str) -> None:

@@ -53,16 +53,21 @@ class DriftReading:
 class ProbeDrift:
     """KL drift on fixed probe prompts relative to a reference version of the policy."""
 
-    def __init__(self, prompts: Sequence[Sequence[int]], samples_per_prompt: int = 2, max_tokens: int = 12) -> None:
+    def __init__(
+        self, prompts: Sequence[Sequence[int]], samples_per_prompt: int = 2, max_tokens: int = 12, seed: int = 0
+    ) -> None:
         self.prompts = [tuple(p) for p in prompts]
         self.samples_per_prompt = samples_per_prompt
+        self.seed = seed
         self.gen = GenerationConfig(thinking_tokens=0, answer_tokens=max_tokens, temperature=1.0)
         self._reference: list[Sample] = []
 
-    def set_reference(self, policy: Policy, generator: torch.Generator | None = None) -> None:
-        """Sample completions from the policy as it is now; later readings measure drift from it."""
+    def set_reference(self, policy: Policy) -> None:
+        """Sample completions from the policy as it is now; later readings measure drift from it.
+        They are drawn from a generator seeded here, never the run's: measuring a run must not
+        change what it samples (runs with the guard on and off, or resumed and not, sample alike)."""
         contexts = [p for p in self.prompts for _ in range(self.samples_per_prompt)]
-        completions = policy.respond(contexts, self.gen, generator)
+        completions = policy.respond(contexts, self.gen, torch.Generator().manual_seed(self.seed))
         self._reference = [
             Sample(tuple(ctx), c.token_ids, c.logprobs, c.loss_mask, 0.0)
             for ctx, c in zip(contexts, completions, strict=True)

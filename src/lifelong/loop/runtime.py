@@ -206,7 +206,7 @@ class Runtime:
         self.guard = Guard(config.guard, run_dir, drift_prompts, seed=config.seed)
         # Drift from the pretrained model (adapters off), measured at every evaluation for every
         # method, guard or not: forgetting tracks how far the output distribution has moved.
-        self.base_drift = ProbeDrift(drift_prompts)
+        self.base_drift = ProbeDrift(drift_prompts, seed=config.seed)
         self.learner.refuse_nonfinite = self.guard.enabled
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
@@ -277,7 +277,7 @@ class Runtime:
             scores[task.label] = sum(e.success for e in mine) / len(mine)
         if not self.base_drift.has_reference:
             with self.policy.model.disable_adapter():
-                self.base_drift.set_reference(self.policy, torch.Generator().manual_seed(self.config.seed))
+                self.base_drift.set_reference(self.policy)
         record = {
             "type": "eval",
             "step": step,
