@@ -117,10 +117,10 @@ class FaultyRuntime(Runtime):
         update = self.learner.update
         accumulate = self.learner._accumulate
 
-        def spiked_update(batch: Batch) -> UpdateReport:
+        def spiked_update(batch: Batch, *anchors: Any) -> UpdateReport:
             if self.active and fault == "lr_spike":
                 self.learner.lr_scale *= 100
-            return update(batch)
+            return update(batch, *anchors)
 
         def poisoned(chunk: Any, total: int) -> dict[str, float]:
             out = accumulate(chunk, total)

@@ -93,7 +93,10 @@ def test_rollback_backs_off_and_good_gates_recover_the_learning_rate(tiny_policy
     guard.rolled_back(4, 1, "test")
     assert guard.state.lr_scale == 0.25 and guard.state.rollbacks == 2
     guard.mark_good(tiny_policy, {})
-    assert guard.state.lr_scale == 0.3125
+    assert guard.state.lr_scale == 0.5  # a passed gate undoes one back-off
+    guard.mark_good(tiny_policy, {})
+    guard.mark_good(tiny_policy, {})
+    assert guard.state.lr_scale == 1.0  # and never goes past the configured rate
 
 
 def test_slipping_tasks_are_reported_worst_first(tiny_policy: Policy, tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
+from lifelong.guard.health import AdapterSnapshot, trainable
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.model.policy import GenerationConfig, Policy
 
@@ -50,9 +52,21 @@ def test_the_reference_anchor_keeps_the_student_nearer_the_pretrained_model(tiny
     assert moved[10.0] < 0.5 * moved[0.0]
 
 
-def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:
-    c = tiny_policy.respond([tiny_policy.start("q")], GenerationConfig(thinking_tokens=4, answer_tokens=2))[0]
-    optimizer = torch.optim.AdamW([p for p in tiny_policy.model.parameters() if p.requires_grad], lr=0.01)
-    mask = SelfDistiller(tiny_policy, optimizer)._answer_mask(c)
-    start = tiny_policy.answer_start(c)
-    assert not any(mask[:start]) and any(mask[start:])
+def test_the_anchor_can_be_an_earlier_version_of_the_adapters(tiny_policy: Policy) -> None:
+    """With a snapshot as the reference, the anchor measures the move from that version, not from
+    the pretrained model, and scoring with the snapshot leaves the live adapters as they were."""
+    with torch.no_grad():  # a learned version, far from the pretrained model
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3)
+    snapshot = AdapterSnapshot(tiny_policy)
+    live = [p.detach().clone() for p in trainable(tiny_policy)]
+    lesson = Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?")))
+    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    config = DistillConfig(learning_rate=1e-9, student_samples=2, answer_tokens=2)
+    distiller = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config)
+    to_pretrained = distiller.update([lesson], torch.Generator().manual_seed(0))
+    to_snapshot = distiller.update([lesson], torch.Generator().manual_seed(0), reference=snapshot)
+    assert to_pretrained.metrics["distill/reference_kl"] > 0.01
+    assert to_snapshot.metrics["distill/reference_kl"] == pytest.approx(0.0, abs=1e-4)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(trainable(tiny_policy), live, strict=True))

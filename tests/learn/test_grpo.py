@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import make_tiny_model
 
 from lifelong.errors import ConfigError
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
-from lifelong.learn.logprobs import completion_logprobs
-from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.learn.logprobs import completion_log_softmax, completion_logprobs, reverse_kl
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.types import Completion, Episode, Sample, StopReason, Turn
 
 
@@ -127,3 +128,37 @@ def test_batch_without_signal_is_not_applied(tiny_policy: Policy) -> None:
     report = learner.update(make_batch(_sampled_episodes(tiny_policy, lambda c: 1.0)))
     assert not report.applied and "spread" in report.reason
     assert tiny_policy.version == 0
+
+
+def _anchor_kl(policy: Policy, anchors: list[Sample]) -> float:
+    with torch.no_grad():
+        logp, _, mask = completion_log_softmax(policy.model, anchors, policy.pad_id)
+        with policy.model.disable_adapter():
+            ref, _, _ = completion_log_softmax(policy.model, anchors, policy.pad_id)
+    return float(reverse_kl(logp, ref, mask))
+
+
+def test_the_anchor_holds_untrained_prompts_near_the_pretrained_model(tokenizer) -> None:
+    """Training one prompt hard moves the answers to another; the anchor term keeps them."""
+    drift = {}
+    for coef in (0.0, 10.0):
+        torch.manual_seed(0)  # the same model and adapter initialisation for both runs
+        policy = Policy(make_tiny_model(tokenizer), tokenizer, name="tiny", lora=LoraSettings(rank=4, alpha=8))
+        greedy = GenerationConfig(thinking_tokens=0, answer_tokens=3, temperature=0.0)
+        prompts = [policy.start(q) for q in ("Name a colour", "Say hello", "Count to three")]
+        answers = policy.respond(prompts, greedy)
+        anchors = [
+            Sample(tuple(p), c.token_ids, c.logprobs, policy.answer_mask(c), 0.0)
+            for p, c in zip(prompts, answers, strict=True)
+        ]
+        learner = GRPOLearner(policy, GRPOConfig(learning_rate=0.03, kl_coef=0.0, anchor_coef=coef))
+        target = (
+            _sampled_episodes(policy, lambda c: 0.0, n=1, seed=99, answer_tokens=2)[0].turns[0].completion.token_ids
+        )
+        for step in range(8):
+            report = learner.update(make_batch(_with_target(policy, target, seed=step)), anchors)
+            assert report.applied
+            assert ("anchor/kl" in report.metrics) == (coef > 0)
+        drift[coef] = _anchor_kl(policy, anchors)
+    assert drift[0.0] > 0.01, drift  # training the one prompt really moves the others
+    assert drift[10.0] < 0.5 * drift[0.0], drift

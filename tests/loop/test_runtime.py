@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from lifelong.evaluate.report import write_report
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime
@@ -61,3 +63,29 @@ def test_later_stages_rehearse_earlier_tasks(tiny_policy: Policy, tmp_path: Path
     assert [t.label for t in runtime._tasks_for(second)] == ["letter"] * 3 + ["add(max_value=5)"]
     plain = Runtime(RunConfig.from_dict({**config.to_dict(), "rehearsal": 0.0}), tiny_policy, tmp_path / "r2")
     assert [t.label for t in plain._tasks_for(second)] == ["letter"] * 4
+
+
+def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
+    tiny_policy: Policy, tmp_path: Path
+) -> None:
+    stream = Stream("t", (Stage(Task.of("add", max_value=5), 8),), probe_size=4, general=(Task.of("facts"),))
+    settings = {"stream": stream.to_dict(), "answer_tokens": 3, "anchor_items": 5, "anchor_per_step": 2}
+    runtime = Runtime(RunConfig.for_method("lifelong", **settings), tiny_policy, tmp_path / "run")
+    with torch.no_grad():  # the adapters now differ from the pretrained model
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    pool = runtime.anchor_pool()
+    assert len(pool) == 5 and all(sum(a.loss_mask) for a in pool)
+    assert len({a.prompt_ids for a in pool}) == 5  # distinct items
+    probe = runtime.probes[Task.of("facts")]
+    probe_prompts = {tuple(tiny_policy.start(Task.of("facts").make().reset(seed=s)[0])) for s in probe.seeds}
+    assert not {a.prompt_ids for a in pool} & probe_prompts  # never the held-out probes
+    greedy = runtime.config.generation(0.0)
+    with tiny_policy.model.disable_adapter():
+        pretrained = tiny_policy.respond([list(a.prompt_ids) for a in pool], greedy)
+    assert [a.completion_ids for a in pool] == [c.token_ids for c in pretrained]
+    # each update takes the next two; in three updates every item had its turn
+    assert all(len(runtime.anchors(step)) == 2 for step in range(3))
+    assert {a.prompt_ids for step in range(3) for a in runtime.anchors(step)} == {a.prompt_ids for a in pool}
+    assert Runtime(RunConfig.for_method("grpo", **settings), tiny_policy, tmp_path / "g").anchors(1) == []

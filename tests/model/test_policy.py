@@ -45,3 +45,11 @@ def test_extend_keeps_the_whole_previous_reply(tiny_policy: Policy) -> None:
     assert nxt[: len(ctx) + len(c.token_ids)] == ctx + list(c.token_ids)
     text = tiny_policy.tokenizer.decode(nxt[len(ctx) + len(c.token_ids) :])
     assert "second observation" in text and text.rstrip().endswith("assistant")
+
+
+def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:
+    """The answer mask (what distillation and the anchor train on) excludes the chain of thought."""
+    c = tiny_policy.respond([tiny_policy.start("q")], GenerationConfig(thinking_tokens=4, answer_tokens=2))[0]
+    mask = tiny_policy.answer_mask(c)
+    start = tiny_policy.answer_start(c)
+    assert not any(mask[:start]) and any(mask[start:])

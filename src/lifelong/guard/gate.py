@@ -63,14 +63,16 @@ class GuardConfig:
     saturation_gap: float = 0.35
     slip_threshold: float = 0.05  # a task this far below its best probe score is rehearsed
     lr_backoff: float = 0.5  # learning-rate factor after a rollback
-    lr_recover: float = 1.25  # factor per passed gate, back up to the configured rate
+    # Factor per passed gate, back up to the configured rate: a passed gate undoes one back-off.
+    # (At 1.25, one rollback held the rate below full for 15 steps of a 36-step stream.)
+    lr_recover: float = 2.0
     min_lr_scale: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 < self.lr_backoff < 1:
             raise ConfigError("lr_backoff must be in (0, 1)", "0.5 halves the learning rate after a rollback")
         if self.lr_recover < 1:
-            raise ConfigError("lr_recover must be >= 1", "1.25 recovers a quarter per passed gate")
+            raise ConfigError("lr_recover must be >= 1", "2.0 undoes one back-off per passed gate")
         if self.drift_prompts < 1 or self.drift_samples < 1:
             raise ConfigError(
                 "drift_prompts and drift_samples must be >= 1", "the defaults are 8 prompts, 1 sample each"

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +32,22 @@ def nonfinite_count(policy: Policy) -> int:
 
 
 class AdapterSnapshot:
-    """A copy of the adapter weights, for measuring an update's size."""
+    """A copy of the adapter weights: to measure an update's size, or to score with an earlier version."""
 
     def __init__(self, policy: Policy) -> None:
         self._params = [p.detach().clone() for p in trainable(policy)]
+
+    @contextmanager
+    def loaded(self, policy: Policy) -> Iterator[None]:
+        """Run the block with the snapshot's adapter weights in place of the live ones."""
+        live = [p.detach().clone() for p in trainable(policy)]
+        for p, saved in zip(trainable(policy), self._params, strict=True):
+            p.data.copy_(saved)
+        try:
+            yield
+        finally:
+            for p, current in zip(trainable(policy), live, strict=True):
+                p.data.copy_(current)
 
     def distance(self, policy: Policy) -> float:
         """L2 norm of the change since the snapshot (inf if anything is non-finite)."""

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax
+from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Completion, Sample, UpdateReport
+
+if TYPE_CHECKING:
+    from lifelong.guard.health import AdapterSnapshot
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,12 @@ class DistillConfig:
     student_samples: int = 4  # on-policy samples per lesson per step
     max_grad_norm: float = 1.0
     answer_tokens: int = 12
-    # Weight of KL(student || pretrained model) beside KL(student || teacher). The lesson in the
+    # Weight of KL(student || reference) beside KL(student || teacher); the reference is the
+    # pretrained model unless `update` is given an earlier version of the adapters. The lesson in the
     # teacher's context also colours *how* it answers (a note ending "...was 35." teaches "35." and a
     # newline instead of ending the turn); without this anchor, many lessons in a row drift the
-    # answer format until nothing parses. The optimum is a geometric mix of teacher and pretrained
-    # model (their geometric mean at 1.0): where the teacher is sure (the corrected answer) it wins,
+    # answer format until nothing parses. The optimum is a geometric mix of teacher and reference
+    # (their geometric mean at 1.0): where the teacher is sure (the corrected answer) it wins,
     # elsewhere the format is kept. Measured in dev/LOG.md (2026-11-24).
     reference_kl: float = 1.0
 
@@ -70,11 +76,14 @@ class SelfDistiller:
         self.config = config
         self.lr_scale = 1.0
 
-    def _answer_mask(self, completion: Completion) -> tuple[int, ...]:
-        start = self.policy.answer_start(completion)
-        return tuple(m if i >= start else 0 for i, m in enumerate(completion.loss_mask))
-
-    def update(self, lessons: Sequence[Lesson], generator: torch.Generator | None = None) -> UpdateReport:
+    def update(
+        self,
+        lessons: Sequence[Lesson],
+        generator: torch.Generator | None = None,
+        reference: AdapterSnapshot | None = None,
+    ) -> UpdateReport:
+        """One distillation step. The format anchor (`reference_kl`) holds the student to
+        `reference`, an earlier version of the adapters, or by default to the pretrained model."""
         if not lessons:
             return UpdateReport(0, False, {}, reason="no lessons")
         cfg, model = self.config, self.policy.model
@@ -85,7 +94,7 @@ class SelfDistiller:
         for lesson in lessons:
             completions = [next(sampled) for _ in range(cfg.student_samples)] + list(lesson.successes)
             for c in completions:
-                answer_mask = self._answer_mask(c)
+                answer_mask = self.policy.answer_mask(c)
                 if sum(answer_mask) == 0:
                     continue
                 pairs.append(
@@ -103,17 +112,15 @@ class SelfDistiller:
         student_logp, _, mask = completion_log_softmax(model, students, self.policy.pad_id)
         with torch.no_grad():
             teacher_logp, _, _ = completion_log_softmax(model, [t for _, t in pairs], self.policy.pad_id)
-            with model.disable_adapter():  # the pretrained model; its KL is also reported
+            anchor: AbstractContextManager[None] = (
+                model.disable_adapter() if reference is None else reference.loaded(self.policy)
+            )
+            with anchor:
                 reference_logp, _, _ = completion_log_softmax(model, students, self.policy.pad_id)
-        student_p = student_logp.exp()
         tokens = mask.sum().clamp(min=1)
-
-        def reverse_kl(other_logp: torch.Tensor) -> torch.Tensor:
-            """KL(student || other) per answer token: sum_v p_s (log p_s - log p_o), token-mean."""
-            return ((student_p * (student_logp - other_logp)).sum(-1) * mask).sum() / tokens
-
-        kl, anchor = reverse_kl(teacher_logp), reverse_kl(reference_logp)
-        loss = kl + cfg.reference_kl * anchor
+        kl = reverse_kl(student_logp, teacher_logp, mask)
+        anchored = reverse_kl(student_logp, reference_logp, mask)
+        loss = kl + cfg.reference_kl * anchored
         loss.backward()
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
@@ -126,7 +133,7 @@ class SelfDistiller:
             applied,
             {
                 "distill/kl": float(kl.detach()),
-                "distill/reference_kl": float(anchor.detach()),
+                "distill/reference_kl": float(anchored.detach()),
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,

@@ -9,7 +9,12 @@ The whole update in one place, top to bottom:
   3. clipped surrogate with separate lower/upper clip ("clip-higher", DAPO) to keep entropy alive;
   4. token-mean aggregation over the whole batch (no length bias, DAPO / Dr. GRPO);
   5. a small k3 KL penalty to the reference policy = the same model with adapters disabled
-     (Schulman's estimator), so no second copy of the model sits in memory.
+     (Schulman's estimator), so no second copy of the model sits in memory;
+  6. optionally an anchor: KL(policy || pretrained model) over the whole vocabulary on *anchor*
+     samples, prompts of skills the run must keep but never trains (general ability), answered by
+     the pretrained model itself. The k3 term above only sees the task being learned; this one
+     holds the rest of the distribution in place inside the same update (Learning without
+     Forgetting, Li & Hoiem 2016, with the pretrained model as the old network).
 Reasoning tokens are optimised only through the outcome reward: no loss term ever targets them.
 """
 
@@ -23,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.logprobs import completion_log_softmax, completion_logprobs, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
@@ -44,6 +49,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     temperature: float = 1.0  # must match the sampler's
+    anchor_coef: float = 1.0  # weight of the anchor KL (point 6 above); 0 = no anchor
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -54,8 +60,8 @@ class GRPOConfig:
             )
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0", "the defaults are 0.2 and 0.28")
-        if self.kl_coef < 0:
-            raise ConfigError("kl_coef must be >= 0", "use 0 to switch the KL penalty off")
+        if self.kl_coef < 0 or self.anchor_coef < 0:
+            raise ConfigError("kl_coef and anchor_coef must be >= 0", "use 0 to switch a KL term off")
         if self.epochs < 1 or self.micro_batch < 1:
             raise ConfigError("epochs and micro_batch must be >= 1", "the defaults are 1 and 16")
 
@@ -120,8 +126,11 @@ class GRPOLearner:
         self.lr_scale = 1.0  # set by the guard: backs off after a rollback
         self.refuse_nonfinite = True  # the guard's cheapest check; off only to show what it prevents
 
-    def update(self, batch: Batch) -> UpdateReport:
+    def update(self, batch: Batch, anchors: Sequence[Sample] = ()) -> UpdateReport:
+        """One optimizer step on the batch; `anchors` (answer tokens masked in) are held to the
+        pretrained model with weight `anchor_coef`."""
         cfg, model = self.config, self.policy.model
+        anchors = anchors if cfg.anchor_coef > 0 else ()
         base = {
             "reward/mean": batch.reward_mean,
             "reward/std": batch.reward_std,
@@ -140,6 +149,8 @@ class GRPOLearner:
             for chunk in _micro_batches(batch.samples, cfg.micro_batch):
                 for k, v in self._accumulate(chunk, total_tokens).items():
                     sums[k] += v
+            if anchors:
+                sums["anchor/kl"] += self._anchor(anchors)
             grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 model.eval()
@@ -156,12 +167,23 @@ class GRPOLearner:
             "policy/entropy": sums["policy/entropy"] / denom,
             "policy/clip_frac": sums["policy/clip_frac"] / denom,
             "policy/sampler_mismatch": sums["policy/sampler_mismatch"] / denom,
+            **({"anchor/kl": sums["anchor/kl"] / cfg.epochs} if anchors else {}),
             "grad/norm": grad_norm,
             "optim/lr": cfg.learning_rate * self.lr_scale,
             "batch/samples": float(len(batch.samples)),
             "batch/tokens": float(total_tokens),
         }
         return UpdateReport(self.step, True, metrics)
+
+    def _anchor(self, anchors: Sequence[Sample]) -> float:
+        """Backward anchor_coef * KL(policy || pretrained) on the anchor samples; returns the KL."""
+        model, pad = self.policy.model, self.policy.pad_id
+        logp, _, mask = completion_log_softmax(model, anchors, pad, self.config.temperature)
+        with torch.no_grad(), model.disable_adapter():
+            ref_logp, _, _ = completion_log_softmax(model, anchors, pad, self.config.temperature)
+        kl = reverse_kl(logp, ref_logp, mask)
+        (self.config.anchor_coef * kl).backward()
+        return float(kl.detach())
 
     def _accumulate(self, chunk: list[Sample], total_tokens: int) -> dict[str, float]:
         """Forward/backward one micro-batch; returns token-summed metrics."""

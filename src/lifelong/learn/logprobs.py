@@ -90,3 +90,11 @@ def completion_logprobs(
     with torch.no_grad():  # entropy is a health metric, not a loss term
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)
     return logp, entropy, loss_mask
+
+
+def reverse_kl(student_logp: torch.Tensor, other_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(student || other) over the whole vocabulary, averaged over the masked tokens.
+
+    Both log-prob tensors are (B, C, V) from `completion_log_softmax`; `mask` is (B, C)."""
+    per_token = (student_logp.exp() * (student_logp - other_logp)).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)

@@ -28,7 +28,7 @@ from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import Guard, GuardConfig, Verdict
-from lifelong.guard.health import ProbeDrift
+from lifelong.guard.health import AdapterSnapshot, ProbeDrift
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.learn.sft import SFTLearner, make_sft_batch
@@ -37,7 +37,7 @@ from lifelong.memory.book import MemoryBook, MemoryConfig, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
-from lifelong.types import Batch, Episode, MemoryItem, UpdateReport
+from lifelong.types import Episode, MemoryItem, Sample, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ class RunConfig:
     # Fraction of each step's prompts drawn from earlier stages' tasks (rehearsal): on-policy
     # practice of old skills is the cheapest guard against forgetting them. 0 = plain sequential.
     rehearsal: float = 0.25
+    # General-ability items (training items of the stream's `general` tasks, never its probes)
+    # answered by the pretrained model, held in place by `grpo.anchor_coef` in every update. Few
+    # anchored items protect only themselves (seen: 8 facts held, other facts still flipped), so the
+    # pool covers many distinct items and each update takes its turn of them.
+    anchor_items: int = 32  # distinct items per general task in the pool
+    anchor_per_step: int = 16  # anchor items in each update, rotating through the pool
     seed: int = 0
     checkpoints_kept: int = 3
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -82,6 +88,8 @@ class RunConfig:
             raise ConfigError("prompts_per_step must be >= 1", "the default is 4")
         if not 0.0 <= self.rehearsal < 1.0:
             raise ConfigError(f"rehearsal must be in [0, 1), got {self.rehearsal}", "0.25 rehearses 1 prompt in 4")
+        if self.anchor_items < 0 or self.anchor_per_step < 0:
+            raise ConfigError("anchor_items and anchor_per_step must be >= 0", "the defaults are 32 and 16")
         if self.eval_every < 0:
             raise ConfigError("eval_every must be >= 0", "use 0 to evaluate only at stage ends")
         self.generation(0.0)  # validates reasoning_effort / thinking_tokens early
@@ -113,19 +121,26 @@ class RunConfig:
         frozen    no learning at all
         memory    lessons and examples recalled into context; weights never change
         sft       fine-tune on its own successful episodes, stage after stage
-        grpo      plain group-relative policy gradient: no guard, no rehearsal, no memory
-        lifelong  GRPO + guard + rehearsal + retry-with-lesson consolidated by self-distillation
+        grpo      plain group-relative policy gradient: no guard, no rehearsal, no anchor, no memory
+        lifelong  GRPO + general-ability anchor + guard + rehearsal + retry-with-lesson consolidated
+                  by self-distillation
         """
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
         guard = settings.pop("guard", GuardConfig())
-        plain = {"rehearsal": 0.0, "guard": replace(guard, enabled=False), "consolidate": False}
+        grpo = settings.pop("grpo", GRPOConfig())
+        plain = {
+            "rehearsal": 0.0,
+            "guard": replace(guard, enabled=False),
+            "consolidate": False,
+            "grpo": replace(grpo, anchor_coef=0.0),
+        }
         presets: dict[str, dict[str, Any]] = {
             "frozen": {**plain, "update_rule": "none", "write_memory": False},
             "memory": {**plain, "update_rule": "none", "memory_in_context": True},
             "sft": {**plain, "update_rule": "sft", "write_memory": False},
             "grpo": {**plain, "update_rule": "grpo", "write_memory": False},
-            "lifelong": {"update_rule": "grpo", "guard": guard},
+            "lifelong": {"update_rule": "grpo", "guard": guard, "grpo": grpo},
         }
         return cls(**{**settings, **presets[method], "method": method})
 
@@ -208,6 +223,10 @@ class Runtime:
         # method, guard or not: forgetting tracks how far the output distribution has moved.
         self.base_drift = ProbeDrift(drift_prompts, seed=config.seed)
         self.learner.refuse_nonfinite = self.guard.enabled
+        self._anchors: list[Sample] | None = None  # built on first use (needs the pretrained model)
+        # The adapters of the last passed gate: consolidation's format anchor. Anchoring to the
+        # pretrained model instead pulled every task being learned back towards it (dev/LOG.md).
+        self.good_adapters: AdapterSnapshot | None = None
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
 
@@ -300,7 +319,7 @@ class Runtime:
             self.progress.note("evaluating the untrained model on held-out probes")
             self.state["before"] = self.evaluate(step=0)
             self.guard.gate(0, self.policy, self.state["before"], guarded=[])
-            self.guard.mark_good(self.policy, self.state["before"])
+            self._mark_good(self.state["before"])
             self.checkpoint(0, good=True)
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
@@ -318,7 +337,7 @@ class Runtime:
                     )
                     gated = True
                 if verdict.keep and gated:
-                    self.guard.mark_good(self.policy, scores)
+                    self._mark_good(scores)
             if not verdict.keep and self.guard.enabled:
                 self._rollback(slot.step, verdict)
                 if gated or last_of_stage:  # the recorded scores must be those of the kept weights
@@ -327,6 +346,10 @@ class Runtime:
             # it on resume from the stored episodes.
             self.checkpoint(slot.step, good=gated and verdict.keep)
         return self.summary()
+
+    def _mark_good(self, scores: dict[str, float]) -> None:
+        self.guard.mark_good(self.policy, scores)
+        self.good_adapters = AdapterSnapshot(self.policy)
 
     def _general(self) -> list[str]:
         return [t.label for t in self.stream.general]
@@ -372,7 +395,7 @@ class Runtime:
         learnable = self.guard.screen(slot.step, episodes)
         self.guard.before_update(self.policy)
         self.learner.lr_scale = self.guard.state.lr_scale
-        report = self._update(learnable)
+        report = self._update(learnable, slot.step)
         verdict = self.guard.after_update(slot.step, report, self.policy)
         consolidation: dict[str, float] = {}
         if verdict.keep and self.config.consolidate:
@@ -400,16 +423,45 @@ class Runtime:
         self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
         return verdict
 
-    def _update(self, episodes: list[Episode]) -> UpdateReport:
+    def _update(self, episodes: list[Episode], step: int) -> UpdateReport:
         rule = self.config.update_rule
         if rule == "none":
             rewards = [e.reward for e in episodes]
             mean = sum(rewards) / len(rewards) if rewards else 0.0
             return UpdateReport(self.learner.step, False, {"reward/mean": mean}, reason="this method does not learn")
-        batch: Batch = (
-            make_sft_batch(episodes) if rule == "sft" else make_batch(episodes, self.config.grpo.scale_rewards)
-        )
-        return self.learner.update(batch)
+        if rule == "sft":
+            return self.learner.update(make_sft_batch(episodes))
+        assert isinstance(self.learner, GRPOLearner)
+        return self.learner.update(make_batch(episodes, self.config.grpo.scale_rewards), self.anchors(step))
+
+    def anchors(self, step: int) -> list[Sample]:
+        """The general-ability anchor items of one update: the next `anchor_per_step` of the pool."""
+        pool = self.anchor_pool()
+        n = min(self.config.anchor_per_step, len(pool))
+        return [pool[(step * n + i) % len(pool)] for i in range(n)]
+
+    def anchor_pool(self) -> list[Sample]:
+        """Distinct training items of the general tasks with the pretrained model's greedy answers.
+        Deterministic, so a resumed run rebuilds the same pool."""
+        if self._anchors is None:
+            self._anchors = []
+            if self.config.grpo.anchor_coef > 0 and self.config.anchor_items > 0:
+                prompts = []
+                for task in self.stream.general:
+                    env = task.make()
+                    rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
+                    distinct = {
+                        env.item_key(s): s for s in self.probes[task].training_seeds(rng, 8 * self.config.anchor_items)
+                    }
+                    for seed in list(distinct.values())[: self.config.anchor_items]:
+                        prompts.append(self.policy.start(env.reset(seed=seed)[0]))
+                with self.policy.model.disable_adapter():
+                    answers = self.policy.respond(prompts, self.config.generation(0.0)) if prompts else []
+                for prompt, c in zip(prompts, answers, strict=True):
+                    mask = self.policy.answer_mask(c)
+                    if sum(mask):
+                        self._anchors.append(Sample(tuple(prompt), c.token_ids, c.logprobs, mask, 0.0))
+        return self._anchors
 
     def _remember(self, episodes: list[Episode]) -> None:
         """Memory method: a lesson for every failed item, an example for every solved one."""
@@ -452,7 +504,7 @@ class Runtime:
         replay = self._replay_lessons(exclude={lessons[g].id for g in lessons})
         self.guard.before_update(self.policy)
         self.distiller.lr_scale = self.guard.state.lr_scale
-        report = self.distiller.update(new + replay, self.generator)
+        report = self.distiller.update(new + replay, self.generator, reference=self.good_adapters)
         verdict = self.guard.after_update(slot.step, report, self.policy, kind="distill")
         return {**metrics, **report.metrics, "memory/replayed": float(len(replay))}, verdict
 
@@ -493,6 +545,10 @@ class Runtime:
         checkpoint = self.ring.latest()
         if checkpoint is None:
             return 0
+        good = self.ring.latest_good()
+        if good is not None:  # the consolidation anchor: the adapters of the last passed gate
+            self.ring.restore(good, self.policy.model, None)
+            self.good_adapters = AdapterSnapshot(self.policy)
         self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)
         s = checkpoint.state
         self.state = {k: s[k] for k in ("before", "evals", "episodes", "seconds")}

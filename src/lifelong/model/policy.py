@@ -149,6 +149,12 @@ class Policy:
                 low = mid + 1
         return low
 
+    def answer_mask(self, completion: Completion) -> tuple[int, ...]:
+        """The completion's loss mask with everything before the answer zeroed: the chain of
+        thought is never a target of distillation or anchoring."""
+        start = self.answer_start(completion)
+        return tuple(m if i >= start else 0 for i, m in enumerate(completion.loss_mask))
+
     # ---- acting ----------------------------------------------------------------------------
     @torch.no_grad()
     def respond(
