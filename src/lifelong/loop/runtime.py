@@ -349,7 +349,8 @@ class Runtime:
 
     def _mark_good(self, scores: dict[str, float]) -> None:
         self.guard.mark_good(self.policy, scores)
-        self.good_adapters = AdapterSnapshot(self.policy)
+        if self.config.consolidate:  # only consolidation scores against it
+            self.good_adapters = AdapterSnapshot(self.policy)
 
     def _general(self) -> list[str]:
         return [t.label for t in self.stream.general]
@@ -443,24 +444,23 @@ class Runtime:
     def anchor_pool(self) -> list[Sample]:
         """Distinct training items of the general tasks with the pretrained model's greedy answers.
         Deterministic, so a resumed run rebuilds the same pool."""
-        if self._anchors is None:
-            self._anchors = []
-            if self.config.grpo.anchor_coef > 0 and self.config.anchor_items > 0:
-                prompts = []
-                for task in self.stream.general:
-                    env = task.make()
-                    rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
-                    distinct = {
-                        env.item_key(s): s for s in self.probes[task].training_seeds(rng, 8 * self.config.anchor_items)
-                    }
-                    for seed in list(distinct.values())[: self.config.anchor_items]:
-                        prompts.append(self.policy.start(env.reset(seed=seed)[0]))
-                with self.policy.model.disable_adapter():
-                    answers = self.policy.respond(prompts, self.config.generation(0.0)) if prompts else []
-                for prompt, c in zip(prompts, answers, strict=True):
-                    mask = self.policy.answer_mask(c)
-                    if sum(mask):
-                        self._anchors.append(Sample(tuple(prompt), c.token_ids, c.logprobs, mask, 0.0))
+        if self._anchors is not None:
+            return self._anchors
+        prompts = []
+        if self.config.grpo.anchor_coef > 0 and self.config.anchor_items > 0:
+            for task in self.stream.general:
+                env = task.make()
+                rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
+                seeds = self.probes[task].training_seeds(rng, 8 * self.config.anchor_items)
+                distinct = list({env.item_key(s): s for s in seeds}.values())[: self.config.anchor_items]
+                prompts += [self.policy.start(env.reset(seed=s)[0]) for s in distinct]
+        with self.policy.model.disable_adapter():
+            answers = self.policy.respond(prompts, self.config.generation(0.0)) if prompts else []
+        samples = [
+            Sample(tuple(p), c.token_ids, c.logprobs, self.policy.answer_mask(c), 0.0)
+            for p, c in zip(prompts, answers, strict=True)
+        ]
+        self._anchors = [a for a in samples if sum(a.loss_mask)]
         return self._anchors
 
     def _remember(self, episodes: list[Episode]) -> None:
@@ -545,7 +545,7 @@ class Runtime:
         checkpoint = self.ring.latest()
         if checkpoint is None:
             return 0
-        good = self.ring.latest_good()
+        good = self.ring.latest_good() if self.config.consolidate else None
         if good is not None:  # the consolidation anchor: the adapters of the last passed gate
             self.ring.restore(good, self.policy.model, None)
             self.good_adapters = AdapterSnapshot(self.policy)
