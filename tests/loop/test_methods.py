@@ -62,7 +62,7 @@ def test_presets() -> None:
     frozen, grpo, life = (_config(m) for m in ("frozen", "grpo", "lifelong"))
     assert frozen.update_rule == "none" and not frozen.guard.enabled
     assert grpo.rehearsal == 0.0 and not grpo.guard.enabled and not grpo.consolidate
-    assert life.guard.enabled and life.rehearsal > 0 and life.consolidate
+    assert life.guard.enabled and life.consolidate and life.grpo.anchor_coef > 0  # rehearsal: on demand
     with pytest.raises(ConfigError, match="unknown method"):
         RunConfig.for_method("magic", stream={})
 

@@ -65,6 +65,28 @@ def test_later_stages_rehearse_earlier_tasks(tiny_policy: Policy, tmp_path: Path
     assert [t.label for t in plain._tasks_for(second)] == ["letter"] * 4
 
 
+def test_a_rehearsal_share_below_one_prompt_a_step_is_spread_over_steps(tiny_policy: Policy, tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**tiny_config(64).to_dict(), "prompts_per_step": 4, "rehearsal": 0.125})
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    second_stage = [slot for slot in runtime.schedule if slot.stage == 1]
+    old = [sum(t.label == "add(max_value=5)" for t in runtime._tasks_for(slot)) for slot in second_stage]
+    assert old == [0, 1, 0, 1]  # one old prompt every other step: 2 of the stage's 16 prompts
+
+
+def test_without_a_fixed_share_only_a_slipping_task_is_rehearsed(tiny_policy: Policy, tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**tiny_config().to_dict(), "prompts_per_step": 4, "rehearsal": 0.0})
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    second = runtime.schedule[-1]
+    add, letter = "add(max_value=5)", "letter"
+    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 4
+    # add was learned to 75%, then fell to 50% at the next gate: it is rehearsed until it recovers
+    runtime.guard.gate(1, tiny_policy, {add: 0.75, letter: 0.0}, guarded=[])
+    runtime.guard.gate(2, tiny_policy, {add: 0.50, letter: 0.25}, guarded=[])
+    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 3 + [add]
+    runtime.guard.gate(3, tiny_policy, {add: 0.75, letter: 0.25}, guarded=[])
+    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 4
+
+
 def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
     tiny_policy: Policy, tmp_path: Path
 ) -> None:

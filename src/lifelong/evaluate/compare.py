@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,14 +134,34 @@ def plot_drift(results: Sequence[MethodResult], out: Path) -> Path:
 def _cell(key: str, value: float) -> str:
     if key == "episodes_per_min":
         return f"{value:.1f}"
-    if key in ("ACC", "online_acc"):  # levels, in points; the other metrics are changes, signed
+    if key in ("ACC", "learning_accuracy", "online_acc"):  # levels, in points; the rest are changes
         return f"{100 * value:.1f}"
     return f"{100 * value:+.1f}"
 
 
+_HEADERS = {
+    "learning_accuracy": "LA",
+    "online_acc": "online",
+    "general_delta": "general Δ",
+    "episodes_per_min": "episodes/min",
+}
+
+
+def _sampling_note(probe_size: int, tasks: int) -> str:
+    """How far one seed's scores can move by chance: the binomial standard error at 50% success."""
+    one_task = 50 / math.sqrt(probe_size)
+    mean = 50 / math.sqrt(probe_size * max(tasks, 1))
+    return (
+        f"Sampling noise: {probe_size} held-out items per task, so one item is {100 / probe_size:.1f} points; "
+        f"the standard error of one task's score near 50% is about {one_task:.1f} points, of a mean over the "
+        f"{tasks} tasks (ACC, LA) about {mean:.1f}. Differences under about twice that are within the noise "
+        "of a single seed."
+    )
+
+
 def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any]) -> str:
-    keys = ["ACC", "BWT", "FWT", "forgetting", "online_acc", "general_delta", "episodes_per_min"]
-    head = "".join(f"<th>{k}</th>" for k in ["method", *keys])
+    keys = ["ACC", "BWT", "FWT", "forgetting", "learning_accuracy", "online_acc", "general_delta", "episodes_per_min"]
+    head = "".join(f"<th>{_HEADERS.get(k, k)}</th>" for k in ["method", *keys])
     rows = []
     for r in results:
         s = r.summary()
@@ -161,6 +182,20 @@ def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any])
         + "</tr>"
         for r in results
     )
+    # Learning each new task: the score right after its own stage, R[j, j], beside the base b_j.
+    tasks = results[0].tasks if results else []
+    learned_head = "".join(
+        f'<th title="{html.escape(t)}">{html.escape(_short(t, 18))}'
+        f"<br><small>base {100 * results[0].R[0][j]:.0f}</small></th>"
+        for j, t in enumerate(tasks)
+    )
+    learned_rows = "".join(
+        f"<tr><td><b>{html.escape(r.method)}</b></td>"
+        + "".join(f"<td>{100 * r.R[j + 1][j]:.1f}</td>" for j in range(len(r.tasks)))
+        + "</tr>"
+        for r in results
+    )
+    noise = _sampling_note(results[0].probe_size, len(tasks)) if results else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>lifelong eval: {html.escape(stream)}</title>
 <style>
@@ -173,13 +208,19 @@ img {{ max-width: 100%; }} .note {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>Continual learning on stream <code>{html.escape(stream)}</code></h1>
 <p class="note">Same model, stream, seeds and budget for every method. Scores are greedy success on
-held-out items never used for learning, in points (percent); episodes_per_min is training throughput.</p>
+held-out items never used for learning, in points (percent); episodes/min is training throughput.</p>
 <table><tr>{head}</tr>{"".join(rows)}</table>
 <p class="note">ACC: mean final score over the stream's tasks. BWT: mean change of each earlier task from
 right after its stage to the end (Lopez-Paz &amp; Ranzato). FWT: score on a task just before its stage minus
 the pretrained score. forgetting: best earlier score minus final (Chaudhry; Mammoth's variant; Avalanche's
 variant equals -BWT). online_acc: success of training items when first met, before learning from them.
+LA (learning accuracy): mean score on each task right after its own stage (Riemer et al.; per task below).
 general_delta: change on general-ability probes never trained on (mean over the probes; each below).</p>
+<p class="note">{noise}</p>
+<h2>Learning each new task</h2>
+<p class="note">Score on each task right after its own stage, R[j, j]; the pretrained score under its name.</p>
+<table><tr><th>method</th>{learned_head}</tr>{learned_rows}</table>
+<h2>General ability</h2>
 <table><tr>{general_head}</tr>{general_rows}</table>
 <h2>Learning curves</h2><img src="{figures["curves"].name}" alt="learning curves">
 <h2>Forgetting</h2><img src="{figures["forgetting"].name}" alt="forgetting bars">

@@ -36,6 +36,7 @@ class MethodResult:
     general_delta: float
     episodes: int
     minutes: float
+    probe_size: int  # held-out items per task: one item is 1/probe_size of a score
     curves: list[dict[str, Any]] = field(default_factory=list)  # the eval records, in order
 
     @property
@@ -49,6 +50,7 @@ class MethodResult:
             "BWT": round(m.BWT, 4),
             "FWT": round(m.FWT, 4),
             "forgetting": round(m.forgetting, 4),
+            "learning_accuracy": round(m.learning_accuracy, 4),
             "online_acc": round(self.online_acc, 4),
             "general_delta": round(self.general_delta, 4),
             "episodes_per_min": round(self.episodes_per_min, 2),
@@ -101,6 +103,7 @@ def result_from_run(method: str, run_dir: Path) -> MethodResult:
         general_delta=sum(deltas) / len(deltas) if deltas else 0.0,
         episodes=updates[-1]["episodes"] if updates else 0,
         minutes=seconds / 60,
+        probe_size=stream.probe_size,
         curves=[evals[s] for s in sorted(evals)],
     )
 

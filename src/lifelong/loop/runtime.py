@@ -54,9 +54,12 @@ class RunConfig:
     thinking_tokens: int | None = None
     answer_tokens: int = 12
     eval_every: int = 5  # steps between probe evaluations (0 = only at stage ends)
-    # Fraction of each step's prompts drawn from earlier stages' tasks (rehearsal): on-policy
-    # practice of old skills is the cheapest guard against forgetting them. 0 = plain sequential.
-    rehearsal: float = 0.25
+    # Fixed rehearsal: the share of the run's prompts drawn from earlier stages' tasks. Off by
+    # default: a fixed share is a tax on every new stage (0.25 and 0.125 both learned the default
+    # stream's third task slower, dev/LOG.md). Rehearsal on demand stays on with the guard: a task
+    # whose probe score slips below its best (`guard.slip_threshold`) gets a prompt every step
+    # until it recovers.
+    rehearsal: float = 0.0
     # General-ability items (training items of the stream's `general` tasks, never its probes)
     # answered by the pretrained model, held in place by `grpo.anchor_coef` in every update. Few
     # anchored items protect only themselves (seen: 8 facts held, other facts still flipped), so the
@@ -122,8 +125,8 @@ class RunConfig:
         memory    lessons and examples recalled into context; weights never change
         sft       fine-tune on its own successful episodes, stage after stage
         grpo      plain group-relative policy gradient: no guard, no rehearsal, no anchor, no memory
-        lifelong  GRPO + general-ability anchor + guard + rehearsal + retry-with-lesson consolidated
-                  by self-distillation
+        lifelong  GRPO + general-ability anchor + guard + rehearsal of what slips + retry-with-lesson
+                  consolidated by self-distillation
         """
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
@@ -257,7 +260,10 @@ class Runtime:
         earlier = [t for t in dict.fromkeys(s.task for s in self.stream.stages[: slot.stage]) if t != current]
         slipping = [self.tasks[label] for label in self.guard.slipping() if self.tasks[label] in earlier]
         n = self.config.prompts_per_step
-        n_old = min(n - 1, round(n * self.config.rehearsal)) if earlier else 0
+        # Rehearsal is a share of the run's prompts, not of each step's: at 4 prompts a step, 0.125
+        # is one old prompt every other step (the running total is rounded down, step by step).
+        share = n * self.config.rehearsal
+        n_old = min(n - 1, math.floor(slot.step * share) - math.floor((slot.step - 1) * share)) if earlier else 0
         if slipping:  # re-learn what slips, even when plain rehearsal is off
             n_old = max(n_old, min(n - 1, 1))
         # Slipping tasks first, then round-robin over earlier tasks across steps.

@@ -1,0 +1,62 @@
+"""`lifelong eval` end to end on the tiny model: the report folder, its figures and its JSON line."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from lifelong.cli import main
+from lifelong.evaluate.compare import _sampling_note
+
+REQUIRED = {"ACC", "BWT", "FWT", "forgetting", "online_acc", "general_delta", "episodes_per_min"}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_eval_writes_a_report_and_reuses_finished_runs(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    args = ["eval", "--model", str(tiny_model_dir), "--tasks", "add,letter", "--methods", "frozen,grpo",
+            "--episodes", "32", "--probe-size", "3", "--out", str(out), "--threads", "1",
+            "--json", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["stream"] == "add+letter" and set(line["methods"]) == {"frozen", "grpo"}
+    for summary in line["methods"].values():
+        assert set(summary) >= REQUIRED and "learning_accuracy" in summary
+
+    details = json.loads((out / "results.json").read_text())["details"]
+    frozen = details["frozen"]["R"]
+    assert len(frozen) == 3 and all(len(row) == 2 for row in frozen)
+    assert frozen[1] == frozen[0] == frozen[2]  # weights never change, greedy probes: the same scores
+    assert line["methods"]["frozen"]["BWT"] == 0.0
+
+    page = (out / "index.html").read_text()
+    figures = ["curves.png", "forgetting.png", "drift.png", "matrix_frozen.png", "matrix_grpo.png"]
+    for name in figures:
+        assert f'src="{name}"' in page
+        width, height = _png_size(out / name)
+        assert width >= 300 and height >= 150, (name, width, height)
+    assert "Learning each new task" in page and "one item is 33.3 points" in page
+
+    # A second call reads the finished run folders instead of training again.
+    logs = {m: (out / "runs" / m / "metrics.jsonl").read_text() for m in ("frozen", "grpo")}
+    assert main(args) == 0
+    assert {m: (out / "runs" / m / "metrics.jsonl").read_text().count("\n") for m in logs} == {
+        m: text.count("\n") + 1
+        for m, text in logs.items()  # only the resume record is added
+    }
+
+
+def test_sampling_note_shrinks_with_more_probes() -> None:
+    assert "one item is 3.1 points" in _sampling_note(32, 5)
+    assert "about 8.8 points" in _sampling_note(32, 5) and "about 4.4 points" in _sampling_note(128, 5)
