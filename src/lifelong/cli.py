@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="lifelong",
         choices=["lifelong", "grpo", "sft", "memory", "frozen"],
-        help="what to do with experience (default: lifelong = GRPO + guard + rehearsal + memory consolidation)",
+        help="what to do with experience (default: lifelong = GRPO + anchor + guard + rehearsal + consolidation)",
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))

@@ -55,10 +55,10 @@ class RunConfig:
     answer_tokens: int = 12
     eval_every: int = 5  # steps between probe evaluations (0 = only at stage ends)
     # Fixed rehearsal: the share of the run's prompts drawn from earlier stages' tasks. Off by
-    # default: a fixed share is a tax on every new stage (0.25 and 0.125 both learned the default
-    # stream's third task slower, dev/LOG.md). Rehearsal on demand stays on with the guard: a task
-    # whose probe score slips below its best (`guard.slip_threshold`) gets a prompt every step
-    # until it recovers.
+    # default: a fixed share is a tax on every new stage (with 0.25 or 0.125 the default stream's
+    # third task reached 62 at its stage end, without it 75; one seed, dev/LOG.md). Rehearsal on
+    # demand stays on with the guard: a task whose probe score slips below its best
+    # (`guard.slip_threshold`) gets a prompt every step until it recovers.
     rehearsal: float = 0.0
     # General-ability items (training items of the stream's `general` tasks, never its probes)
     # answered by the pretrained model, held in place by `grpo.anchor_coef` in every update. Few
