@@ -32,22 +32,26 @@ def nonfinite_count(policy: Policy) -> int:
 
 
 class AdapterSnapshot:
-    """A copy of the adapter weights: to measure an update's size, or to score with an earlier version."""
+    """A copy of the adapter weights: to measure an update's size, to undo it, or to score with an
+    earlier version."""
 
     def __init__(self, policy: Policy) -> None:
         self._params = [p.detach().clone() for p in trainable(policy)]
 
-    @contextmanager
-    def loaded(self, policy: Policy) -> Iterator[None]:
-        """Run the block with the snapshot's adapter weights in place of the live ones."""
-        live = [p.detach().clone() for p in trainable(policy)]
+    def restore(self, policy: Policy) -> None:
+        """Put the snapshot's adapter weights back in place of the live ones."""
         for p, saved in zip(trainable(policy), self._params, strict=True):
             p.data.copy_(saved)
+
+    @contextmanager
+    def loaded(self, policy: Policy) -> Iterator[None]:
+        """Run the block with the snapshot's adapter weights, then put the live ones back."""
+        live = AdapterSnapshot(policy)
+        self.restore(policy)
         try:
             yield
         finally:
-            for p, current in zip(trainable(policy), live, strict=True):
-                p.data.copy_(current)
+            live.restore(policy)
 
     def distance(self, policy: Policy) -> float:
         """L2 norm of the change since the snapshot (inf if anything is non-finite)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lifelong.guard.health import trainable
+from lifelong.guard.health import AdapterSnapshot
 from lifelong.loop.runtime import Runtime
 from lifelong.model.policy import GenerationConfig
 
@@ -33,15 +33,14 @@ def consolidate(runtime: Runtime, rounds: int = 3, batch: int = 8) -> Consolidat
     for _ in range(rounds):
         for start in range(0, len(helped), batch):
             lessons = [runtime.lesson_of(item) for item in helped[start : start + batch]]
-            before = [p.detach().clone() for p in trainable(policy)]
+            before = AdapterSnapshot(policy)
             guard.before_update(policy)
             report = runtime.distiller.update(lessons, runtime.generator)
             verdict = guard.after_update(-1, report, policy, kind="distill")
             updates += int(report.applied)
             if not verdict.keep:  # undo just this update; nothing else changed since `before`
                 rejected += 1
-                for p, old in zip(trainable(policy), before, strict=True):
-                    p.data.copy_(old)
+                before.restore(policy)
     pruned = 0
     greedy = GenerationConfig(thinking_tokens=0, answer_tokens=runtime.config.answer_tokens, temperature=0.0)
     for item in helped:
