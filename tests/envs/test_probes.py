@@ -30,6 +30,17 @@ def test_probe_sets_of_up_to_the_item_count_never_repeat_a_question() -> None:
         assert len(probe.keys) == count
 
 
+def test_fresh_items_are_distinct_held_out_and_the_same_every_call() -> None:
+    probe = ProbeSet(Task.of("add", max_value=20), 32)
+    env = probe.task.make()
+    fresh = probe.fresh_seeds(64)
+    keys = [env.item_key(s) for s in fresh]
+    assert len(fresh) == 64 and len(set(keys)) == 64 and not set(keys) & probe.keys
+    assert probe.fresh_seeds(64) == fresh
+    facts = ProbeSet(Task.of("facts"), 32)  # a small task has fewer: never a repeat, never a probe
+    assert 0 < len(facts.fresh_seeds(64)) == len(FACTS) - 32
+
+
 def test_instruction_kinds_are_mixed() -> None:
     kinds = {item.meta["kind"] for item in INSTRUCTIONS[:12]}
     assert kinds == {"reply", "repeat", "digits", "opposite"}

@@ -7,6 +7,7 @@ from lifelong.guard.detectors import (
     KLDriftGuard,
     NonFiniteCheck,
     ProbeRegression,
+    Rescored,
     RewardConsistency,
     RewardSaturation,
     UpdateSizeSpike,
@@ -56,6 +57,23 @@ def test_probe_regression_names_the_worst_task() -> None:
     found = check.check({"a": 0.3, "b": 0.7}, {"a": 0.6, "b": 0.9})
     assert found is not None and found.message.startswith("a fell 30.0 pts")
     assert check.check({"new": 0.0}, {}) is None  # no reference yet
+
+
+def test_a_probe_drop_stands_only_if_fresh_items_confirm_it() -> None:
+    check = ProbeRegression(budget=0.1)
+    found = check.check({"a": 0.5}, {"a": 0.65625})  # 5 of 32 probe items lost: 15.6 points
+    assert found is not None and found.reject
+    # no drop on 64 fresh items: (32 * 0.15625 + 64 * 0) / 96 = 5.2 points over all 96 items
+    kept = check.confirm(found, lambda task: Rescored(now=0.5, reference=0.5, items=64), probe_items=32)
+    assert not kept.reject
+    assert "15.6 pts below the last good version on the probes but 5.2 over 96 items" in kept.message
+    # 8 of 64 fresh items lost too: (5 + 8) / 96 = 13.5 points
+    stands = check.confirm(found, lambda task: Rescored(now=0.375, reference=0.5, items=64), probe_items=32)
+    assert stands.reject and stands.message.startswith("a fell 13.5 pts below the last good version over 96 items")
+    assert stands.evidence["pooled_drops"] == {"a": 13 / 96} and stands.evidence["drops"] == found.evidence["drops"]
+    # nothing more to score: the probes decide alone
+    alone = check.confirm(found, lambda task: Rescored(0.0, 0.0, 0), probe_items=32)
+    assert alone.reject and "15.6 pts" in alone.message
 
 
 def _ep(group: str, answer: str, reward: float) -> Episode:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from lifelong.guard.detectors import Rescored
 from lifelong.guard.gate import Guard, GuardConfig
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.model.policy import GenerationConfig, Policy
@@ -85,6 +86,31 @@ def test_the_task_being_trained_is_held_to_a_tighter_budget(tiny_policy: Policy,
     assert [f.detector for f in verdict.findings] == ["trained_regression"]
     # the same drop on a task not trained since the last gate is interference, within budget
     assert guard.gate(5, tiny_policy, scores, guarded=["add", "old"], trained=["other"]).keep
+
+
+def test_a_drop_over_budget_is_measured_again_against_the_right_reference(tiny_policy: Policy, tmp_path: Path) -> None:
+    guard = _guard(tiny_policy, tmp_path, probe_drop_budget=0.1, general_drop_budget=0.08, confirm_items=64)
+    guard.mark_good(tiny_policy, {"facts": 0.60, "old": 0.60})
+    asked: list[tuple[str, str]] = []
+
+    def no_drop_on_fresh_items(task: str, against: str) -> Rescored:
+        asked.append((task, against))
+        return Rescored(now=0.5, reference=0.5, items=64)
+
+    # 6 and 7 of 32 items lost: over both budgets on the probes, not over 96 items
+    scores = {"facts": 0.40625, "old": 0.375}
+    tasks = ["facts", "old"]
+    verdict = guard.gate(1, tiny_policy, scores, tasks, ["facts"], rescore=no_drop_on_fresh_items, probe_items=32)
+    assert verdict.keep, verdict.reason
+    assert sorted(asked) == [("facts", "last_good"), ("facts", "pretrained"), ("old", "last_good")]
+    assert {f.detector for f in verdict.findings} == {"probe_regression", "general_erosion"}
+    assert all("kept" in f.message for f in verdict.findings)
+    assert '"pooled_drops"' in (tmp_path / "guard_events.jsonl").read_text()
+    # without a rescorer (or with confirm_items=0) the probes decide, as before
+    assert not guard.gate(2, tiny_policy, scores, ["facts", "old"], ["facts"]).keep
+    off = _guard(tiny_policy, tmp_path / "off", confirm_items=0)
+    off.mark_good(tiny_policy, {"old": 0.60})
+    assert not off.gate(1, tiny_policy, scores, ["old"], rescore=no_drop_on_fresh_items, probe_items=32).keep
 
 
 def test_rollback_backs_off_and_good_gates_recover_the_learning_rate(tiny_policy: Policy, tmp_path: Path) -> None:

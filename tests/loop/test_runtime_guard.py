@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tests.conftest import make_tiny_model
 from transformers import PreTrainedTokenizerBase
 
 from lifelong.guard.gate import GuardConfig
-from lifelong.guard.health import trainable
+from lifelong.guard.health import AdapterSnapshot, trainable
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime
 from lifelong.memory.store import ExperienceStore
@@ -21,7 +22,7 @@ from lifelong.streams.stream import Stage, Stream, Task
 from lifelong.types import Batch, UpdateReport
 
 
-def _config(guard: bool) -> RunConfig:
+def _config(guard: bool, **guard_settings: Any) -> RunConfig:
     stream = Stream("t", (Stage(Task.of("tests.support_envs:coin"), 48),), probe_size=4)
     return RunConfig(
         stream=stream.to_dict(),
@@ -29,7 +30,7 @@ def _config(guard: bool) -> RunConfig:
         eval_every=2,
         answer_tokens=3,
         grpo=GRPOConfig(group_size=4, learning_rate=1e-3),
-        guard=GuardConfig(enabled=guard),
+        guard=GuardConfig(enabled=guard, **guard_settings),
     )
 
 
@@ -88,23 +89,60 @@ def test_guard_state_survives_a_resume(tiny_policy: Policy, tmp_path: Path) -> N
     assert resumed.guard.state.lr_scale == 0.5  # still backed off: no gate has passed since
 
 
-def test_the_task_being_trained_getting_worse_is_rolled_back(tiny_policy: Policy, tmp_path: Path) -> None:
-    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+def _worse_probes_at_step_4(runtime: Runtime) -> None:
+    """Fault injection: the probe scores of step 4 are 7 points below the last good version's:
+    inside the 10-point budget for guarded tasks, over the 5-point budget for the task being
+    trained (a flipped reward does this). The model itself is unchanged."""
     evaluate = runtime.evaluate
 
     def worse_at_step_4(step: int) -> dict[str, float]:
         scores = evaluate(step)
-        if step != 4:
-            return scores
-        # 7 points below the last good version: inside the 10-point budget for guarded tasks,
-        # over the 5-point budget for the task being trained (a flipped reward does this)
-        return {t: runtime.guard.state.reference_scores[t] - 0.07 for t in scores}
+        return {t: runtime.guard.state.reference_scores[t] - 0.07 for t in scores} if step == 4 else scores
 
     runtime.evaluate = worse_at_step_4  # type: ignore[method-assign]
+
+
+def test_the_task_being_trained_getting_worse_is_rolled_back(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=True, confirm_items=0), tiny_policy, tmp_path / "run")
+    _worse_probes_at_step_4(runtime)
     runtime.run(stop_after=4)
     rollbacks = [r for r in _records(tmp_path / "run") if r["type"] == "rollback"]
     assert [(r["step"], r["to_step"]) for r in rollbacks] == [(4, 2)]
     assert "while being trained" in rollbacks[0]["reason"]
+
+
+def test_a_probe_drop_that_fresh_items_do_not_show_is_kept(tiny_policy: Policy, tmp_path: Path) -> None:
+    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    _worse_probes_at_step_4(runtime)
+    runtime.run(stop_after=4)
+    assert not [r for r in _records(tmp_path / "run") if r["type"] == "rollback"]
+    events = [json.loads(line) for line in (tmp_path / "run" / "guard_events.jsonl").read_text().splitlines()]
+    (finding,) = [e for e in events if e["detector"] == "trained_regression"]
+    assert finding["step"] == 4 and not finding["reject"] and "kept" in finding["message"]
+    (coin,) = finding["evidence"]["drops"]
+    assert finding["evidence"]["rescored"][coin]["items"] == 64  # fresh ones, beside the probes' 4
+    assert finding["evidence"]["pooled_drops"][coin] < 0.05
+
+
+def test_rescoring_compares_the_live_adapters_with_those_of_the_last_passed_gate(
+    tiny_policy: Policy, tmp_path: Path
+) -> None:
+    runtime = Runtime(_config(guard=True), tiny_policy, tmp_path / "run")
+    runtime.run(stop_after=2)  # step 2's gate passed: the live adapters are the last good ones
+    coin = runtime.stream.tasks[0].label
+    same = runtime.rescore(coin, "last_good")
+    assert same.items == 64 and same.now == same.reference
+    with torch.no_grad():  # move the live adapters far from the good ones
+        generator = torch.Generator().manual_seed(0)
+        for p in trainable(tiny_policy):
+            p.add_(torch.randn(p.shape, generator=generator))
+    tiny_policy.version += 1  # as every change of the weights does
+    moved = AdapterSnapshot(tiny_policy)
+    after = runtime.rescore(coin, "last_good")
+    assert after.reference == same.reference and after.now != same.now
+    assert moved.distance(tiny_policy) == 0.0  # the live adapters are back after scoring the good ones
+    with pytest.raises(ValueError, match="'last_good' or 'pretrained'"):
+        runtime.rescore(coin, "best")
 
 
 def test_watching_a_run_does_not_change_what_it_samples(tokenizer: PreTrainedTokenizerBase, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,43 @@ class ProbeRegression:
                 {"drops": drops, "scores": scores, "reference": reference},
             )
         return None
+
+    def confirm(self, finding: Finding, rescore: Callable[[str], Rescored], probe_items: int) -> Finding:
+        """Re-measure each over-budget drop of `finding` on fresh items. A drop stands only if,
+        over all items scored (the probes and the fresh ones), it is still over the budget.
+
+        Why: at 32 probes one item is 3 points, and the standard error of a difference of two
+        scores near 50% is about 12 points, so a 10-point budget fires on chance; each rollback
+        on chance throws away real learning (seen: a task's 25% fell back to 9%)."""
+        pooled: dict[str, float] = {}
+        rescored: dict[str, Rescored] = {}
+        for task, drop in finding.evidence["drops"].items():
+            r = rescored[task] = rescore(task)
+            pooled[task] = (probe_items * drop + r.items * (r.reference - r.now)) / (probe_items + r.items)
+        evidence = {**finding.evidence, "pooled_drops": pooled, "rescored": rescored, "probe_items": probe_items}
+        confirmed = {t: d for t, d in pooled.items() if d > self.budget}
+        worst = max(confirmed or pooled, key=lambda t: pooled[t])
+        items = probe_items + rescored[worst].items
+        if confirmed:
+            message = (
+                f"{worst} fell {100 * pooled[worst]:.1f} pts below {self.against} over {items} items"
+                f" (budget {100 * self.budget:.0f})"
+            )
+            return Finding(self.detector, True, message, evidence)
+        message = (
+            f"{worst} fell {100 * finding.evidence['drops'][worst]:.1f} pts below {self.against} on the probes"
+            f" but {100 * pooled[worst]:.1f} over {items} items: within budget {100 * self.budget:.0f}, kept"
+        )
+        return Finding(self.detector, False, message, evidence)
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """A suspect task scored again on fresh held-out items by the current and the reference version."""
+
+    now: float
+    reference: float
+    items: int
 
 
 @dataclass

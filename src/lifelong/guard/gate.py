@@ -5,7 +5,8 @@ Per step the runtime asks the guard three things:
      inconsistent, and tasks whose reward is quarantined as saturated/gamed);
   2. `after_update(...)`: cheap checks on the update just made (finite, size, entropy);
   3. at evaluation points, `gate(...)`: thorough checks (KL drift on probe prompts, regressions
-     of general-ability and already-learned tasks against the last good version).
+     of general-ability and already-learned tasks against the last good version). A probe drop
+     over budget is re-measured on fresh items before it can reject (`confirm_items`).
 A rejected verdict makes the runtime restore the last good checkpoint and the guard back off the
 learning rate; a passed gate marks the current adapters good. Every finding is appended to
 `guard_events.jsonl` in the run folder with its evidence.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from lifelong.guard.detectors import (
     KLDriftGuard,
     NonFiniteCheck,
     ProbeRegression,
+    Rescored,
     RewardConsistency,
     RewardSaturation,
     UpdateSizeSpike,
@@ -57,6 +59,10 @@ class GuardConfig:
     # Max total drop of a general-ability probe below the pretrained model. The per-gate budget
     # alone lets a skill erode a few points at a time (seen: facts 56% -> 34% over a stream).
     general_drop_budget: float = 0.08
+    # Fresh held-out items on which a probe drop over budget is scored again, by the current and
+    # the reference version, before it may reject; 0 trusts the probes alone. Each is scored by
+    # both versions, and only for a task over budget.
+    confirm_items: int = 64
     drift_prompts: int = 8
     drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
@@ -77,6 +83,8 @@ class GuardConfig:
             raise ConfigError(
                 "drift_prompts and drift_samples must be >= 1", "the defaults are 8 prompts, 1 sample each"
             )
+        if self.confirm_items < 0:
+            raise ConfigError("confirm_items must be >= 0", "64 re-measures a suspect drop; 0 trusts the probes alone")
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -105,6 +113,11 @@ class GuardState:
     quarantined: list[str] = field(default_factory=list)
     rollbacks: int = 0
     detections: dict[str, int] = field(default_factory=dict)
+
+
+# (task, against) -> the task scored again on fresh items by the current version and by the
+# reference: "last_good" (the adapters of the last passed gate) or "pretrained" (adapters off).
+Rescorer = Callable[[str, str], Rescored]
 
 
 class Guard:
@@ -196,11 +209,14 @@ class Guard:
         guarded: Sequence[str],
         general: Sequence[str] = (),
         trained: Sequence[str] = (),
+        rescore: Rescorer | None = None,
+        probe_items: int = 0,
     ) -> Verdict:
-        """Thorough check at an evaluation point. `scores`: held-out success per task now;
-        `guarded`: tasks that must not regress (general probes and tasks reached so far);
-        `general`: the general-ability probes, also held to the pretrained model's scores;
-        `trained`: the tasks trained since the last gate, held to a tighter budget."""
+        """Thorough check at an evaluation point. `scores`: held-out success per task now, on
+        `probe_items` items each; `guarded`: tasks that must not regress (general probes and tasks
+        reached so far); `general`: the general-ability probes, also held to the pretrained model's
+        scores; `trained`: the tasks trained since the last gate, held to a tighter budget;
+        `rescore`: re-measures a drop over budget on fresh items (none: the probes decide)."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -215,12 +231,19 @@ class Guard:
                 self.entropy.check(reading.entropy, "probe prompts", self.reference_drift.entropy)
                 if reading.entropy > 0
                 else None,
-                self.regression.check(_only(scores, guarded), _only(self.state.reference_scores, guarded)),
-                self.erosion.check(_only(scores, general), _only(self.state.base_scores, general)),
-                self.trained_regression.check(_only(scores, trained), _only(self.state.reference_scores, trained)),
             )
             if f is not None
         ]
+        for detector, tasks, reference, against in (
+            (self.regression, guarded, self.state.reference_scores, "last_good"),
+            (self.erosion, general, self.state.base_scores, "pretrained"),
+            (self.trained_regression, trained, self.state.reference_scores, "last_good"),
+        ):
+            finding = detector.check(_only(scores, tasks), _only(reference, tasks))
+            if finding is not None and rescore is not None and self.config.confirm_items:
+                finding = detector.confirm(finding, _against(rescore, against), probe_items)
+            if finding is not None:
+                findings.append(finding)
         self._log(step, findings, {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores})
         self.last_drift, self._gated_version = reading, policy.version
         return Verdict(not any(f.reject for f in findings), tuple(findings))
@@ -289,3 +312,7 @@ class Guard:
 
 def _only(scores: dict[str, float], tasks: Sequence[str]) -> dict[str, float]:
     return {t: s for t, s in scores.items() if t in tasks}
+
+
+def _against(rescore: Rescorer, against: str) -> Callable[[str], Rescored]:
+    return lambda task: rescore(task, against)

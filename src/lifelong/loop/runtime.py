@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,12 +28,13 @@ import torch
 from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.guard.detectors import Rescored
 from lifelong.guard.gate import Guard, GuardConfig, Verdict
 from lifelong.guard.health import AdapterSnapshot, ProbeDrift
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
 from lifelong.learn.sft import SFTLearner, make_sft_batch
-from lifelong.loop.actor import Actor, Job, LocalActor
+from lifelong.loop.actor import Actor, Job, LocalActor, play
 from lifelong.memory.book import MemoryBook, MemoryConfig, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
@@ -230,6 +232,8 @@ class Runtime:
         # The adapters of the last passed gate: consolidation's format anchor. Anchoring to the
         # pretrained model instead pulled every task being learned back towards it (dev/LOG.md).
         self.good_adapters: AdapterSnapshot | None = None
+        # Fresh-item scores by (weights, task), kept while those weights are: see `rescore`.
+        self._rescored: dict[tuple[str, str], float] = {}
         self.state: dict[str, Any] = {"before": {}, "evals": [], "episodes": 0, "seconds": 0.0}
         self._clock = time.time()
 
@@ -286,14 +290,13 @@ class Runtime:
         return notes(self.memory.retrieve(task.label, task.make().item_key(seed)))
 
     # ---- evaluation ------------------------------------------------------------------------------
+    def _probe_jobs(self, task: Task, seeds: Sequence[int]) -> list[Job]:
+        recall = self.config.memory_in_context
+        return [Job(task.label, s, split="probe", context=self._recall(task, s) if recall else "") for s in seeds]
+
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy success on every task's held-out probe set; probe episodes are stored, not learned."""
-        jobs = []
-        for task, probe in self.probes.items():
-            recall = self.config.memory_in_context
-            jobs += [
-                Job(task.label, s, split="probe", context=self._recall(task, s) if recall else "") for s in probe.seeds
-            ]
+        jobs = [job for task, probe in self.probes.items() for job in self._probe_jobs(task, probe.seeds)]
         episodes = self.actor.play(jobs, self.config.generation(0.0))
         self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
         scores = {}
@@ -313,6 +316,38 @@ class Runtime:
         self.state["evals"].append(record)
         self._log(record)
         return scores
+
+    def rescore(self, task: str, against: str) -> Rescored:
+        """Greedy success on `task`'s fresh held-out items now and by `against` ("last_good": the
+        adapters of the last passed gate; "pretrained": adapters off). The guard asks for this
+        when a probe drop is over budget; a reference's scores are kept until it changes."""
+        probe = self.probes[self.tasks[task]]
+        if self._anchored and probe.task in self.stream.general:
+            # Their items beyond the probes are the anchor's, held to the pretrained answers by
+            # training: scoring on them would hide erosion. The probes alone decide.
+            return Rescored(0.0, 0.0, 0)
+        jobs = self._probe_jobs(probe.task, probe.fresh_seeds(self.config.guard.confirm_items))
+        if not jobs:
+            return Rescored(0.0, 0.0, 0)
+        generation = self.config.generation(0.0)
+
+        def success(weights: str) -> float:
+            if (weights, task) not in self._rescored:
+                # In this process, whatever the actor: the reference weights exist only here, and
+                # a generator of its own keeps the run's sampling stream untouched.
+                played = play(self.policy, jobs, self.make_env, generation, torch.Generator().manual_seed(0))
+                self._rescored[weights, task] = sum(e.success for e in played) / len(jobs)
+            return self._rescored[weights, task]
+
+        if against == "pretrained":
+            with self.policy.model.disable_adapter():
+                reference = success("pretrained")
+        elif against == "last_good" and self.good_adapters is not None:
+            with self.good_adapters.loaded(self.policy):
+                reference = success("last_good")
+        else:
+            raise ValueError(f"cannot score against {against!r}: expected 'last_good' or 'pretrained'")
+        return Rescored(success(f"version {self.policy.version}"), reference, len(jobs))
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False, stop_after: int | None = None) -> RunSummary:
@@ -339,7 +374,14 @@ class Runtime:
                 if verdict.keep:  # the thorough gate piggybacks on the evaluation: no extra probes
                     trained = [self.stream.stages[slot.stage].task.label]  # a gate never spans stages
                     verdict = self.guard.gate(
-                        slot.step, self.policy, scores, self._guarded(slot), self._general(), trained
+                        slot.step,
+                        self.policy,
+                        scores,
+                        self._guarded(slot),
+                        self._general(),
+                        trained,
+                        rescore=self.rescore,
+                        probe_items=self.stream.probe_size,
                     )
                     gated = True
                 if verdict.keep and gated:
@@ -355,8 +397,19 @@ class Runtime:
 
     def _mark_good(self, scores: dict[str, float]) -> None:
         self.guard.mark_good(self.policy, scores)
-        if self.config.consolidate:  # only consolidation scores against it
+        if self._keeps_good_adapters:
             self.good_adapters = AdapterSnapshot(self.policy)
+        self._rescored = {k: v for k, v in self._rescored.items() if k[0] != "last_good"}
+
+    @property
+    def _anchored(self) -> bool:
+        """Updates hold general-ability items to the pretrained model's answers."""
+        return self.config.grpo.anchor_coef > 0 and self.config.anchor_items > 0
+
+    @property
+    def _keeps_good_adapters(self) -> bool:
+        """Consolidation anchors to them; the guard re-measures suspect drops against them."""
+        return self.config.consolidate or (self.guard.enabled and self.config.guard.confirm_items > 0)
 
     def _general(self) -> list[str]:
         return [t.label for t in self.stream.general]
@@ -453,7 +506,7 @@ class Runtime:
         if self._anchors is not None:
             return self._anchors
         prompts = []
-        if self.config.grpo.anchor_coef > 0 and self.config.anchor_items > 0:
+        if self._anchored:
             for task in self.stream.general:
                 env = task.make()
                 rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
@@ -551,8 +604,8 @@ class Runtime:
         checkpoint = self.ring.latest()
         if checkpoint is None:
             return 0
-        good = self.ring.latest_good() if self.config.consolidate else None
-        if good is not None:  # the consolidation anchor: the adapters of the last passed gate
+        good = self.ring.latest_good() if self._keeps_good_adapters else None
+        if good is not None:  # the adapters of the last passed gate
             self.ring.restore(good, self.policy.model, None)
             self.good_adapters = AdapterSnapshot(self.policy)
         self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)

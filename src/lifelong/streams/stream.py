@@ -110,6 +110,21 @@ class ProbeSet:
         env = self.task.make()
         return frozenset(env.item_key(s) for s in self.seeds)
 
+    def fresh_seeds(self, n: int) -> list[int]:
+        """Up to n seeds of distinct items outside the probe set, the same every call: more held-out
+        items for re-measuring a suspect probe drop (a small task may have fewer than n). They are
+        not kept out of training; a comparison on them is paired, so both versions see the same."""
+        env, rng = self.task.make(), random.Random(f"fresh:{self.task.label}")
+        found: dict[str, int] = {}
+        for _ in range(200 * n):
+            if len(found) == n:
+                break
+            s = rng.randrange(PROBE_SEED_BASE)
+            key = env.item_key(s)
+            if key not in self.keys:
+                found.setdefault(key, s)
+        return list(found.values())
+
     def training_seeds(self, rng: random.Random, n: int) -> list[int]:
         """n training seeds whose items are not in the probe set."""
         env = self.task.make()
