@@ -72,8 +72,7 @@ def test_a_probe_drop_stands_only_if_fresh_items_confirm_it() -> None:
     assert stands.reject and stands.message.startswith("a fell 13.5 pts below the last good version over 96 items")
     assert stands.evidence["pooled_drops"] == {"a": 13 / 96} and stands.evidence["drops"] == found.evidence["drops"]
     # nothing more to score: the probes decide alone
-    alone = check.confirm(found, lambda task: Rescored(0.0, 0.0, 0), probe_items=32)
-    assert alone.reject and "15.6 pts" in alone.message
+    assert check.confirm(found, lambda task: Rescored(0.0, 0.0, 0), probe_items=32) is found
 
 
 def _ep(group: str, answer: str, reward: float) -> Episode:

@@ -146,6 +146,8 @@ class ProbeRegression:
         for task, drop in finding.evidence["drops"].items():
             r = rescored[task] = rescore(task)
             pooled[task] = (probe_items * drop + r.items * (r.reference - r.now)) / (probe_items + r.items)
+        if not any(r.items for r in rescored.values()):
+            return finding  # no fresh items for these tasks: the probes decide alone
         evidence = {**finding.evidence, "pooled_drops": pooled, "rescored": rescored, "probe_items": probe_items}
         confirmed = {t: d for t, d in pooled.items() if d > self.budget}
         worst = max(confirmed or pooled, key=lambda t: pooled[t])
