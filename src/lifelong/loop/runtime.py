@@ -19,6 +19,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -331,20 +332,20 @@ class Runtime:
             return Rescored(0.0, 0.0, 0)
         generation = self.config.generation(0.0)
 
-        def success(weights: str) -> float:
+        def success(weights: str, loaded: AbstractContextManager[Any] | None = None) -> float:
+            """Score with `weights` (put in place by `loaded`), unless scored since they changed."""
             if (weights, task) not in self._rescored:
                 # In this process, whatever the actor: the reference weights exist only here, and
                 # a generator of its own keeps the run's sampling stream untouched.
-                played = play(self.policy, jobs, self.make_env, generation, torch.Generator().manual_seed(0))
+                with loaded or nullcontext():
+                    played = play(self.policy, jobs, self.make_env, generation, torch.Generator().manual_seed(0))
                 self._rescored[weights, task] = sum(e.success for e in played) / len(jobs)
             return self._rescored[weights, task]
 
         if against == "pretrained":
-            with self.policy.model.disable_adapter():
-                reference = success("pretrained")
+            reference = success("pretrained", self.policy.model.disable_adapter())
         elif against == "last_good" and self.good_adapters is not None:
-            with self.good_adapters.loaded(self.policy):
-                reference = success("last_good")
+            reference = success("last_good", self.good_adapters.loaded(self.policy))
         else:
             raise ValueError(f"cannot score against {against!r}: expected 'last_good' or 'pretrained'")
         return Rescored(success(f"version {self.policy.version}"), reference, len(jobs))

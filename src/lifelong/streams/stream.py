@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -110,31 +111,34 @@ class ProbeSet:
         env = self.task.make()
         return frozenset(env.item_key(s) for s in self.seeds)
 
+    def _outside_probes(self, rng: random.Random, tries: int) -> Iterator[tuple[int, str]]:
+        """Seeds drawn from `rng` (at most `tries` draws) whose items are not probe items, with
+        their item keys."""
+        env = self.task.make()
+        for _ in range(tries):
+            s = rng.randrange(PROBE_SEED_BASE)
+            key = env.item_key(s)
+            if key not in self.keys:
+                yield s, key
+
     def fresh_seeds(self, n: int) -> list[int]:
         """Up to n seeds of distinct items outside the probe set, the same every call: more held-out
         items for re-measuring a suspect probe drop (a small task may have fewer than n). They are
         not kept out of training; a comparison on them is paired, so both versions see the same."""
-        env, rng = self.task.make(), random.Random(f"fresh:{self.task.label}")
         found: dict[str, int] = {}
-        for _ in range(200 * n):
+        for s, key in self._outside_probes(random.Random(f"fresh:{self.task.label}"), 200 * n):
+            found.setdefault(key, s)
             if len(found) == n:
                 break
-            s = rng.randrange(PROBE_SEED_BASE)
-            key = env.item_key(s)
-            if key not in self.keys:
-                found.setdefault(key, s)
         return list(found.values())
 
     def training_seeds(self, rng: random.Random, n: int) -> list[int]:
         """n training seeds whose items are not in the probe set."""
-        env = self.task.make()
         seeds: list[int] = []
-        for _ in range(200 * n):
-            s = rng.randrange(PROBE_SEED_BASE)
-            if env.item_key(s) not in self.keys:
-                seeds.append(s)
-                if len(seeds) == n:
-                    return seeds
+        for s, _ in self._outside_probes(rng, 200 * n):
+            seeds.append(s)
+            if len(seeds) == n:
+                return seeds
         raise ConfigError(
             f"{self.task.label}: the probe set covers almost every item",
             "lower probe_size or raise the task's difficulty so it has more distinct items",
