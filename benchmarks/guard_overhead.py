@@ -3,8 +3,10 @@
 Both runs start from the same pretrained weights and adapter initialisation, play the same items
 with the same seeds, evaluate at the same points, and differ only in `GuardConfig.enabled`. The
 guard's work is the reward screen, the adapter snapshot and update size per step, and at every
-evaluation the KL-drift reading and a fresh drift reference; it adds no probe episodes of its own
-(the gate reads the evaluation the run makes anyway). Wall time per run includes everything.
+evaluation the KL-drift reading, a fresh drift reference and a copy of the adapters that passed. The
+gate reads the evaluation the run makes anyway; it plays episodes of its own only when a probe drop
+is over budget (`GuardConfig.confirm_items` fresh items, now and by the reference), so this figure
+includes them only if such a drop happens. Wall time per run includes everything.
 
     python benchmarks/guard_overhead.py [--steps 10] [--json]
 """

@@ -368,6 +368,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from lifelong.evaluate.compare import summary_line, write_comparison
     from lifelong.evaluate.harness import run_methods
+    from lifelong.evaluate.seeds import choose_baseline, parse_seeds, run_seeds, seed_summary_line, write_seed_report
     from lifelong.loop.runtime import METHODS
     from lifelong.model.loading import load_model, resolve_model_folder
     from lifelong.model.policy import Policy
@@ -379,6 +380,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown or not methods:
         named = ", ".join(unknown) or "(none given)"
         raise ConfigError(f"unknown method(s) {named}", f"choose from {', '.join(known)}")
+    if args.seed is not None and args.seeds is not None:
+        raise ConfigError("both --seed and --seeds given", "pass --seed S for one seed or --seeds 0,1,2 for several")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    baseline = choose_baseline(methods, args.baseline)
     stream = _stream_from_args(args)
     out = Path(args.out or Path("reports") / f"{stream.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     progress = ConsoleProgress(enabled=not args.quiet)
@@ -393,7 +398,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model, tokenizer, name = load_model(args.model)
         return Policy(model, tokenizer, name=name)
 
-    settings = {"model": args.model, "seed": args.seed}
+    if seeds is not None:
+        try:
+            summary = run_seeds(
+                stream,
+                methods,
+                seeds,
+                make_policy,
+                out,
+                {"model": args.model},
+                baseline,
+                lambda s, m: progress.note(f"seed {s}, method {m}"),
+                progress,
+                external,
+            )
+        finally:
+            progress.stop()
+        page = write_seed_report(summary, stream.name, out)
+        if not args.quiet:
+            for m, stats in summary.stats.items():
+                means = {k: round(e.mean, 4) for k, e in stats.items()}
+                progress.console.print(f"{m:10s} mean over seeds {means}", highlight=False)
+            progress.console.print(f"report: {page}")
+        if args.json:
+            print(seed_summary_line(summary, stream.name))
+        return 0
+    settings = {"model": args.model, "seed": 0 if args.seed is None else args.seed}
     try:
         results = run_methods(
             stream, methods, make_policy, out, settings, lambda m: progress.note(f"method {m}"), progress, external
@@ -495,7 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--probe-size", type=int, help="held-out items per task")
     ev.add_argument("--model", help="a local Hugging Face model folder (default: the embedded SmolLM2-135M)")
     ev.add_argument("--out", help="report folder (default: reports/<stream>-<time>); an unfinished one is resumed")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, help="the seed of a one-seed evaluation (default: 0)")
+    ev.add_argument(
+        "--seeds", help="comma-separated seeds, e.g. 0,1,2: each into <out>/seed-<s>/, then mean ± SE over them"
+    )
+    ev.add_argument(
+        "--baseline", help="with --seeds: the method others are paired with (default: grpo if run, else the first)"
+    )
     ev.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     ev.add_argument("--json", action="store_true", help="print the results as one JSON line, last on stdout")
     ev.add_argument("--quiet", action="store_true")

@@ -33,7 +33,7 @@ COLORS = {
 }
 
 
-def _color(method: str) -> str:
+def method_color(method: str) -> str:
     return COLORS.get(method, "#17becf")
 
 
@@ -61,6 +61,12 @@ def _short(label: str, width: int = 22) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def wrappable(label: str) -> str:
+    """A task label whole for an HTML table (cut short, two variants of one task read alike), free
+    to wrap after ( and ,."""
+    return html.escape(label).replace("(", "(<wbr>").replace(",", ",<wbr>")
+
+
 def plot_curves(results: Sequence[MethodResult], out: Path) -> Path:
     tasks = list(dict.fromkeys(t for r in results for t in [*r.tasks, *r.general]))
     cols = min(3, len(tasks))
@@ -70,7 +76,9 @@ def plot_curves(results: Sequence[MethodResult], out: Path) -> Path:
         for r in results:
             points = [(c["episodes"], 100 * c["scores"][task]) for c in r.curves if task in c["scores"]]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=_color(r.method), label=r.method)
+                ax.plot(
+                    *zip(*points, strict=True), marker="o", markersize=3, color=method_color(r.method), label=r.method
+                )
         kind = " (general, never trained)" if any(task in r.general for r in results) else ""
         ax.set_title(_short(task, 34) + kind, fontsize=9)
         ax.set_ylim(-3, 103)
@@ -118,7 +126,7 @@ def plot_drift(results: Sequence[MethodResult], out: Path) -> Path:
     for r in results:
         points = [(c["episodes"], c["drift/kl_base"]) for c in r.curves if "drift/kl_base" in c]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=_color(r.method), label=r.method)
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=method_color(r.method), label=r.method)
     ax.set_xlabel("episodes played")
     ax.set_ylabel("KL(pretrained || current)\nnats per token")
     ax.set_title("Drift from the pretrained model on probe prompts", fontsize=10)
@@ -131,20 +139,53 @@ def plot_drift(results: Sequence[MethodResult], out: Path) -> Path:
     return path
 
 
-def _cell(key: str, value: float) -> str:
+# The metrics of `MethodResult.summary()`, in the order the tables show them.
+METRIC_KEYS = (
+    "ACC",
+    "BWT",
+    "FWT",
+    "forgetting",
+    "learning_accuracy",
+    "online_acc",
+    "general_delta",
+    "episodes_per_min",
+)
+LEVELS = ("ACC", "learning_accuracy", "online_acc")  # scores, in points; the other score metrics are changes
+
+
+def format_metric(key: str, value: float) -> str:
     if key == "episodes_per_min":
         return f"{value:.1f}"
-    if key in ("ACC", "learning_accuracy", "online_acc"):  # levels, in points; the rest are changes
+    if key in LEVELS:
         return f"{100 * value:.1f}"
     return f"{100 * value:+.1f}"
 
 
-_HEADERS = {
+HEADERS = {
     "learning_accuracy": "LA",
     "online_acc": "online",
     "general_delta": "general Δ",
     "episodes_per_min": "episodes/min",
 }
+
+
+STYLE = """body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f3f3f3; } td:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }"""
+
+
+def html_page(title: str, body: str) -> str:
+    """A report page: the shared head and style around `body` (HTML); `title` is plain text."""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+{STYLE}
+</style></head><body>
+{body}
+</body></html>"""
 
 
 def _sampling_note(probe_size: int, tasks: int) -> str:
@@ -160,12 +201,12 @@ def _sampling_note(probe_size: int, tasks: int) -> str:
 
 
 def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any]) -> str:
-    keys = ["ACC", "BWT", "FWT", "forgetting", "learning_accuracy", "online_acc", "general_delta", "episodes_per_min"]
-    head = "".join(f"<th>{_HEADERS.get(k, k)}</th>" for k in ["method", *keys])
+    keys = METRIC_KEYS
+    head = "".join(f"<th>{HEADERS.get(k, k)}</th>" for k in ["method", *keys])
     rows = []
     for r in results:
         s = r.summary()
-        cells = "".join(f"<td>{_cell(k, s[k])}</td>" for k in keys)
+        cells = "".join(f"<td>{format_metric(k, s[k])}</td>" for k in keys)
         rows.append(f"<tr><td><b>{html.escape(r.method)}</b></td>{cells}</tr>")
     matrices = "".join(
         f'<figure><img src="{p.name}" alt="accuracy matrix of {m}"></figure>' for m, p in figures["matrices"]
@@ -185,9 +226,7 @@ def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any])
     # Learning each new task: the score right after its own stage, R[j, j], beside the base b_j.
     tasks = results[0].tasks if results else []
     learned_head = "".join(
-        f'<th title="{html.escape(t)}">{html.escape(_short(t, 18))}'
-        f"<br><small>base {100 * results[0].R[0][j]:.0f}</small></th>"
-        for j, t in enumerate(tasks)
+        f"<th>{wrappable(t)}<br><small>base {100 * results[0].R[0][j]:.0f}</small></th>" for j, t in enumerate(tasks)
     )
     learned_rows = "".join(
         f"<tr><td><b>{html.escape(r.method)}</b></td>"
@@ -196,17 +235,7 @@ def _html(results: Sequence[MethodResult], stream: str, figures: dict[str, Any])
         for r in results
     )
     noise = _sampling_note(results[0].probe_size, len(tasks)) if results else ""
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>lifelong eval: {html.escape(stream)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
-img {{ max-width: 100%; }} .note {{ color: #555; font-size: 0.9em; }}
-</style></head><body>
-<h1>Continual learning on stream <code>{html.escape(stream)}</code></h1>
+    body = f"""<h1>Continual learning on stream <code>{html.escape(stream)}</code></h1>
 <p class="note">Same model, stream, seeds and budget for every method. Scores are greedy success on
 held-out items never used for learning, in points (percent); episodes/min is training throughput.</p>
 <table><tr>{head}</tr>{"".join(rows)}</table>
@@ -225,8 +254,8 @@ general_delta: change on general-ability probes never trained on (mean over the 
 <h2>Learning curves</h2><img src="{figures["curves"].name}" alt="learning curves">
 <h2>Forgetting</h2><img src="{figures["forgetting"].name}" alt="forgetting bars">
 <h2>Drift from the pretrained model</h2><img src="{figures["drift"].name}" alt="probe drift">
-<h2>Accuracy matrices</h2>{matrices}
-</body></html>"""
+<h2>Accuracy matrices</h2>{matrices}"""
+    return html_page(f"lifelong eval: {stream}", body)
 
 
 def write_comparison(results: Sequence[MethodResult], stream: str, out: Path) -> Path:
