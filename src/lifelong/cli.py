@@ -382,6 +382,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown method(s) {named}", f"choose from {', '.join(known)}")
     if args.seed is not None and args.seeds is not None:
         raise ConfigError("both --seed and --seeds given", "pass --seed S for one seed or --seeds 0,1,2 for several")
+    if args.baseline is not None and args.seeds is None:
+        raise ConfigError("--baseline is only used with --seeds", "add --seeds 0,1,2, or leave --baseline out")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     baseline = choose_baseline(methods, args.baseline)
     stream = _stream_from_args(args)

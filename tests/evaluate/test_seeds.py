@@ -172,6 +172,7 @@ def test_parse_seeds_and_choose_baseline() -> None:
         (["--seed", "1", "--seeds", "0,1"], "both --seed and --seeds given"),
         (["--seeds", "0,x"], "'x' is not a seed"),
         (["--seeds", "0,1", "--baseline", "sft"], "--baseline 'sft' is not among the methods"),
+        (["--baseline", "grpo"], "--baseline is only used with --seeds"),
     ],
 )
 def test_eval_seed_flag_errors_before_training(
