@@ -6,6 +6,8 @@ the model has 2 layers of width 64, so a learning step takes milliseconds.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrain
     make_tiny_model(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_eval_args(model_dir: Path, out: Path, *flags: str) -> list[str]:
+    """`lifelong eval` argv for the smallest real comparison: tiny model, two one-update stages."""
+    return ["eval", "--model", str(model_dir), "--tasks", "add,letter", "--methods", "frozen,grpo",
+            "--episodes", "32", "--probe-size", "3", "--out", str(out), "--threads", "1",
+            "--json", "--quiet", *flags]  # fmt: skip
+
+
+def assert_rerun_only_resumes(run_dirs: list[Path], rerun: Callable[[], int]) -> None:
+    """A second call reads finished run folders instead of training again: each metrics.jsonl
+    gains only the resume record."""
+    before = {d: (d / "metrics.jsonl").read_text().count("\n") for d in run_dirs}
+    assert rerun() == 0
+    assert {d: (d / "metrics.jsonl").read_text().count("\n") for d in run_dirs} == {d: n + 1 for d, n in before.items()}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file; fails if it is not one."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+from tests.conftest import assert_rerun_only_resumes, png_size, tiny_eval_args
 
 from lifelong.cli import main
 from lifelong.evaluate.compare import _sampling_note
@@ -14,20 +14,11 @@ from lifelong.evaluate.compare import _sampling_note
 REQUIRED = {"ACC", "BWT", "FWT", "forgetting", "online_acc", "general_delta", "episodes_per_min"}
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def test_eval_writes_a_report_and_reuses_finished_runs(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report"
-    args = ["eval", "--model", str(tiny_model_dir), "--tasks", "add,letter", "--methods", "frozen,grpo",
-            "--episodes", "32", "--probe-size", "3", "--out", str(out), "--threads", "1",
-            "--json", "--quiet"]  # fmt: skip
+    args = tiny_eval_args(tiny_model_dir, out)
     assert main(args) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["stream"] == "add+letter" and set(line["methods"]) == {"frozen", "grpo"}
@@ -44,17 +35,11 @@ def test_eval_writes_a_report_and_reuses_finished_runs(
     figures = ["curves.png", "forgetting.png", "drift.png", "matrix_frozen.png", "matrix_grpo.png"]
     for name in figures:
         assert f'src="{name}"' in page
-        width, height = _png_size(out / name)
+        width, height = png_size(out / name)
         assert width >= 300 and height >= 150, (name, width, height)
     assert "Learning each new task" in page and "one item is 33.3 points" in page
 
-    # A second call reads the finished run folders instead of training again.
-    logs = {m: (out / "runs" / m / "metrics.jsonl").read_text() for m in ("frozen", "grpo")}
-    assert main(args) == 0
-    assert {m: (out / "runs" / m / "metrics.jsonl").read_text().count("\n") for m in logs} == {
-        m: text.count("\n") + 1
-        for m, text in logs.items()  # only the resume record is added
-    }
+    assert_rerun_only_resumes([out / "runs" / m for m in ("frozen", "grpo")], lambda: main(args))
 
 
 def test_sampling_note_shrinks_with_more_probes() -> None:

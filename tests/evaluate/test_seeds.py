@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+from tests.conftest import assert_rerun_only_resumes, png_size, tiny_eval_args
 
 from lifelong.cli import main
 from lifelong.errors import ConfigError
@@ -125,13 +125,6 @@ def test_one_seed_has_means_and_no_standard_error(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["se"]["grpo"]["ACC"] is None
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def test_report_page_json_and_figure(tmp_path: Path) -> None:
     summary = aggregate_seeds(_three_seeds(), "grpo")
     page = write_seed_report(summary, "a+b", tmp_path / "agg").read_text()
@@ -141,7 +134,7 @@ def test_report_page_json_and_figure(tmp_path: Path) -> None:
     assert "+16.7 ± 4.2" in page  # lifelong - grpo ACC: a change, signed
     assert "<td>3</td><td>1</td><td>2</td><td>+8.3</td>" in page  # better, worse, equal, mean difference
     assert "2 SE" in page and "<th>facts</th>" in page
-    width, height = _png_size(tmp_path / "agg" / "seeds.png")
+    width, height = png_size(tmp_path / "agg" / "seeds.png")
     assert width >= 800 and height >= 300
     data = json.loads((tmp_path / "agg" / "results.json").read_text())
     assert data["stream"] == "a+b" and data["seeds"] == [0, 1, 2] and data["baseline"] == "grpo"
@@ -189,9 +182,7 @@ def test_eval_over_seeds_end_to_end_and_reuses_finished_runs(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report"
-    args = ["eval", "--model", str(tiny_model_dir), "--tasks", "add,letter", "--methods", "frozen,grpo",
-            "--episodes", "32", "--probe-size", "3", "--out", str(out), "--threads", "1",
-            "--seeds", "0,1", "--json", "--quiet"]  # fmt: skip
+    args = tiny_eval_args(tiny_model_dir, out, "--seeds", "0,1")
     assert main(args) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["seeds"] == [0, 1] and line["baseline"] == "grpo" and set(line["methods"]) == {"frozen", "grpo"}
@@ -211,13 +202,5 @@ def test_eval_over_seeds_end_to_end_and_reuses_finished_runs(
     )
 
     # A second call reads the finished run folders of every seed instead of training again.
-    logs = {
-        (s, m): (out / f"seed-{s}" / "runs" / m / "metrics.jsonl").read_text()
-        for s in (0, 1)
-        for m in ("frozen", "grpo")
-    }
-    assert main(args) == 0
-    assert {k: (out / f"seed-{k[0]}" / "runs" / k[1] / "metrics.jsonl").read_text().count("\n") for k in logs} == {
-        k: text.count("\n") + 1
-        for k, text in logs.items()  # only the resume record is added
-    }
+    runs = [out / f"seed-{s}" / "runs" / m for s in (0, 1) for m in ("frozen", "grpo")]
+    assert_rerun_only_resumes(runs, lambda: main(args))

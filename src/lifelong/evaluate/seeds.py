@@ -100,7 +100,6 @@ class SeedSummary:
     paired: Mapping[str, Mapping[str, Estimate]]
     new_task: Mapping[str, TaskPairs]  # method other than the baseline -> its R[j, j] pairs
     learned: Mapping[str, tuple[Estimate, ...]]  # method -> per task: R[j, j] over seeds
-    per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]  # seed -> method -> MethodResult.summary()
     # method -> general-ability probe -> change from the pretrained model over seeds; general_delta
     # is their mean, and one probe's loss can hide behind another's gain
     general: Mapping[str, Mapping[str, Estimate]]
@@ -120,7 +119,11 @@ class SeedSummary:
                 "vs_baseline": {m: p.to_dict() for m, p in self.new_task.items()},
             },
             "general": {m: {g: e.to_dict() for g, e in d.items()} for m, d in self.general.items()},
-            "per_seed": {str(s): {m: dict(v) for m, v in d.items()} for s, d in self.per_seed.items()},
+            # seed -> method -> MethodResult.summary(), from the per-seed values of `stats`
+            "per_seed": {
+                str(s): {m: {k: e.values[i] for k, e in self.stats[m].items()} for m in self.methods}
+                for i, s in enumerate(self.seeds)
+            },
         }
 
 
@@ -153,8 +156,9 @@ def choose_baseline(methods: Sequence[str], requested: str | None) -> str:
     return requested
 
 
-def aggregate_seeds(results: Mapping[int, Sequence[MethodResult]], baseline: str) -> SeedSummary:
-    """Mean ± SE per method and metric over seeds, and each method paired with `baseline` by seed.
+def aggregate_seeds(results: Mapping[int, Sequence[MethodResult]], baseline: str | None) -> SeedSummary:
+    """Mean ± SE per method and metric over seeds, and each method paired with `baseline` by seed
+    (None: as `choose_baseline` picks).
 
     Every seed must hold the same methods on the same tasks; a mismatch is a ConfigError."""
     if not results:
@@ -190,7 +194,7 @@ def aggregate_seeds(results: Mapping[int, Sequence[MethodResult]], baseline: str
     }
     new_task = {m: _task_pairs(by_seed, m, baseline, len(tasks)) for m in others}
     general = {m: _general(by_seed, m) for m in methods}
-    return SeedSummary(seeds, baseline, methods, tasks, stats, paired, new_task, learned, summaries, general)
+    return SeedSummary(seeds, baseline, methods, tasks, stats, paired, new_task, learned, general)
 
 
 def _general(by_seed: Mapping[int, Mapping[str, MethodResult]], method: str) -> dict[str, Estimate]:
@@ -245,7 +249,7 @@ def run_seeds(
             stream, methods, make_policy, folder, {**(settings or {}), "seed": seed}, start, progress, external
         )
         write_comparison(results[seed], stream.name, folder)  # written now: a later seed may fail
-    return aggregate_seeds(results, choose_baseline(methods, baseline))
+    return aggregate_seeds(results, baseline)
 
 
 # --- the report --------------------------------------------------------------------------------
