@@ -24,7 +24,14 @@ control_delta (the no-fault run's probe_delta with the same guard setting) and
 recovered_vs_control (within 2 points of before or of the no-fault run's end, whichever is lower:
 normal learning moves a probe by an item or two too, and that is not the fault's damage).
 
-    python benchmarks/faults.py [--faults a,b] [--json]
+Targets (--target): `run` (the default) is the runtime's loop, `Runtime.run`. Its faults go in
+through the parts a user can swap: rewards through an environment wrapper the actor plays with,
+the learning rate and the gradients through a wrapper around the learner the learning core calls,
+kill9 through the process. `serve` (the serving process) is not written yet. A target is a function
+of the arguments that returns the single run of one (fault, guard setting) pair (`TARGETS`); the
+control run, the comparison and the table are shared.
+
+    python benchmarks/faults.py [--target run] [--faults a,b] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,20 +58,24 @@ from lifelong.envs.base import Env, StepResult
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import GuardConfig
 from lifelong.learn.grpo import GRPOConfig
-from lifelong.loop.runtime import RunConfig, Runtime, _Slot
+from lifelong.learn.learner import Learner
+from lifelong.loop.actor import Job, LocalActor
+from lifelong.loop.runtime import RunConfig, Runtime
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.loading import load_model
-from lifelong.model.policy import Policy
+from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import Stage, Stream, Task
-from lifelong.types import Batch, UpdateReport
+from lifelong.types import Batch, Episode, Sample, UpdateReport
 
 CONTROL = "none"  # the no-fault run
 FAULTS = ("nan_grad", "lr_spike", "flipped_reward", "always_one", "garbage_feedback", "kill9")
+REWARD_FAULTS = ("flipped_reward", "always_one", "garbage_feedback")
 FAULT_STEPS = range(1, 4)
 RECOVERY_TOLERANCE = 0.02  # probe points (as a fraction) a recovered run may end below its baseline
 TOTAL_STEPS = 8
 TRAINED = Task.of("add", max_value=20)
 GENERAL = Task.of("letter", position="first")
+POISONED_TENSORS = 4  # adapter tensors whose gradients nan_grad replaces
 
 
 @dataclass
@@ -81,13 +94,13 @@ class FaultResult:
     recovered_vs_control: bool | None = None
 
 
-def config(guard: bool, steps: int, probe_size: int) -> RunConfig:
-    stream = Stream("faults", (Stage(TRAINED, steps * 32),), probe_size=probe_size, general=(GENERAL,))
-    return RunConfig(stream=stream.to_dict(), eval_every=4, guard=GuardConfig(enabled=guard), grpo=GRPOConfig())
+# (fault or CONTROL, guard on) -> the result of one short run with it
+RunOne = Callable[[str, bool], FaultResult]
 
 
+# ---- the faults, through interfaces a user can swap ---------------------------------------------
 class FaultyReward(Env):
-    """Wraps an environment and rewrites its rewards while a fault is active."""
+    """Wraps an environment and rewrites its rewards (the actor only makes it during a reward fault)."""
 
     def __init__(self, env: Env, fault: str, rng: random.Random) -> None:
         self.env, self.fault, self.rng = env, fault, rng
@@ -106,45 +119,105 @@ class FaultyReward(Env):
         return result._replace(reward=reward)
 
 
-class FaultyRuntime(Runtime):
-    """The runtime with one fault switched on during FAULT_STEPS (never during evaluations)."""
+@contextmanager
+def gradient_hook(
+    params: Sequence[torch.Tensor], hook: Callable[[torch.Tensor], torch.Tensor | None]
+) -> Iterator[None]:
+    """`hook` sees (and may replace) every gradient computed for `params` inside the block."""
+    handles = [p.register_hook(hook) for p in params]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
-    def __init__(self, *args: Any, fault: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class FaultyLearner:
+    """The learner the learning core calls, passing through to `inner`; while `active()` its update
+    has the fault: lr_spike learns at 100x the guard's learning-rate scale, nan_grad gets NaN
+    gradients on a few adapter tensors (replaced as they are computed, so the learner's own
+    non-finite check sees them as it would a real NaN), kill9 touches `marker` once gradients flow
+    and waits there for the SIGKILL. Reward faults pass through: the environment has them."""
+
+    def __init__(self, inner: Learner, fault: str, active: Callable[[], bool], marker: Path | None = None) -> None:
+        self.inner = inner
         self.fault = fault
-        self.active = False
+        self.active = active
+        self.marker = marker
+
+    @property
+    def step(self) -> int:
+        return self.inner.step
+
+    @step.setter
+    def step(self, value: int) -> None:  # a resume restores the learner's step
+        self.inner.step = value
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.inner.optimizer
+
+    def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
+        return self.inner.batch(episodes, anchors)
+
+    def update(self, batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
+        if not self.active() or self.optimizer is None:
+            return self.inner.update(batch, lr_scale)
+        if self.fault == "lr_spike":
+            return self.inner.update(batch, 100 * lr_scale)
+        # (hook, how many adapter tensors it watches) per fault that acts on the gradients
+        hooks = {"nan_grad": (self._poison, POISONED_TENSORS), "kill9": (self._wait_for_kill, 1)}
+        if self.fault not in hooks:
+            return self.inner.update(batch, lr_scale)
+        hook, tensors = hooks[self.fault]
+        with gradient_hook(self.optimizer.param_groups[0]["params"][:tensors], hook):
+            return self.inner.update(batch, lr_scale)
+
+    @staticmethod
+    def _poison(grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+    def _wait_for_kill(self, grad: torch.Tensor) -> None:
+        if self.marker is not None:
+            self.marker.touch()
+        time.sleep(0.5)  # still inside the update when the parent's SIGKILL lands
+
+
+class FaultyActor(LocalActor):
+    """The runtime's local actor, and the fault's clock: it counts the steps by their training
+    calls (`Runtime.run` plays each step's episodes in one call), and while a reward fault is
+    active it plays step and retry episodes (never probes) in environments that rewrite rewards."""
+
+    def __init__(self, runtime: Runtime, fault: str) -> None:
+        super().__init__(runtime.policy, self._make_env, runtime.generator)
+        self.task_env = runtime.make_env
+        self.fault = fault
+        self.step = 0  # the step being played and learned from; 0 before the first
+        self.rewriting = False
         self.rng = random.Random(0)
-        update = self.learner.update
-        accumulate = self.learner._accumulate
 
-        def spiked_update(batch: Batch, *anchors: Any) -> UpdateReport:
-            if self.active and fault == "lr_spike":
-                self.learner.lr_scale *= 100
-            return update(batch, *anchors)
+    def active(self) -> bool:
+        return self.step in FAULT_STEPS
 
-        def poisoned(chunk: Any, total: int) -> dict[str, float]:
-            out = accumulate(chunk, total)
-            if self.active and fault == "nan_grad":
-                for p in self.learner.optimizer.param_groups[0]["params"][:4]:
-                    if p.grad is not None:
-                        p.grad.fill_(float("nan"))
-            return out
-
-        self.learner.update = spiked_update  # type: ignore[method-assign]
-        self.learner._accumulate = poisoned  # type: ignore[method-assign]
-
-    def make_env(self, label: str) -> Env:
-        env = super().make_env(label)
-        if self.active and self.fault in ("flipped_reward", "always_one", "garbage_feedback"):
-            return FaultyReward(env, self.fault, self.rng)
-        return env
-
-    def _step(self, slot: _Slot):  # type: ignore[no-untyped-def]
-        self.active = slot.step in FAULT_STEPS
+    def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
+        if any(job.split == "train" for job in jobs):
+            self.step += 1
+        probes = any(job.split == "probe" for job in jobs)
+        self.rewriting = self.active() and self.fault in REWARD_FAULTS and not probes
         try:
-            return super()._step(slot)
+            return super().play(jobs, gen)
         finally:
-            self.active = False
+            self.rewriting = False
+
+    def _make_env(self, label: str) -> Env:
+        env = self.task_env(label)
+        return FaultyReward(env, self.fault, self.rng) if self.rewriting else env
+
+
+# ---- target "run": the runtime's loop -----------------------------------------------------------
+def config(guard: bool, steps: int, probe_size: int) -> RunConfig:
+    stream = Stream("faults", (Stage(TRAINED, steps * 32),), probe_size=probe_size, general=(GENERAL,))
+    return RunConfig(stream=stream.to_dict(), eval_every=4, guard=GuardConfig(enabled=guard), grpo=GRPOConfig())
 
 
 def findings(run_dir: Path) -> list[str]:
@@ -170,10 +243,12 @@ def warm_up(policy: Policy, work: Path, steps: int, probe_size: int) -> Path:
     return run.ring.paths()[-1]
 
 
-def reset_to(policy: Policy, warm: Path) -> None:
+def reset_to(runtime: Runtime, warm: Path) -> None:
+    """Put the warm adapters back into the runtime's policy: a change made outside its learning
+    core, so they take a new version (versions never repeat)."""
     ring = CheckpointRing(warm.parent)
-    ring.restore(ring.load(warm), policy.model, None)
-    policy.version = 0
+    ring.restore(ring.load(warm), runtime.policy.model, None)
+    runtime.core.note_external_update()
 
 
 def result(fault: str, guard: bool, run_dir: Path, lost: int, detected: bool | None = None) -> FaultResult:
@@ -187,9 +262,13 @@ def result(fault: str, guard: bool, run_dir: Path, lost: int, detected: bool | N
 
 
 def run_fault(policy: Policy, fault: str, guard: bool, warm: Path, work: Path, probe_size: int) -> FaultResult:
+    """One run from the warm adapters with `fault` (or CONTROL) active in FAULT_STEPS."""
     run_dir = work / f"{fault}-{'on' if guard else 'off'}"
-    reset_to(policy, warm)
-    runtime = FaultyRuntime(config(guard, TOTAL_STEPS, probe_size), policy, run_dir, fault=fault)
+    runtime = Runtime(config(guard, TOTAL_STEPS, probe_size), policy, run_dir)
+    reset_to(runtime, warm)
+    actor = FaultyActor(runtime, fault)
+    runtime.actor = actor
+    runtime.core.learner = FaultyLearner(runtime.learner, fault, actor.active)
     runtime.run()
     with ExperienceStore(run_dir / "experience.sqlite") as store:
         lost = TOTAL_STEPS * runtime.config.episodes_per_step - store.count(split="train")
@@ -211,8 +290,8 @@ def run_kill9(fault: str, guard: bool, warm: Path, work: Path, probe_size: int, 
     child.wait()
     with ExperienceStore(run_dir / "experience.sqlite") as store:
         before_ids = store.ids()
-    reset_to(policy, warm)
     runtime = Runtime(config(guard, TOTAL_STEPS, probe_size), policy, run_dir)
+    reset_to(runtime, warm)  # the resume then loads the newest checkpoint over it
     runtime.run(resume=True)
     with ExperienceStore(run_dir / "experience.sqlite") as store:
         lost = len(before_ids - store.ids())
@@ -224,22 +303,83 @@ def child(args: argparse.Namespace) -> None:
     """The victim of the kill9 fault: a normal run that marks the moment it is mid-update."""
     model, tok, name = load_model()
     policy = Policy(model, tok, name=name)
-    reset_to(policy, Path(args.warm))
     runtime = Runtime(config(args.guard, TOTAL_STEPS, args.probe_size), policy, Path(args.child))
-    accumulate = runtime.learner._accumulate
-
-    def marked(chunk: Any, total: int) -> dict[str, float]:
-        if runtime.learner.step == 1:  # inside the update of step 2
-            Path(args.marker).touch()
-            time.sleep(0.5)  # still inside the update when the parent's SIGKILL lands
-        return accumulate(chunk, total)
-
-    runtime.learner._accumulate = marked  # type: ignore[method-assign]
+    reset_to(runtime, Path(args.warm))
+    learner = runtime.learner
+    # learner.step counts applied updates: 1 inside the update of step 2
+    runtime.core.learner = FaultyLearner(learner, "kill9", lambda: learner.step == 1, Path(args.marker))
     runtime.run()
+
+
+def run_target(args: argparse.Namespace) -> RunOne:
+    """The runtime's loop: warm up on the trained task, then one short run per (fault, guard)."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lifelong-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model, tok, name = load_model()
+    policy = Policy(model, tok, name=name)
+    print(f"warm-up: {args.warm_steps} steps of {TRAINED.label} (work folder {work})", file=sys.stderr)
+    warm = warm_up(policy, work, args.warm_steps, args.probe_size)
+
+    def run_one(fault: str, guard: bool) -> FaultResult:
+        if fault == "kill9":
+            return run_kill9(fault, guard, warm, work, args.probe_size, policy)
+        return run_fault(policy, fault, guard, warm, work, args.probe_size)
+
+    return run_one
+
+
+# ---- target "serve": the serving process --------------------------------------------------------
+def serve_target(args: argparse.Namespace) -> RunOne:
+    print("faults: --target serve is not yet written; use --target run", file=sys.stderr)
+    sys.exit(2)
+
+
+TARGETS: dict[str, Callable[[argparse.Namespace], RunOne]] = {"run": run_target, "serve": serve_target}
+
+
+# ---- shared: the control run, the comparison, the table -----------------------------------------
+def compare(run_one: RunOne, faults: Sequence[str], t0: float) -> list[FaultResult]:
+    """The control run, then every fault, each with the guard on and off."""
+    results = []
+    control: dict[bool, float] = {}
+    for fault in [CONTROL, *faults]:
+        for guard in (True, False):
+            print(f"[{time.time() - t0:5.0f}s] {fault} guard={'on' if guard else 'off'}", file=sys.stderr)
+            r = run_one(fault, guard)
+            if fault == CONTROL:
+                control[guard] = r.probe_delta
+            else:
+                r.control_delta = control[guard]
+                r.recovered_vs_control = r.probe_delta >= min(0.0, r.control_delta) - RECOVERY_TOLERANCE
+            results.append(r)
+            print(
+                f"    detected={r.detected} recovered={r.recovered} probe_delta={r.probe_delta:+.3f} "
+                f"lost={r.episodes_lost} rollbacks={r.rollbacks} findings={sorted(set(r.findings))}",
+                file=sys.stderr,
+            )
+    return results
+
+
+def report(results: Sequence[FaultResult], t0: float, as_json: bool) -> None:
+    print(f"\n{'fault':18s} {'guard':5s} {'detected':8s} {'recovered':9s} {'probe_delta':>11s}", end=" ")
+    print(f"{'control':>8s} {'vs_control':10s} {'lost':>4s}")
+    for r in results:
+        ctrl = f"{100 * r.control_delta:+7.1f}p" if r.control_delta is not None else f"{'':8s}"
+        vs_control = "" if r.recovered_vs_control is None else str(r.recovered_vs_control)
+        print(
+            f"{r.fault:18s} {'on' if r.guard else 'off':5s} {r.detected!s:8s} {r.recovered!s:9s} "
+            f"{100 * r.probe_delta:+10.1f}p {ctrl} {vs_control:10s} {r.episodes_lost:4d}"
+        )
+    print(f"({(time.time() - t0) / 60:.1f} minutes)")
+    if as_json:
+        keys: tuple[str, ...] = ("fault", "guard", "detected", "recovered", "probe_delta", "episodes_lost")
+        keys += ("control_delta", "recovered_vs_control")
+        print(json.dumps([{k: asdict(r)[k] for k in keys} for r in results if r.fault != CONTROL]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", choices=sorted(TARGETS), default="run", help="what the faults hit (default: run)")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--warm-steps", type=int, default=6)
     parser.add_argument("--probe-size", type=int, default=48)
@@ -260,47 +400,9 @@ def main() -> None:
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
         parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="lifelong-faults-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model, tok, name = load_model()
-    policy = Policy(model, tok, name=name)
     t0 = time.time()
-    print(f"warm-up: {args.warm_steps} steps of {TRAINED.label} (work folder {work})", file=sys.stderr)
-    warm = warm_up(policy, work, args.warm_steps, args.probe_size)
-    results = []
-    control: dict[bool, float] = {}
-    for fault in [CONTROL, *faults]:
-        for guard in (True, False):
-            print(f"[{time.time() - t0:5.0f}s] {fault} guard={'on' if guard else 'off'}", file=sys.stderr)
-            if fault == "kill9":
-                r = run_kill9(fault, guard, warm, work, args.probe_size, policy)
-            else:
-                r = run_fault(policy, fault, guard, warm, work, args.probe_size)
-            if fault == CONTROL:
-                control[guard] = r.probe_delta
-            else:
-                r.control_delta = control[guard]
-                r.recovered_vs_control = r.probe_delta >= min(0.0, r.control_delta) - RECOVERY_TOLERANCE
-            results.append(r)
-            print(
-                f"    detected={r.detected} recovered={r.recovered} probe_delta={r.probe_delta:+.3f} "
-                f"lost={r.episodes_lost} rollbacks={r.rollbacks} findings={sorted(set(r.findings))}",
-                file=sys.stderr,
-            )
-    print(f"\n{'fault':18s} {'guard':5s} {'detected':8s} {'recovered':9s} {'probe_delta':>11s}", end=" ")
-    print(f"{'control':>8s} {'vs_control':10s} {'lost':>4s}")
-    for r in results:
-        ctrl = f"{100 * r.control_delta:+7.1f}p" if r.control_delta is not None else f"{'':8s}"
-        vs_control = "" if r.recovered_vs_control is None else str(r.recovered_vs_control)
-        print(
-            f"{r.fault:18s} {'on' if r.guard else 'off':5s} {r.detected!s:8s} {r.recovered!s:9s} "
-            f"{100 * r.probe_delta:+10.1f}p {ctrl} {vs_control:10s} {r.episodes_lost:4d}"
-        )
-    print(f"({(time.time() - t0) / 60:.1f} minutes)")
-    if args.json:
-        keys = ("fault", "guard", "detected", "recovered", "probe_delta", "episodes_lost")
-        keys += ("control_delta", "recovered_vs_control")
-        print(json.dumps([{k: asdict(r)[k] for k in keys} for r in results if r.fault != CONTROL]))
+    run_one = TARGETS[args.target](args)
+    report(compare(run_one, faults, t0), t0, args.json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Load test of `lifelong serve` on loopback: latency and throughput with learning off and on.
+"""Load test of `lifelong serve` on loopback: latency, time to first token and throughput, learning off and on.
 
 Each phase starts `lifelong serve` on 127.0.0.1 with a fresh store and drives it with a bounded load
 (`--requests` requests, `--phase-timeout` seconds at most) through the official openai client. By
@@ -8,13 +8,15 @@ measured during the first phase's warm-up, so the server has the idle gaps real 
 every answer gets a rating (a fixed pseudo-random thumbs up/down, so the learner does its full work:
 policy-gradient steps, the gate's probes, an atomic checkpoint, a hot swap) and measurement starts
 only once the learner process has loaded its model. Phases alternate off/on `--rounds` times so that
-drift in the machine's load hits both alike.
+drift in the machine's load hits both alike. Every request streams (`stream: true`): latency is the
+time to the last event, time to first token (TTFT) the time to the first content delta.
 
     python benchmarks/serve_load.py                     # the embedded SmolLM2-135M, a readable table
     python benchmarks/serve_load.py --json              # ...and a JSON object as the last line
     python benchmarks/serve_load.py --model PATH --requests 20 --concurrency 1
 
-Target: p50 latency with learning on is at most 1.15x the p50 with learning off.
+Target: p50 latency with learning on is at most 1.15x the p50 with learning off; the on/off ratio of
+the TTFT p50 is printed beside it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import threading
 import time
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ def free_port() -> int:
 class Phase:
     mode: str  # "off" | "on"
     latencies: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)  # time to the first content delta
     tokens: list[int] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
@@ -89,18 +92,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.store = folder / f"store-{'on' if learn else 'off'}-{time.time_ns()}"
-        settings = {
-            "threads": args.threads,
-            "learner": {
-                "min_feedback": args.learn_every,
-                "max_wait_s": 5.0,
-                "steps_per_round": args.steps_per_round,
-                "threads": args.learner_threads,
-                "nice": args.learner_nice,
-            },
-        }
         config = folder / "serve-config.json"
-        config.write_text(json.dumps(settings))
+        config.write_text(json.dumps(serve_settings(args)))
         cmd = [sys.executable, "-m", "lifelong.cli", "serve", "--port", str(self.port), "--store", str(self.store)]
         cmd += ["--key", f"bench={KEY}", "--config", str(config)]
         if args.model:
@@ -140,6 +133,21 @@ class ServerProcess:
         self.log.close()
 
 
+def serve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config of each server. Steps per round are the learner's setting in older configs and
+    the runtime's (`learning`) in newer ones; put it where this version has it."""
+    from lifelong.serve.config import LearnerConfig
+
+    learner: dict[str, Any] = {"min_feedback": args.learn_every, "max_wait_s": 5.0}
+    learner |= {"threads": args.learner_threads, "nice": args.learner_nice}
+    settings: dict[str, Any] = {"threads": args.threads, "learner": learner}
+    if "steps_per_round" in {f.name for f in fields(LearnerConfig)}:
+        learner["steps_per_round"] = args.steps_per_round
+    else:
+        settings["learning"] = {"steps_per_round": args.steps_per_round}
+    return settings
+
+
 def run_phase(args: argparse.Namespace, learn: bool, folder: Path) -> Phase:
     phase = Phase("on" if learn else "off")
     server = ServerProcess(args, learn, folder)
@@ -150,23 +158,32 @@ def run_phase(args: argparse.Namespace, learn: bool, folder: Path) -> Phase:
 
         def one(i: int) -> None:
             t0 = time.perf_counter()
+            first, tokens, rid = None, 0, ""
             try:
-                r = client.chat.completions.create(
+                for chunk in client.chat.completions.create(
                     model=model,
                     messages=[{"role": "user", "content": prompt(i)}],
                     max_tokens=args.max_tokens,
                     temperature=1.0,
                     seed=i,
-                )
+                    stream=True,
+                    stream_options={"include_usage": True},
+                ):
+                    rid = chunk.id
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.perf_counter() - t0
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
             except openai.OpenAIError:
                 phase.errors += 1
                 return
             if i >= 0:  # warm-up requests (negative i) are not measured
                 phase.latencies.append(time.perf_counter() - t0)
-                phase.tokens.append(r.usage.completion_tokens if r.usage else 0)
+                phase.ttft.append(first if first is not None else phase.latencies[-1])  # an empty reply: its end
+                phase.tokens.append(tokens)
             if learn:  # a rating for every answer, off the clock
-                up = zlib.crc32(r.id.encode()) % 2 == 0
-                client.post("/feedback", body={"completion_id": r.id, "rating": "up" if up else "down"}, cast_to=object)
+                up = zlib.crc32(rid.encode()) % 2 == 0
+                client.post("/feedback", body={"completion_id": rid, "rating": "up" if up else "down"}, cast_to=object)
 
         warm = time.perf_counter()
         for i in range(-args.warmup, 0):
@@ -214,6 +231,7 @@ def run_phase(args: argparse.Namespace, learn: bool, folder: Path) -> Phase:
 
 def summary(phases: list[Phase]) -> dict[str, Any]:
     lat = [x for p in phases for x in p.latencies]
+    ttft = [x for p in phases for x in p.ttft]
     tokens = [x for p in phases for x in p.tokens]
     seconds = sum(p.seconds for p in phases)
     return {
@@ -222,6 +240,8 @@ def summary(phases: list[Phase]) -> dict[str, Any]:
         "p50_s": percentile(lat, 50),
         "p99_s": percentile(lat, 99),
         "mean_s": statistics.fmean(lat) if lat else float("nan"),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p99_s": percentile(ttft, 99),
         # adapters that learned may answer shorter or longer: latency per completion token compares like with like
         "p50_s_per_token": percentile([x / max(n, 1) for x, n in zip(lat, tokens, strict=True)], 50),
         "requests_per_s": len(lat) / seconds if seconds else 0.0,
@@ -263,18 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"off": summary(off), "on": summary(on)}
     result["p50_ratio"] = result["on"]["p50_s"] / result["off"]["p50_s"]
     result["p99_ratio"] = result["on"]["p99_s"] / result["off"]["p99_s"]
+    result["ttft_p50_ratio"] = result["on"]["ttft_p50_s"] / result["off"]["ttft_p50_s"]
+    result["ttft_p99_ratio"] = result["on"]["ttft_p99_s"] / result["off"]["ttft_p99_s"]
     result["p50_per_token_ratio"] = result["on"]["p50_s_per_token"] / result["off"]["p50_s_per_token"]
     result["throughput_ratio"] = result["on"]["requests_per_s"] / result["off"]["requests_per_s"]
     result["target_p50_ratio"] = 1.15
     result["config"] = {k: v for k, v in vars(args).items() if k != "json"} | {"cpus": os.cpu_count()}
     result["config"]["load"] = "closed loop" if args.concurrency else f"open loop, {args.rate:.3f} requests/s"
 
-    print(f"{'learning':>8} {'requests':>8} {'errors':>6} {'p50 s':>7} {'p99 s':>7} {'req/s':>6} {'tok/s':>6} "
-          f"{'tok/req':>7} {'rounds':>6} {'kept':>5}")  # fmt: skip
+    print(f"{'learning':>8} {'requests':>8} {'errors':>6} {'p50 s':>7} {'p99 s':>7} {'TTFT p50':>8} {'TTFT p99':>8} "
+          f"{'req/s':>6} {'tok/s':>6} {'tok/req':>7} {'rounds':>6} {'kept':>5}")  # fmt: skip
     for mode in ("off", "on"):
         s = result[mode]
         print(
             f"{mode:>8} {s['requests']:>8} {s['errors']:>6} {s['p50_s']:>7.3f} {s['p99_s']:>7.3f} "
+            f"{s['ttft_p50_s']:>8.3f} {s['ttft_p99_s']:>8.3f} "
             f"{s['requests_per_s']:>6.2f} {s['tokens_per_s']:>6.1f} {s['tokens_per_request']:>7.1f} "
             f"{s['learning_rounds']:>6} {s['versions_kept']:>5}"
         )
@@ -282,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "ok" if result["p50_ratio"] <= result["target_p50_ratio"] else "over target"
     print(
         f"p50 on/off = {result['p50_ratio']:.3f} (target <= 1.15: {verdict}); p99 on/off = {result['p99_ratio']:.3f}; "
+        f"TTFT p50 on/off = {result['ttft_p50_ratio']:.3f}; "
         f"p50 per token on/off = {result['p50_per_token_ratio']:.3f}; "
         f"throughput on/off = {result['throughput_ratio']:.3f}"
     )

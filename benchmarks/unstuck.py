@@ -74,7 +74,8 @@ def run_lifelong(
     policy: Policy, failures: list[Episode], book: MemoryBook, args: argparse.Namespace, gen: torch.Generator
 ) -> dict[str, float]:
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=args.lr)
-    distiller = SelfDistiller(policy, optimizer, DistillConfig(learning_rate=args.lr))
+    # The student's on-policy samples come from `gen`, the generator the retries are played with.
+    distiller = SelfDistiller(policy, optimizer, DistillConfig(learning_rate=args.lr), generator=gen)
     helped: list[MemoryItem] = []
     retried = solved = 0
     rng = random.Random(0)
@@ -100,11 +101,11 @@ def run_lifelong(
             continue
         for _ in range(args.updates):
             replay = [lesson_of(policy, i) for i in rng.sample(helped, min(args.replay, len(helped)))]
-            distiller.update(new + replay, gen)
+            distiller.update(new + replay)
     for _ in range(args.sleep_rounds):  # the slow path: one pass over everything that helped
         order = rng.sample(helped, len(helped))
         for start in range(0, len(order), args.batch):
-            distiller.update([lesson_of(policy, i) for i in order[start : start + args.batch]], gen)
+            distiller.update([lesson_of(policy, i) for i in order[start : start + args.batch]])
     return {"retry_success": solved / max(retried, 1), "lessons_consolidated": float(len(helped))}
 
 

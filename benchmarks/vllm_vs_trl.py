@@ -13,7 +13,10 @@ Reported per side, over the timed updates:
                          generate call, so this slightly favours TRL)
   updates_per_min        full updates (sample + score + learn + weight sync) per wall-clock minute
 and the ratios lifelong / TRL. Ours trains on the GPU (the learner's tensors follow
-`torch.set_default_device("cuda")`), like TRL.
+`torch.set_default_device("cuda")`), like TRL, and learns through the learning core
+(loop/learning.py): every applied update takes a new adapter version, which `VLLMActor` hot-loads
+into vLLM before it samples again, so no step samples with stale adapters (`adapter_loads` in the
+JSON: one before the first update, then one per applied update but the last).
 
 Needs an NVIDIA GPU with vllm and trl, none of which a CPU machine installs:
 
@@ -35,7 +38,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lifelong.model.vllm_sampler import Engine
 
 TASK = "add"
 TASK_PARAMS = {"max_value": 20}
@@ -65,11 +71,16 @@ def _items(n: int, seed: int) -> list[tuple[str, int]]:
 
 
 # ---- lifelong ------------------------------------------------------------------------------------
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, device: str = "cuda", engine: Engine | None = None) -> dict[str, Any]:
+    """Our side: `VLLMActor` samples, the learning core learns. `device` and `engine` (a stand-in
+    for vLLM) let the loop run without a GPU (tests/benchmarks/test_vllm_vs_trl.py)."""
     import torch
 
-    from lifelong.learn.grpo import GRPOConfig, GRPOLearner, make_batch
+    from lifelong.guard.checkpoints import CheckpointRing
+    from lifelong.guard.gate import Guard, GuardConfig
+    from lifelong.learn.grpo import GRPOConfig, GRPOLearner
     from lifelong.loop.actor import Job
+    from lifelong.loop.learning import LearningCore
     from lifelong.loop.runtime import RunConfig
     from lifelong.model.loading import load_model
     from lifelong.model.policy import Policy
@@ -86,19 +97,30 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         grpo=GRPOConfig(group_size=args.group, learning_rate=args.lr, micro_batch=args.prompts * args.group),
     )
     model, tokenizer, name = load_model(config.model)
-    policy = Policy(model.to("cuda"), tokenizer, name=name, lora=config.lora)
+    policy = Policy(model.to(device), tokenizer, name=name, lora=config.lora)
     # The learner builds its tensors with plain factory calls: make them land on the GPU too.
-    torch.set_default_device("cuda")
-    learner = GRPOLearner(policy, config.grpo)
-    actor = VLLMActor(policy, config, Path(args.workdir), gpu_memory_utilization=args.vllm_memory)
+    torch.set_default_device(device)
+
+    def synchronize() -> None:  # a timing must include the GPU work queued before it
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    # The learning core gives the adapters a new version with every applied update; the actor
+    # compares it with the version vLLM holds and hot-loads the new adapters before sampling, so no
+    # update samples with stale ones. The guard is off, as in TRL: the two sides learn alike.
+    workdir = Path(args.workdir)
+    guard = Guard(GuardConfig(enabled=False), workdir)
+    core = LearningCore(policy, GRPOLearner(policy, config.grpo), guard, CheckpointRing(workdir / "checkpoints"))
+    actor = VLLMActor(policy, config, workdir, engine=engine, gpu_memory_utilization=args.vllm_memory)
     items = _items(args.prompts * (args.warmup + args.steps), args.seed)
     gen = config.generation(config.grpo.temperature)
     sample_s = tokens = 0.0
     mismatch: list[float] = []
+    applied = 0
     t_start = 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            torch.cuda.synchronize()
+            synchronize()
             t_start, sample_s, tokens = time.perf_counter(), 0.0, 0.0
         batch_items = items[step * args.prompts : (step + 1) * args.prompts]
         jobs = [
@@ -108,10 +130,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         episodes = actor.play(jobs, gen)
         sample_s += time.perf_counter() - t0
         tokens += sum(e.num_sampled_tokens for e in episodes)
-        report = learner.update(make_batch(episodes, config.grpo.scale_rewards))
+        report = core.learn(step + 1, episodes).report
+        applied += report.applied
         if "policy/sampler_mismatch" in report.metrics:
             mismatch.append(report.metrics["policy/sampler_mismatch"])
-    torch.cuda.synchronize()
+    synchronize()
     wall = time.perf_counter() - t_start
     return {
         "side": "lifelong",
@@ -121,6 +144,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "sample_s": sample_s,
         "wall_s": wall,
         "sampler_mismatch_mean": sum(mismatch) / len(mismatch) if mismatch else None,
+        "updates_applied": applied,  # warm-up included; each took a new adapter version
+        "adapter_loads": actor.loads,  # into vLLM: one before the first update, then one per new version
     }
 
 

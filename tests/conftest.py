@@ -15,6 +15,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from lifelong.guard.gate import GuardConfig
+from lifelong.learn.distill import DistillConfig
+from lifelong.learn.grpo import GRPOConfig
+from lifelong.loop.tenants import TenantLearningConfig
 from lifelong.model.loading import default_tokenizer_folder
 from lifelong.model.policy import LoraSettings, Policy
 
@@ -50,6 +54,10 @@ def make_tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrid
     model = LlamaForCausalLM(LlamaConfig(**(settings | overrides)))
     model.eval()
     return model
+
+
+def make_learnable_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+    return make_tiny_model(tokenizer, seed, pad_token_id=None, initializer_range=0.2)
 
 
 @pytest.fixture
@@ -92,3 +100,76 @@ def png_size(path: Path) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
     width, height = struct.unpack(">II", data[16:24])
     return width, height
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
+    folder = tmp_path_factory.mktemp("serve-model")
+    make_learnable_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def serve_policy(serve_model_dir: Path) -> Policy:
+    from lifelong.model.loading import load_model
+
+    model, tokenizer, name = load_model(str(serve_model_dir))
+    torch.manual_seed(0)  # the LoRA initialisation
+    return Policy(model, tokenizer, name=name, lora=LoraSettings(rank=4, alpha=8))
+
+
+SKY = "What color is the sky? ({})"
+
+
+def teach_blue(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, steps: int = 15) -> None:
+    """Full fine-tune so the base model itself answers sky questions with "blue" in plain chat (the
+    server's format at reasoning effort none): operator probes then measure something the model
+    knows, and flipped feedback has something to damage."""
+    from lifelong.learn.logprobs import completion_logprobs
+    from lifelong.types import Sample
+
+    target = (*tokenizer.encode("blue", add_special_tokens=False), tokenizer.eos_token_id)
+    samples = []
+    for i in range(200, 216):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": SKY.format(i)}], add_generation_prompt=True, tokenize=True
+        )
+        prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
+        samples.append(Sample(tuple(prompt), target, (0.0,) * len(target), (1,) * len(target), 1.0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        logp, _, mask = completion_logprobs(model, samples, tokenizer.eos_token_id)
+        loss = -(logp * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="session")
+def knowing_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """A tiny model that already answers "blue" to sky questions (see teach_blue)."""
+    folder = tmp_path_factory.mktemp("knowing-model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = make_learnable_model(tokenizer, seed=1)
+    teach_blue(model, tokenizer)
+    torch.set_num_threads(threads)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# Learning settings for tiny models: few probes, strong steps.
+FAST_LEARNING = TenantLearningConfig(
+    steps_per_round=4,
+    probe_items=4,
+    anchor_items=4,
+    anchor_per_step=2,
+    answer_tokens=4,
+    grpo=GRPOConfig(learning_rate=1e-2, group_size=2, kl_coef=0.02, temperature=1.0),
+    distill=DistillConfig(learning_rate=1e-2),
+    guard=GuardConfig(confirm_items=0, drift_prompts=2),
+)

@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from lifelong.evaluate.report import write_report
     from lifelong.learn.grpo import GRPOConfig
+    from lifelong.learn.sft import SFTConfig
     from lifelong.loop.runtime import RunConfig, Runtime
     from lifelong.model.loading import load_model, resolve_model_folder
     from lifelong.model.policy import Policy
@@ -165,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             store=args.store,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
+            sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
     progress = ConsoleProgress(enabled=not args.quiet)
     resolve_model_folder(config.model, announce=progress.note)  # bad paths fail before any output
@@ -337,6 +339,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys.append((tenant, key))
     flags: dict[str, Any] = {
         "store": args.store,
+        "database": args.database,
         "model": args.model,
         "host": args.host,
         "port": args.port,
@@ -574,10 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reasoning-effort", choices=["none", "low", "medium", "high"], help="default thinking budget (none)"
     )
-    serve.add_argument("--probes", help="JSONL of operator probes for the gate (default: built-in questions)")
+    serve.add_argument(
+        "--database", help="a postgresql:// URL for the experience store (default: <store>/experience.sqlite)"
+    )
+    serve.add_argument(
+        "--probes", help='JSONL of {"prompt", "answer"} the guard holds every tenant to (beside its general probes)'
+    )
     serve.add_argument("--no-learn", action="store_true", help="store feedback but do not learn from it")
     serve.add_argument("--threads", type=int, help="torch threads for answering (default: 2)")
-    serve.add_argument("--config", help="JSON file of further ServeConfig settings (learner, gate, lora, limits)")
+    serve.add_argument("--config", help="JSON file of further ServeConfig settings (learner, learning, lora, limits)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

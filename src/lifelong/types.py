@@ -1,7 +1,8 @@
 """Small typed objects that cross the rooms of lifelong.
 
 An environment produces observations, the policy answers them with a `Turn`, a played game is an
-`Episode`, the learner turns episodes into a `Batch` of `Sample`s and reports an `UpdateReport`.
+`Episode`, the learner turns episodes into a `Batch` of `Sample`s (or `Lesson`s, for distillation)
+and reports an `UpdateReport`.
 All are frozen dataclasses: a room may read what another room produced, never change it.
 """
 
@@ -85,11 +86,29 @@ class Sample:
 
 @dataclass(frozen=True)
 class Batch:
+    """What a learner's `update` consumes: samples with advantages, and the episodes' statistics.
+
+    `anchors` are samples of skills the update must keep (general ability), answered by the
+    pretrained model; a learner with an anchor term holds them in place (learn/grpo.py), others
+    ignore them.
+    """
+
     samples: tuple[Sample, ...]
     num_groups: int
     num_dropped_groups: int  # groups whose rewards were all equal carry no signal
     reward_mean: float
     reward_std: float
+    anchors: tuple[Sample, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One thing to consolidate: the same question with and without its lesson in context
+    (what self-distillation consumes, learn/distill.py)."""
+
+    student_prompt: tuple[int, ...]
+    teacher_prompt: tuple[int, ...]
+    successes: tuple[Completion, ...] = ()  # the teacher's successful retries (or past successes)
 
 
 @dataclass(frozen=True)
@@ -119,3 +138,79 @@ class MemoryItem:
     created: float
     uses: int = 0
     wins: int = 0
+
+
+# ---- serving records: what a person sent and what the server answered --------------------------
+class RequestStatus(enum.StrEnum):
+    RECEIVED = "received"  # stored before generation
+    COMPLETED = "completed"  # its choices are stored: only now does the client see its id
+    FAILED = "failed"
+
+
+class FeedbackKind(enum.StrEnum):
+    THUMBS = "thumbs"  # rating up/down (reward 1 or 0)
+    SCORE = "score"  # a reward in [0, 1]
+    CORRECTION = "correction"  # the answer the person wanted instead
+
+
+class AdapterStatus(enum.StrEnum):
+    LIVE = "live"  # passed the guard: served from now on
+    REJECTED = "rejected"  # refused by the guard, or the round could not run
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """A chat request as received, and (once answered) its choices."""
+
+    id: str
+    tenant: str
+    model: str
+    received: float
+    body: dict[str, Any]
+    prompt_ids: tuple[int, ...]
+    generation: dict[str, Any]  # reasoning_effort, thinking budget, answer_tokens, temperature, seed
+    status: RequestStatus
+    adapter_version: int | None
+    choices: tuple[Completion, ...] = ()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One feedback item: a rating (reward in [0, 1]) or a correction of one choice of a request."""
+
+    id: int
+    request_id: str
+    index: int
+    tenant: str
+    kind: FeedbackKind
+    reward: float | None
+    correction: str | None
+    holdout: bool  # held-out corrections are probes for the guard, never trained on
+    received: float
+    consumed_version: int | None = None
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A candidate adapter version of a tenant and the guard's verdict on it."""
+
+    tenant: str
+    version: int
+    status: AdapterStatus
+    path: str | None
+    created: float
+    reason: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Something the reasoning monitor noticed about one reply: a served choice (`source` is the
+    request id, `index` the choice) or an episode the run loop learns from (`source` is its id)."""
+
+    source: str
+    index: int
+    tenant: str
+    kind: str  # "contradiction" | "reward_gaming"
+    detail: str
+    created: float = 0.0

@@ -200,7 +200,7 @@ def test_tiny_run_leaves_a_run_folder_ours_reads(walk: str, tiny_model_dir: Path
         rows = db.execute("SELECT seed, turns FROM episodes WHERE step = 2 AND split = 'train'").fetchall()
     # The same items our runtime draws for that step, each sampled group_size times.
     runtime = Runtime(config, Policy(*_tiny(tiny_model_dir)), tmp_path / "ours")
-    assert sorted(seed for seed, _ in rows) == sorted(j.seed for j in runtime._jobs_for(runtime.schedule[1]))
+    assert sorted(seed for seed, _ in rows) == sorted(j.seed for j in runtime.jobs_for(runtime.schedule[1]))
     # The prefilled "Answer:" is part of the completion, never a training target (as in ours).
     assert all(json.loads(turns)[0]["completion"]["loss_mask"][0] == 0 for _, turns in rows)
     result = result_from_run("trl", run_dir)

@@ -29,12 +29,13 @@ def test_learning_rate_spike_is_rejected_after_warmup(tiny_policy: Policy, tmp_p
     guard = _guard(tiny_policy, tmp_path)
     learner = GRPOLearner(tiny_policy, GRPOConfig(learning_rate=1e-3, kl_coef=0.0))
     for step in range(4):
-        guard.before_update(tiny_policy)
-        verdict = guard.after_update(step, learner.update(make_batch(_batch_episodes(tiny_policy, step))), tiny_policy)
+        lr_scale = guard.before_update(tiny_policy)
+        report = learner.update(make_batch(_batch_episodes(tiny_policy, step)), lr_scale)
+        verdict = guard.after_update(step, report, tiny_policy)
         assert verdict.keep, verdict.reason
-    learner.lr_scale = 100.0  # the fault: a learning-rate x100 spike
-    guard.before_update(tiny_policy)
-    verdict = guard.after_update(9, learner.update(make_batch(_batch_episodes(tiny_policy, 9))), tiny_policy)
+    lr_scale = guard.before_update(tiny_policy)
+    report = learner.update(make_batch(_batch_episodes(tiny_policy, 9)), 100 * lr_scale)  # the fault: lr x100
+    verdict = guard.after_update(9, report, tiny_policy)
     assert not verdict.keep and "median" in verdict.reason
     assert '"detector": "update_spike"' in (tmp_path / "guard_events.jsonl").read_text()
 

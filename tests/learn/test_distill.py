@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.guard.health import AdapterSnapshot, trainable
-from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
+from lifelong.learn.distill import DistillConfig, SelfDistiller
+from lifelong.model.adapters import AdapterSnapshot, trainable
 from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Lesson
 
 
 def test_answer_start_is_after_the_marker(tiny_policy: Policy) -> None:
@@ -26,13 +27,15 @@ def test_the_student_moves_to_the_teacher(tiny_policy: Policy) -> None:
         tiny_policy, optimizer, DistillConfig(learning_rate=0.02, student_samples=2, answer_tokens=2, reference_kl=0.0)
     )
     lesson = Lesson(student, teacher, (retry,))
-    first = distiller.update([lesson], torch.Generator().manual_seed(0))
+    distiller.generator = torch.Generator().manual_seed(0)
+    first = distiller.update([lesson])
     assert first.applied and first.metrics["distill/kl"] > 0
     for step in range(1, 12):
-        last = distiller.update([lesson], torch.Generator().manual_seed(step))
+        distiller.generator = torch.Generator().manual_seed(step)
+        last = distiller.update([lesson])
     # KL(student || teacher) on answer tokens, measured before each update, fell by far
     assert last.metrics["distill/kl"] < 0.2 * first.metrics["distill/kl"]
-    assert tiny_policy.version == 12
+    assert distiller.step == 12 and tiny_policy.version == 0  # the learning core versions the adapters
 
 
 def test_the_reference_anchor_keeps_the_student_nearer_the_pretrained_model(tiny_policy: Policy) -> None:
@@ -47,7 +50,8 @@ def test_the_reference_anchor_keeps_the_student_nearer_the_pretrained_model(tiny
         config = DistillConfig(learning_rate=0.02, student_samples=4, answer_tokens=2, reference_kl=weight)
         distiller = SelfDistiller(tiny_policy, torch.optim.AdamW(params, lr=0.02), config)
         for step in range(10):
-            report = distiller.update([lesson], torch.Generator().manual_seed(step))
+            distiller.generator = torch.Generator().manual_seed(step)
+            report = distiller.update([lesson])
         moved[weight] = report.metrics["distill/reference_kl"]
     assert moved[10.0] < 0.5 * moved[0.0]
 
@@ -64,9 +68,10 @@ def test_the_anchor_can_be_an_earlier_version_of_the_adapters(tiny_policy: Polic
     lesson = Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?")))
     params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
     config = DistillConfig(learning_rate=1e-9, student_samples=2, answer_tokens=2)
-    distiller = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config)
-    to_pretrained = distiller.update([lesson], torch.Generator().manual_seed(0))
-    to_snapshot = distiller.update([lesson], torch.Generator().manual_seed(0), reference=snapshot)
+    distiller = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config, torch.Generator().manual_seed(0))
+    to_pretrained = distiller.update([lesson])
+    distiller.generator = torch.Generator().manual_seed(0)
+    to_snapshot = distiller.update([lesson], reference=snapshot)
     assert to_pretrained.metrics["distill/reference_kl"] > 0.01
     assert to_snapshot.metrics["distill/reference_kl"] == pytest.approx(0.0, abs=1e-4)
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(trainable(tiny_policy), live, strict=True))

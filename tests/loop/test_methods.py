@@ -37,6 +37,9 @@ class ScriptedActor:
             for e in episodes
         ]  # fmt: skip
 
+    def prefetch(self, jobs: Sequence[Job], gen: GenerationConfig) -> None:
+        pass
+
 
 def _config(method: str) -> RunConfig:
     stream = Stream("t", (Stage(Task.of("add", max_value=3), 16),), probe_size=2)

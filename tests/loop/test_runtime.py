@@ -3,11 +3,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from lifelong.errors import ConfigError
 from lifelong.evaluate.report import write_report
 from lifelong.learn.grpo import GRPOConfig
-from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.learn.sft import SFTConfig
+from lifelong.loop.runtime import Method, RunConfig, RunState, Runtime, UpdateRule
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import Stage, Stream, Task
 
@@ -55,21 +58,40 @@ def test_config_roundtrips_through_json(tmp_path: Path) -> None:
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_config_json_keeps_plain_strings_and_old_run_folders_still_load() -> None:
+    saved = json.loads(json.dumps(RunConfig.for_method("sft", stream=tiny_config().stream).to_dict()))
+    assert (saved["method"], saved["update_rule"]) == ("sft", "sft")
+    # A config.json from before SFT had its own settings: its SFT learner read GRPO's.
+    old = {k: v for k, v in saved.items() if k != "sft"} | {"grpo": {**saved["grpo"], "learning_rate": 1e-3}}
+    config = RunConfig.from_dict(old)
+    assert config.method is Method.SFT and config.update_rule is UpdateRule.SFT
+    assert config.sft == SFTConfig(learning_rate=1e-3)
+    with pytest.raises(ConfigError, match="unknown update_rule"):
+        RunConfig(stream={}, update_rule="adam")
+
+
+def test_run_state_loads_from_a_checkpoint_state() -> None:
+    saved = {"before": {"a": 0.5}, "evals": [{"step": 0}], "episodes": 16, "seconds": 3.5, "version": 2, "rng": []}
+    state = RunState.from_dict(saved)
+    assert state == RunState({"a": 0.5}, [{"step": 0}], 16, 3.5)
+    assert RunState.from_dict(state.to_dict()) == state
+
+
 def test_later_stages_rehearse_earlier_tasks(tiny_policy: Policy, tmp_path: Path) -> None:
     config = RunConfig.from_dict({**tiny_config().to_dict(), "prompts_per_step": 4, "rehearsal": 0.25})
     runtime = Runtime(config, tiny_policy, tmp_path / "run")
     first, second = runtime.schedule[0], runtime.schedule[-1]
-    assert [t.label for t in runtime._tasks_for(first)] == ["add(max_value=5)"] * 4
-    assert [t.label for t in runtime._tasks_for(second)] == ["letter"] * 3 + ["add(max_value=5)"]
+    assert [t.label for t in runtime.schedule.tasks_for(first)] == ["add(max_value=5)"] * 4
+    assert [t.label for t in runtime.schedule.tasks_for(second)] == ["letter"] * 3 + ["add(max_value=5)"]
     plain = Runtime(RunConfig.from_dict({**config.to_dict(), "rehearsal": 0.0}), tiny_policy, tmp_path / "r2")
-    assert [t.label for t in plain._tasks_for(second)] == ["letter"] * 4
+    assert [t.label for t in plain.schedule.tasks_for(second)] == ["letter"] * 4
 
 
 def test_a_rehearsal_share_below_one_prompt_a_step_is_spread_over_steps(tiny_policy: Policy, tmp_path: Path) -> None:
     config = RunConfig.from_dict({**tiny_config(64).to_dict(), "prompts_per_step": 4, "rehearsal": 0.125})
     runtime = Runtime(config, tiny_policy, tmp_path / "run")
     second_stage = [slot for slot in runtime.schedule if slot.stage == 1]
-    old = [sum(t.label == "add(max_value=5)" for t in runtime._tasks_for(slot)) for slot in second_stage]
+    old = [sum(t.label == "add(max_value=5)" for t in runtime.schedule.tasks_for(slot)) for slot in second_stage]
     assert old == [0, 1, 0, 1]  # one old prompt every other step: 2 of the stage's 16 prompts
 
 
@@ -78,13 +100,18 @@ def test_without_a_fixed_share_only_a_slipping_task_is_rehearsed(tiny_policy: Po
     runtime = Runtime(config, tiny_policy, tmp_path / "run")
     second = runtime.schedule[-1]
     add, letter = "add(max_value=5)", "letter"
-    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 4
+
+    def tasks() -> list[str]:  # what the step plays, given what the guard sees slip
+        return [job.env for job in runtime.jobs_for(second)[:: runtime.config.grpo.group_size]]
+
+    assert tasks() == [letter] * 4
     # add was learned to 75%, then fell to 50% at the next gate: it is rehearsed until it recovers
-    runtime.guard.gate(1, tiny_policy, {add: 0.75, letter: 0.0}, guarded=[])
-    runtime.guard.gate(2, tiny_policy, {add: 0.50, letter: 0.25}, guarded=[])
-    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 3 + [add]
-    runtime.guard.gate(3, tiny_policy, {add: 0.75, letter: 0.25}, guarded=[])
-    assert [t.label for t in runtime._tasks_for(second)] == [letter] * 4
+    runtime.core.gate(1, {add: 0.75, letter: 0.0}, guarded=[])
+    runtime.core.gate(2, {add: 0.50, letter: 0.25}, guarded=[])
+    assert runtime.guard.slipping() == [add]
+    assert tasks() == [letter] * 3 + [add]
+    runtime.core.gate(3, {add: 0.75, letter: 0.25}, guarded=[])
+    assert tasks() == [letter] * 4
 
 
 def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
@@ -97,7 +124,7 @@ def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
         for name, p in tiny_policy.model.named_parameters():
             if "lora_B" in name:
                 p.add_(0.5)
-    pool = runtime.anchor_pool()
+    pool = runtime.anchors.pool()
     assert len(pool) == 5 and all(sum(a.loss_mask) for a in pool)
     assert len({a.prompt_ids for a in pool}) == 5  # distinct items
     probe = runtime.probes[Task.of("facts")]
@@ -108,6 +135,6 @@ def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
         pretrained = tiny_policy.respond([list(a.prompt_ids) for a in pool], greedy)
     assert [a.completion_ids for a in pool] == [c.token_ids for c in pretrained]
     # each update takes the next two; in three updates every item had its turn
-    assert all(len(runtime.anchors(step)) == 2 for step in range(3))
-    assert {a.prompt_ids for step in range(3) for a in runtime.anchors(step)} == {a.prompt_ids for a in pool}
-    assert Runtime(RunConfig.for_method("grpo", **settings), tiny_policy, tmp_path / "g").anchors(1) == []
+    assert all(len(runtime.anchors.for_step(step)) == 2 for step in range(3))
+    assert {a.prompt_ids for step in range(3) for a in runtime.anchors.for_step(step)} == {a.prompt_ids for a in pool}
+    assert Runtime(RunConfig.for_method("grpo", **settings), tiny_policy, tmp_path / "g").anchors.for_step(1) == []

@@ -13,10 +13,10 @@ from tests.conftest import make_tiny_model
 from transformers import PreTrainedTokenizerBase
 
 from lifelong.guard.gate import GuardConfig
-from lifelong.guard.health import AdapterSnapshot, trainable
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime
 from lifelong.memory.store import ExperienceStore
+from lifelong.model.adapters import AdapterSnapshot, trainable
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.streams.stream import Stage, Stream, Task
 from lifelong.types import Batch, UpdateReport
@@ -39,11 +39,9 @@ def _spike_at(runtime: Runtime, step: int) -> None:
     update = runtime.learner.update
     calls = [0]  # the runtime asks for one update per step (learner.step counts only applied ones)
 
-    def faulty(batch: Batch, *anchors: Any) -> UpdateReport:
+    def faulty(batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
         calls[0] += 1
-        if calls[0] == step:
-            runtime.learner.lr_scale *= 1000
-        return update(batch, *anchors)
+        return update(batch, lr_scale * 1000 if calls[0] == step else lr_scale)
 
     runtime.learner.update = faulty  # type: ignore[method-assign]
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.memory.store import SCHEMA_VERSION, ExperienceStore, StoreError
+from lifelong.memory.store import SCHEMA_VERSION, ExperienceStore, StoreError, import_serve_store
+from lifelong.types import AdapterRecord, AdapterStatus, FeedbackKind
 from tests.memory.test_store import episode
+from tests.memory.test_store_serving import old_serve_store, served
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -51,3 +53,18 @@ def test_unreachable_url_says_what_to_check() -> None:
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as err:
         ExperienceStore("postgresql://nobody:secret@127.0.0.1:1/none")
     assert "secret" not in str(err.value) and "server is running" in err.value.fix
+
+
+def test_serving_rows_and_an_old_serving_store_on_postgresql(fresh_url: str, tmp_path: Path) -> None:
+    old = tmp_path / "serve.sqlite"
+    old_serve_store(old)
+    with ExperienceStore(fresh_url) as store:
+        import_serve_store(old, store)
+        served(store, "r3", "alice")
+        new = store.add_feedback("r3", 1, "alice", FeedbackKind.THUMBS, reward=1.0)
+        assert new.id == 4  # the sequence follows the imported ids
+        store.record_adapter(AdapterRecord("alice", 2, AdapterStatus.LIVE, "/p", 0.0, "ok", {"m": 1.0}), [new.id])
+        store.record_adapter(AdapterRecord("alice", 2, AdapterStatus.LIVE, "/q", 0.0, "again", {}), [])
+        assert [r.path for r in store.live_versions()["alice"]] == ["/q", "/a/step-000001"]
+        assert [f.id for f in store.pending_feedback("alice")] == [2]
+        assert store.request("r3").choices[1].answer == "red"  # type: ignore[union-attr]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -53,3 +55,121 @@ def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:
     mask = tiny_policy.answer_mask(c)
     start = tiny_policy.answer_start(c)
     assert not any(mask[:start]) and any(mask[start:])
+
+
+# ---- the run path, pinned --------------------------------------------------------------------------
+# Computed with the code before plain chat and sampling options existed (tiny model, seed 0 weights):
+# the run path must give these tokens, masks, stop reasons and texts bit for bit.
+RUN_PATH_PINNED = {
+    "think5_t1": (
+        GenerationConfig(thinking_tokens=5, answer_tokens=4, temperature=1.0),
+        0,
+        [
+            ([19703, 10232, 5435, 40099, 18986, 198, 21350, 42, 37346, 1501, 15718, 6688], 5,
+             "answer_budget", "Myths fin Chen flight", "enchatileteGeoAsk", -97.7914),
+            ([21415, 33711, 17527, 42460, 30993, 198, 21350, 42, 9723, 25035, 48609, 49087], 5,
+             "answer_budget", "proud knots----------------------------------------odb", "lagibus ic adsorption Olive",
+             -97.0188),
+        ],
+    ),
+    "none_t1": (
+        GenerationConfig("none", answer_tokens=4, temperature=1.0),
+        1,
+        [
+            ([21350, 42, 9247, 13504, 46222, 41849], 0, "answer_budget", "vania executeppm underworld", "", -42.7798),
+            ([21350, 42, 40937, 14435, 42647, 36241], 0, "answer_budget", "fourteenthsoleipeg porch", "", -42.572),
+        ],
+    ),
+    "think3_t07": (
+        GenerationConfig(thinking_tokens=3, answer_tokens=3, temperature=0.7),
+        3,
+        [
+            ([26319, 38770, 25704, 198, 21350, 42, 15630, 4173, 13618], 3, "answer_budget", "bug Parkysics",
+             "Regularस vivo", -64.365),
+            ([15032, 26322, 16611, 198, 21350, 42, 15981, 8598, 43305], 3, "answer_budget", "suppress coding Oy",
+             "unto PeerLP", -63.9223),
+        ],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(RUN_PATH_PINNED))
+def test_run_path_respond_is_unchanged(tiny_policy: Policy, case: str) -> None:
+    gen, seed, expected = RUN_PATH_PINNED[case]
+    ctx = [tiny_policy.start("What is 1 + 1?"), tiny_policy.start("Name a color.")]
+    got = tiny_policy.respond(ctx, gen, torch.Generator().manual_seed(seed))
+    for c, (ids, thought, stop, answer, reasoning, logprob) in zip(got, expected, strict=True):
+        assert list(c.token_ids) == ids
+        marker = 3 if thought else 2  # "\nAnswer:" after reasoning, "Answer:" opening the reply
+        assert list(c.loss_mask) == [1] * thought + [0] * marker + [1] * (len(ids) - thought - marker)
+        assert (c.stop.value, c.answer, c.reasoning) == (stop, answer, reasoning)
+        assert sum(c.logprobs) == pytest.approx(logprob, abs=1e-3)
+
+
+# ---- plain chat ------------------------------------------------------------------------------------
+PLAIN = GenerationConfig(protocol=False, answer_tokens=8, temperature=0.0)
+
+
+def chat_ids(policy: Policy, text: str) -> list[int]:
+    ids = policy.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return list(ids if isinstance(ids, list) else ids["input_ids"])  # type: ignore[arg-type,index]
+
+
+def test_plain_chat_has_no_marker_and_every_token_is_a_target(tiny_policy: Policy) -> None:
+    c = tiny_policy.chat([chat_ids(tiny_policy, "Say hi")], PLAIN)[0]
+    assert len(c.token_ids) == 8 and c.stop == StopReason.ANSWER_BUDGET  # a random model never ends its turn
+    assert c.loss_mask == (1,) * 8 and c.reasoning == ""
+    assert c.answer == tiny_policy.tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
+    assert ANSWER_MARKER not in c.answer and all(lp <= 0 for lp in c.logprobs)
+    # a learner may learn from all of it
+    assert tiny_policy.answer_start(c) == 0 and tiny_policy.answer_mask(c) == c.loss_mask
+    # respond with protocol=False is the same thing
+    assert tiny_policy.respond([chat_ids(tiny_policy, "Say hi")], PLAIN)[0] == c
+
+
+def test_plain_chat_ends_at_end_of_turn(tiny_policy: Policy) -> None:
+    ctx, gen = chat_ids(tiny_policy, "Say hi"), replace(PLAIN, temperature=1.0)
+    third = tiny_policy.chat([ctx], gen, torch.Generator().manual_seed(0))[0].token_ids[2]
+    tiny_policy.eos_ids.add(third)  # pretend the third token ends the turn
+    c = tiny_policy.chat([ctx], gen, torch.Generator().manual_seed(0))[0]
+    assert len(c.token_ids) == 3 and c.stop == StopReason.ANSWERED
+
+
+def test_a_stop_string_cuts_the_answer(tiny_policy: Policy) -> None:
+    ctx, gen = [chat_ids(tiny_policy, "Say hi")], replace(PLAIN, temperature=1.0)
+    whole = tiny_policy.chat(ctx, gen, torch.Generator().manual_seed(0))[0].answer
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    c = tiny_policy.chat(ctx, replace(gen, stop=("never there", stop)), torch.Generator().manual_seed(0))[0]
+    assert c.answer == whole[: whole.index(stop)] and c.stop == StopReason.ANSWERED
+    # the protocol's answer line is cut the same way (the pinned none_t1 case answers "vania executeppm ...")
+    proto = GenerationConfig("none", answer_tokens=4, temperature=1.0, stop=("exec",))
+    questions = [tiny_policy.start("What is 1 + 1?"), tiny_policy.start("Name a color.")]
+    c = tiny_policy.respond(questions, proto, torch.Generator().manual_seed(1))[0]
+    assert c.answer == "vania" and c.stop != StopReason.ANSWER_BUDGET  # finished, not cut by the budget
+
+
+def test_plain_chat_streams_pieces_that_add_up_to_the_answer(tiny_policy: Policy) -> None:
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    ctx = [chat_ids(tiny_policy, "Say hi"), chat_ids(tiny_policy, "Name a color")]
+    gen = replace(PLAIN, temperature=1.0)
+    got = tiny_policy.chat(ctx, gen, torch.Generator().manual_seed(0), on_text=lambda i, p: pieces[i].append(p))
+    for i, c in enumerate(got):
+        assert len(pieces[i]) > 1 and "".join(pieces[i]) == c.answer
+    # streaming changes nothing about what is sampled
+    assert tiny_policy.chat(ctx, gen, torch.Generator().manual_seed(0)) == got
+
+
+def test_streaming_holds_back_what_may_become_a_stop_string(tiny_policy: Policy) -> None:
+    ctx = [chat_ids(tiny_policy, "Say hi")]
+    whole = tiny_policy.chat(ctx, PLAIN)[0].answer
+    stop = whole[len(whole) // 2 :] + "!"  # never completed: its prefixes must still not leak early
+    sent: list[str] = []
+    c = tiny_policy.chat(ctx, replace(PLAIN, stop=(stop,)), on_text=lambda i, p: sent.append(p))
+    assert c[0].answer == whole and "".join(sent) == whole
+    assert len("".join(sent[:-1])) <= len(whole) // 2  # the tail came only once the reply ended
+
+
+def test_new_generation_options_are_checked() -> None:
+    for bad in ({"top_p": 1.5}, {"top_k": -1}, {"presence_penalty": 2.5}, {"frequency_penalty": -3.0}, {"stop": ("",)}):
+        with pytest.raises(ConfigError):
+            GenerationConfig(**bad)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lifelong.model.sampler import STOP, Force, left_pad, positions, sample
+from lifelong.model.sampler import STOP, Force, Shaping, left_pad, penalise, positions, sample, truncate
 
 
 def test_left_pad_aligns_right_and_positions_start_at_zero() -> None:
@@ -68,3 +69,59 @@ def test_broken_weights_give_text_not_a_crash(tiny_model, tokenizer) -> None:
         tiny_model.lm_head.weight[0, 0] = float("nan")
     rows = sample(tiny_model, [tokenizer.encode("hi")] * 2, max_new_tokens=3, eos_ids=set(), pad_id=2)
     assert all(len(r.token_ids) == 3 for r in rows)
+
+
+def test_default_sampling_is_unchanged(tiny_model, tokenizer) -> None:
+    """Pinned before top-k/top-p/penalties existed: the default path samples exactly as it did."""
+    rows = sample(tiny_model, [tokenizer.encode("hello")] * 3, max_new_tokens=6, eos_ids=set(), pad_id=2,
+                  temperature=0.8, generator=torch.Generator().manual_seed(5))  # fmt: skip
+    assert [r.token_ids for r in rows] == [
+        [46934, 3895, 11809, 47481, 46691, 21074],
+        [17841, 6666, 25587, 32473, 15850, 25200],
+        [16108, 45802, 35138, 15531, 46685, 43222],
+    ]
+    assert [sum(r.logprobs) for r in rows] == pytest.approx([-65.1142, -64.8674, -63.9075], abs=1e-3)
+
+
+def test_top_k_1_and_a_tiny_top_p_sample_the_greedy_tokens(tiny_model, tokenizer) -> None:
+    ctx = [tokenizer.encode("hello"), tokenizer.encode("What is 2 + 2?")]
+    greedy = _greedy(tiny_model, ctx)
+    for shaping in (Shaping(top_k=1), Shaping(top_p=1e-6)):
+        rows = sample(tiny_model, ctx, max_new_tokens=6, eos_ids=set(), pad_id=2, temperature=1.5,
+                      generator=torch.Generator().manual_seed(0), shaping=shaping)  # fmt: skip
+        assert [r.token_ids for r in rows] == [r.token_ids for r in greedy]
+        # the log-probs are those of the distribution sampled from: one token left, probability 1
+        assert all(lp == pytest.approx(0.0, abs=1e-6) for r in rows for lp in r.logprobs)
+
+
+def test_truncate_keeps_top_k_then_the_top_p_nucleus_renormalised() -> None:
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = truncate(logp, top_k=3).exp()
+    assert kept[0, 3:].tolist() == [0.0, 0.0] and kept.sum().item() == pytest.approx(1.0)
+    assert kept[0, 0].item() == pytest.approx(0.5 / 0.85)
+    # 0.5 + 0.2 < 0.8, so the third token is needed to reach it
+    assert (truncate(logp, top_p=0.8).exp()[0] > 0).tolist() == [True, True, True, False, False]
+    assert (truncate(logp, top_p=0.7).exp()[0] > 0).tolist() == [True, True, False, False, False]
+    assert (truncate(logp, top_p=0.0).exp()[0] > 0).tolist() == [True, False, False, False, False]
+
+
+def test_penalties_follow_openai() -> None:
+    logits = torch.zeros(1, 4)
+    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0]])
+    out = penalise(logits, counts, presence=0.5, frequency=0.25)
+    assert out.tolist() == [[0.0, -0.75, -1.25, 0.0]]  # -(0.25 * count + 0.5 * [count > 0])
+    assert penalise(logits, counts, presence=-1.0, frequency=0.0).tolist() == [[0.0, 1.0, 1.0, 0.0]]
+
+
+def test_penalties_count_the_tokens_each_row_generated(tiny_model, tokenizer) -> None:
+    ctx = [tokenizer.encode("hi"), tokenizer.encode("What is 2 + 2?")]
+    assert any(len(set(r.token_ids)) < 8 for r in _greedy(tiny_model, ctx, n=8))  # greedy repeats itself
+    rows = _greedy(tiny_model, ctx, n=8, shaping=Shaping(presence_penalty=100.0))
+    assert all(len(set(r.token_ids)) == 8 for r in rows)  # a huge presence penalty never repeats
+
+
+def test_on_token_sees_every_kept_token(tiny_model, tokenizer) -> None:
+    seen: list[tuple[int, list[int]]] = []
+    rows = _greedy(tiny_model, [tokenizer.encode("hi")] * 2, n=4, on_token=lambda r, ids: seen.append((r, list(ids))))
+    for r, row in enumerate(rows):
+        assert [ids for i, ids in seen if i == r] == [row.token_ids[: k + 1] for k in range(4)]

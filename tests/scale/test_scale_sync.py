@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lifelong.errors import ConfigError, ModelLoadError
-from lifelong.guard.health import trainable
 from lifelong.loop.actor import Job, play
 from lifelong.loop.runtime import RunConfig
+from lifelong.model.adapters import trainable
 from lifelong.model.loading import load_model
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.scale.ray_actor import CarriedError, RolloutWorker, carry_errors, shard, task_map

@@ -16,10 +16,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from lifelong.cli import main
-from lifelong.guard.health import trainable
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.actor import Job
 from lifelong.loop.runtime import RunConfig
+from lifelong.model.adapters import trainable
 from lifelong.model.loading import load_model
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.model.sampler import STOP, sample

@@ -20,17 +20,12 @@ from typing import Any
 import openai
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from lifelong.model.policy import LoraSettings, Policy
+from lifelong.model.policy import LoraSettings
 from lifelong.serve import BackgroundServer, LearnerConfig, ServeConfig, Server
-from tests.conftest import make_tiny_model
+from tests.conftest import FAST_LEARNING
 
 KEYS = {"alice": "sk-alice", "bob": "sk-bob", "carol": "sk-carol", "ops": "sk-ops"}
-
-
-def make_learnable_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
-    return make_tiny_model(tokenizer, seed, pad_token_id=None, initializer_range=0.2)
 
 
 @pytest.fixture(autouse=True)
@@ -41,23 +36,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def serve_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    folder = tmp_path_factory.mktemp("serve-model")
-    make_learnable_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def serve_policy(serve_model_dir: Path) -> Policy:
-    from lifelong.model.loading import load_model
-
-    model, tokenizer, name = load_model(str(serve_model_dir))
-    torch.manual_seed(0)  # the LoRA initialisation
-    return Policy(model, tokenizer, name=name, lora=LoraSettings(rank=4, alpha=8))
 
 
 @pytest.fixture(scope="session")
@@ -88,11 +66,15 @@ def serve_config(tmp_path: Path, serve_model_dir: Path, keys_file: Path) -> Serv
     )
 
 
-# Fast learning for tiny models. nice=0: on a busy shared machine a nice-19 learner can wait
-# minutes for a core, and these tests time learning, not politeness (benchmarks/serve_load.py does).
-LEARNING = LearnerConfig(
-    min_feedback=1, max_wait_s=0.0, steps_per_round=10, learning_rate=1e-2, poll_s=0.1, max_items_per_round=64, nice=0
-)
+# A worker that starts a round at the first feedback. nice=0: on a busy shared machine a nice-19
+# worker can wait minutes for a core, and these tests time learning, not politeness
+# (benchmarks/serve_load.py does).
+LEARNING = LearnerConfig(min_feedback=1, max_wait_s=0.0, poll_s=0.1, max_items_per_round=64, nice=0)
+
+
+def learning_on(config: ServeConfig, **learning: Any) -> ServeConfig:
+    """`config` with its worker on and the fast tiny-model learning settings (FAST_LEARNING)."""
+    return replace(config, learner=LEARNING, learning=replace(FAST_LEARNING, **learning))
 
 
 @pytest.fixture
@@ -151,47 +133,3 @@ def http(method: str, url: str, body: Any = None, tenant: str | None = "alice", 
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode())
     finally:
         conn.close()
-
-
-SKY = "What color is the sky? ({})"
-
-
-def teach_blue(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, steps: int = 15) -> None:
-    """Full fine-tune so the base model itself answers sky questions with "blue": operator probes
-    then measure something the model knows, and flipped feedback has something to damage."""
-    from lifelong.learn.logprobs import completion_logprobs
-    from lifelong.model.policy import ANSWER_MARKER, SYSTEM_PROMPT
-    from lifelong.types import Sample
-
-    marker = tokenizer.encode(ANSWER_MARKER, add_special_tokens=False)
-    target = [*tokenizer.encode(" blue", add_special_tokens=False), tokenizer.eos_token_id]
-    samples = []
-    for i in range(200, 216):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": SKY.format(i)}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
-        ids = (*marker, *target)
-        samples.append(Sample(tuple(prompt), ids, (0.0,) * len(ids), (0,) * len(marker) + (1,) * len(target), 1.0))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        logp, _, mask = completion_logprobs(model, samples, tokenizer.eos_token_id)
-        loss = -(logp * mask).sum() / mask.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-
-
-@pytest.fixture(scope="session")
-def knowing_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """A tiny model that already answers "blue" to sky questions (see teach_blue)."""
-    folder = tmp_path_factory.mktemp("knowing-model")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = make_learnable_model(tokenizer, seed=1)
-    teach_blue(model, tokenizer)
-    torch.set_num_threads(threads)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder

@@ -18,9 +18,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from lifelong.serve import ServeStore
+from lifelong.memory.store import ExperienceStore
 from tests.serve.conftest import LEARNING, ask, client, http, write_probes
-from tests.serve.test_learning import HELD_OUT, TRAIN, correct, version_of, wait_for_version
+from tests.serve.test_learning import HELD_OUT, NLL_LEARNING, TRAIN, correct, version_of, wait_for_version
 
 
 def free_port() -> int:
@@ -70,7 +70,12 @@ class ServeProcess:
 
 @pytest.fixture
 def serve_process(tmp_path: Path, serve_model_dir: Path, keys_file: Path) -> Iterator[ServeProcess]:
-    settings = {"threads": 1, "lora": {"rank": 4, "alpha": 8}, "learner": {**asdict(LEARNING), "min_feedback": 4}}
+    settings = {
+        "threads": 1,
+        "lora": {"rank": 4, "alpha": 8},
+        "learner": {**asdict(LEARNING), "min_feedback": 4},
+        "learning": asdict(NLL_LEARNING),
+    }
     (tmp_path / "serve.json").write_text(json.dumps(settings))
     args = ["--model", str(serve_model_dir), "--keys", str(keys_file), "--store", str(tmp_path / "store")]
     args += ["--probes", str(write_probes(tmp_path / "probes.jsonl", [])), "--config", str(tmp_path / "serve.json")]
@@ -119,7 +124,7 @@ def test_kill_9_loses_nothing_acknowledged_and_restart_resumes_the_last_good_ada
     assert len(acked_feedback) >= 6
 
     # everything acknowledged is in the store, readable while nothing runs
-    with ServeStore(tmp_path / "store" / "serve.sqlite") as store:
+    with ExperienceStore(tmp_path / "store" / "experience.sqlite") as store:
         stored_feedback = {f.id for f in store.feedback("bob")}
         live = store.live_versions()
         for rid, content in acked_chats:

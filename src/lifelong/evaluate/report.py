@@ -1,12 +1,14 @@
 """A run's results as a person reads them: a learning-curve PNG and a markdown report.
 
-Both are made from `metrics.jsonl` alone, so a report can be rebuilt for any run folder
-(`lifelong report RUN_DIR`), including one that crashed.
+Both are made from `metrics.jsonl` (and the report's monitor section from `flags.jsonl`, the
+reasoning monitor's flags on the episodes learned from), so a report can be rebuilt for any run
+folder (`lifelong report RUN_DIR`), including one that crashed.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,15 @@ import matplotlib.pyplot as plt
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    return _read_jsonl(run_dir / "metrics.jsonl")
+
+
+def read_flags(run_dir: Path) -> list[dict[str, Any]]:
+    """The reasoning monitor's flags on the run's training episodes (loop/runtime.py `watch`)."""
+    return _read_jsonl(run_dir / "flags.jsonl")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
@@ -82,7 +92,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> Path:
-    """report.md: what was run, before/after per task, the curve, and the update health in brief."""
+    """report.md: what was run, before/after per task, the curve, the update health in brief and
+    the reasoning monitor's flags."""
     records = read_metrics(run_dir)
     updates = [r for r in records if r.get("type") == "update"]
     curve = plot_learning_curve(run_dir)
@@ -128,6 +139,52 @@ def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any])
         ):
             lines.append(f"| `{key}` | {mean(key):.4f} |")
         lines.append("")
+    lines += monitor_section(read_flags(run_dir), config)
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def _cell(text: Any, limit: int = 160) -> str:
+    """Text safe inside one markdown table cell: one line, no bare pipes, trimmed."""
+    one = " ".join(str(text).split()).replace("|", "\\|")
+    return one if len(one) <= limit else one[: limit - 3].rstrip() + "..."
+
+
+def monitor_section(flags: list[dict[str, Any]], config: dict[str, Any], first: int = 10) -> list[str]:
+    """The reasoning monitor's flags on the episodes learned from: counts by kind and the first few."""
+    lines = [
+        "## Reasoning monitor",
+        "",
+        "The monitor reads the chain of thought of every training episode before it is learned from and "
+        "flags reasoning that talks about gaming the reward or contradicts the answer. Flags inform people; "
+        "they never change a reward or what is learned.",
+        "",
+    ]
+    if not flags:
+        effort, budget = config.get("reasoning_effort"), config.get("thinking_tokens")
+        no_chain = budget == 0 or (budget is None and effort == "none")
+        lines += [
+            f"No flags were raised (reasoning effort `{effort}`). At reasoning effort none there is no chain "
+            "of thought to read" + (", so this run gave the monitor nothing to read." if no_chain else "."),
+            "",
+        ]
+        return lines
+    kinds = Counter(str(f.get("kind", "?")) for f in flags)
+    lines += [
+        f"{len(flags)} flags on {len({f.get('source') for f in flags})} episodes: "
+        + ", ".join(f"{n} `{kind}`" for kind, n in kinds.most_common())
+        + ".",
+        "",
+        f"First {min(first, len(flags))} (all in `flags.jsonl` and the run's store):",
+        "",
+        "| episode | task | step | turn | kind | detail |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for f in flags[:first]:
+        lines.append(
+            f"| `{f.get('source', '')}` | {_cell(f.get('task', ''))} | {f.get('step', '')} | {f.get('index', '')} "
+            f"| {f.get('kind', '?')} | {_cell(f.get('detail', ''))} |"
+        )
+    lines.append("")
+    return lines

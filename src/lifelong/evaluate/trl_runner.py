@@ -16,7 +16,7 @@ How each setting is matched (TRL 1.16):
               reasoning effort "none" it ends in "Answer:", the prefix our policy feeds before it
               samples, so both sample only the answer. Every prompt is checked to tokenize to exactly
               our ids; a model whose tokenizer does not round-trip is reported.
-  items       `Runtime._jobs_for` of every step, in order (`shuffle_dataset=False`): the same seeds.
+  items       `Runtime.jobs_for` of every step, in order (`shuffle_dataset=False`): the same seeds.
   reward      the task's own scorer on the answer line, as our actor: `env.reset(seed)` then
               `env.step(answer)`, the answer parsed as `Policy.respond` parses it.
   budget      one optimizer step per step of our schedule: prompts_per_step prompts x group_size
@@ -74,13 +74,13 @@ from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.evaluate.harness import stage_end_steps
 from lifelong.evaluate.report import read_metrics
-from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.loop.runtime import Method, RunConfig, Runtime
 from lifelong.model.loading import load_model
 from lifelong.model.policy import ANSWER_MARKER, GenerationConfig, Policy
 from lifelong.types import Completion, Episode, StopReason, Turn
 
 TRL_VERSION = "1.16.0"  # the release pyproject's [compare] extra pins; the settings below are mapped onto it
-METHOD = "trl"
+METHOD = Method.TRL
 # Our sampler's budget when it thinks: think_budget + the forced "\nAnswer:" (3 tokens with SmolLM2's
 # tokenizer) + answer_tokens. TRL gets the same room, for the model to write the marker itself.
 _MARKER_TOKENS = 3
@@ -317,7 +317,7 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
         self.skipped: dict[str, int] = {}  # stage label -> steps not trained (multi-turn items)
         mismatched = 0
         for slot in schedule:
-            jobs = self.runtime._jobs_for(slot)
+            jobs = self.runtime.jobs_for(slot)
             if any(self.runtime.make_env(j.env).max_turns > 1 for j in jobs):
                 label = self.runtime.stream.stages[slot.stage].task.label
                 self.skipped[label] = self.skipped.get(label, 0) + 1
@@ -338,8 +338,7 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
 
     # ---- records ---------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        self.runtime.core.log(record)  # the run's metrics.jsonl, as our runtime writes it
 
     def _due(self, step: int) -> bool:
         every = self.config.eval_every
@@ -348,7 +347,7 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
     def _evaluate(self, step: int) -> None:
         self.note(f"trl step {step}: evaluating probes")
         self.runtime.evaluate(step)
-        self.last_eval = self.runtime.state["evals"][-1]
+        self.last_eval = self.runtime.state.evals[-1]
 
     def _evaluate_through(self, done: int) -> None:
         """Evaluate after step `done` where ours would, then through the untrained steps after it
@@ -358,9 +357,7 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
         after = [s.step for s in self.trainable if s.step > done]
         for step in range(done + 1, after[0] if after else len(self.runtime.schedule) + 1):
             if self._due(step) and self.last_eval is not None:
-                record = {**self.last_eval, "step": step}
-                self.runtime.state["evals"].append(record)
-                self._log(record)
+                self.runtime.record_eval({**self.last_eval, "step": step})
 
     # ---- trainer callbacks -----------------------------------------------------------------------
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -373,18 +370,18 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
         slot = self.trainable[state.global_step - 1]
         episodes, reward_s = self.reward.take()
         self.runtime.store.add(episodes, run_id=self.runtime.run_id, step=slot.step, model=self.policy.name)
-        self.runtime.state["episodes"] += len(episodes)
-        self.policy.version += 1  # the adapters changed: later episodes carry the new version
+        total = self.runtime.record_episodes(len(episodes))
+        version = self.runtime.core.note_external_update()  # the adapters changed: later episodes carry it
         act = self.trainer.sample_seconds + reward_s
         rewards = [e.reward for e in episodes]
         self.pending = {
             "type": "update",
             "step": slot.step,
             "stage": self.runtime.stream.stages[slot.stage].task.label,
-            "episodes": self.runtime.state["episodes"],
+            "episodes": total,
             "applied": True,
             "reason": "",
-            "adapter_version": self.policy.version,
+            "adapter_version": version,
             "time/act_s": act,
             "time/learn_s": seconds - act,
             "success/train": sum(e.success for e in episodes) / max(len(episodes), 1),

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lifelong.errors import CheckpointError
 
-_ADAPTER = "adapter_model.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
 _OPTIMIZER = "optimizer.pt"
 _STATE = "state.json"
 _MANIFEST = "manifest.json"
@@ -71,7 +71,7 @@ class CheckpointRing:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder))
         try:
             tensors = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-            save_file(tensors, tmp / _ADAPTER)
+            save_file(tensors, tmp / ADAPTER_FILE)
             model.peft_config["default"].save_pretrained(str(tmp))
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / _OPTIMIZER)
@@ -135,7 +135,7 @@ class CheckpointRing:
         """Load adapter weights (and optimizer state) from a verified checkpoint into the live model."""
         self.verify(checkpoint.path)
         try:
-            set_peft_model_state_dict(model, load_file(checkpoint.path / _ADAPTER))
+            set_peft_model_state_dict(model, load_file(checkpoint.path / ADAPTER_FILE))
             if optimizer is not None and (checkpoint.path / _OPTIMIZER).is_file():
                 optimizer.load_state_dict(torch.load(checkpoint.path / _OPTIMIZER, weights_only=True))
         except (RuntimeError, ValueError, KeyError) as exc:

@@ -3,7 +3,8 @@
 Two grades, as in Gymnasium's passive checker and Lightning's spike detection:
   * cheap, on every update: non-finite values, update-size spikes, entropy bounds, reward
     consistency within a group, reward saturation against the probes;
-  * thorough, at evaluation points (the gate): KL drift on probe prompts and probe regressions.
+  * thorough, at evaluation points (the gate): KL drift on probe prompts, probe regressions, and
+    the likelihood of answers a healthy model should keep giving.
 Each has its own warm-up, window and tolerance. A finding's `reject` says whether the update must
 be undone; flags are logged and acted on (e.g. quarantining a reward source) without a rollback.
 """
@@ -164,6 +165,32 @@ class ProbeRegression:
             f" but {100 * pooled[worst]:.1f} over {items} items: within budget {100 * self.budget:.0f}, kept"
         )
         return Finding(self.detector, False, message, evidence)
+
+
+@dataclass
+class AnswerLikelihoodDrop:
+    """Answers a healthy model should keep giving became less likely: a probe group's mean per-token
+    log-prob of its answers (teacher-forced, nats) fell more than `budget` below the better of the
+    last good version and the pretrained model. Comparing with the better of the two bounds both one
+    update's damage and what a stream of updates adds up to. Deterministic and defined even where
+    greedy decoding is wrong, so it sees a held-out correction slip before its greedy answer changes."""
+
+    budget: float = 0.3
+
+    def check(self, now: dict[str, float], last_good: dict[str, float], pretrained: dict[str, float]) -> Finding | None:
+        floors = {g: max(last_good.get(g, -math.inf), pretrained.get(g, -math.inf)) - self.budget for g in now}
+        falls = {g: v for g, v in now.items() if math.isfinite(floors[g]) and not v >= floors[g]}  # NaN falls too
+        if not falls:
+            return None
+        worst = min(falls, key=lambda g: falls[g] - floors[g])
+        return Finding(
+            "answer_likelihood",
+            True,
+            f"{worst} answers fell to {now[worst]:.3f} nats/token, below the floor {floors[worst]:.3f} "
+            f"(last good {last_good.get(worst, math.nan):.3f}, pretrained {pretrained.get(worst, math.nan):.3f}, "
+            f"budget {self.budget})",
+            {"now": now, "last_good": last_good, "pretrained": pretrained},
+        )
 
 
 @dataclass(frozen=True)

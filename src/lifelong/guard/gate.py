@@ -1,14 +1,17 @@
 """The update gate: keep an update only while training stays healthy; otherwise undo it.
 
-Per step the runtime asks the guard three things:
+Per step the learning core (loop/learning.py) asks the guard four things:
   1. `screen(episodes)`: which episodes may be learned from (drops groups whose reward is
      inconsistent, and tasks whose reward is quarantined as saturated/gamed);
-  2. `after_update(...)`: cheap checks on the update just made (finite, size, entropy);
-  3. at evaluation points, `gate(...)`: thorough checks (KL drift on probe prompts, regressions
+  2. `before_update(policy)`: remember the adapters, and the learning-rate scale to learn at
+     (backed off after rollbacks); the core hands that scale to the learner;
+  3. `after_update(...)`: cheap checks on the update just made (finite, size, entropy);
+  4. at evaluation points, `gate(...)`: thorough checks (KL drift on probe prompts, regressions
      of general-ability and already-learned tasks against the last good version). A probe drop
      over budget is re-measured on fresh items before it can reject (`confirm_items`).
-A rejected verdict makes the runtime restore the last good checkpoint and the guard back off the
-learning rate; a passed gate marks the current adapters good. Every finding is appended to
+The guard only returns values (episodes, a scale, a `Verdict`). On a rejected verdict the core
+restores the last good checkpoint and tells the guard (`rolled_back`), which backs off the learning
+rate; a passed gate marks the current adapters good (`mark_good`). Every finding is appended to
 `guard_events.jsonl` in the run folder with its evidence.
 
 It also schedules re-learning: a task whose probe score slips below its best is returned by
@@ -26,6 +29,7 @@ from typing import Any
 
 from lifelong.errors import ConfigError
 from lifelong.guard.detectors import (
+    AnswerLikelihoodDrop,
     EntropyBounds,
     Finding,
     KLDriftGuard,
@@ -36,7 +40,8 @@ from lifelong.guard.detectors import (
     RewardSaturation,
     UpdateSizeSpike,
 )
-from lifelong.guard.health import AdapterSnapshot, DriftReading, ProbeDrift, nonfinite_count
+from lifelong.guard.health import DriftReading, ProbeDrift
+from lifelong.model.adapters import AdapterSnapshot, nonfinite_count
 from lifelong.model.policy import Policy
 from lifelong.types import Episode, UpdateReport
 
@@ -63,6 +68,9 @@ class GuardConfig:
     # the reference version, before it may reject; 0 trusts the probes alone. Each is scored by
     # both versions, and only for a task over budget.
     confirm_items: int = 64
+    # Mean per-token log-prob (nats) a probe group's answers may lose against the better of the last
+    # good version and the pretrained model (groups given to `gate` as `likelihoods`).
+    answer_likelihood_budget: float = 0.3
     drift_prompts: int = 8
     drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
@@ -85,6 +93,8 @@ class GuardConfig:
             )
         if self.confirm_items < 0:
             raise ConfigError("confirm_items must be >= 0", "64 re-measures a suspect drop; 0 trusts the probes alone")
+        if self.answer_likelihood_budget < 0:
+            raise ConfigError("answer_likelihood_budget must be >= 0", "0.3 nats/token is the default")
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -93,6 +103,8 @@ class GuardConfig:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The guard's answer on an update: keep it, or roll back (the reasons are the findings that reject)."""
+
     keep: bool
     findings: tuple[Finding, ...] = ()
 
@@ -109,6 +121,8 @@ class GuardState:
     reference_scores: dict[str, float] = field(default_factory=dict)  # at the last good gate
     base_scores: dict[str, float] = field(default_factory=dict)  # of the pretrained model (step 0)
     best_scores: dict[str, float] = field(default_factory=dict)
+    reference_likelihoods: dict[str, float] = field(default_factory=dict)  # at the last good gate
+    base_likelihoods: dict[str, float] = field(default_factory=dict)  # of the first good version
     latest_scores: dict[str, float] = field(default_factory=dict)
     quarantined: list[str] = field(default_factory=list)
     rollbacks: int = 0
@@ -141,6 +155,7 @@ class Guard:
             against="the last good version while being trained",
             detector="trained_regression",
         )
+        self.likelihood = AnswerLikelihoodDrop(config.answer_likelihood_budget)
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
         self.drift = ProbeDrift(
@@ -174,8 +189,11 @@ class Guard:
         self._log(step, findings)
         return [e for e in kept if e.env not in self.state.quarantined]
 
-    def before_update(self, policy: Policy) -> None:
+    def before_update(self, policy: Policy) -> float:
+        """Remember the adapters (to measure the update's size); returns the learning-rate scale
+        the update must use: below 1 while backing off after a rollback."""
         self._snapshot = AdapterSnapshot(policy) if self.enabled else None
+        return self.state.lr_scale
 
     # ---- after learning ----------------------------------------------------------------------------
     def after_update(self, step: int, report: UpdateReport, policy: Policy, kind: str = "rl") -> Verdict:
@@ -211,12 +229,16 @@ class Guard:
         trained: Sequence[str] = (),
         rescore: Rescorer | None = None,
         probe_items: int = 0,
+        likelihoods: dict[str, float] | None = None,
     ) -> Verdict:
         """Thorough check at an evaluation point. `scores`: held-out success per task now, on
         `probe_items` items each; `guarded`: tasks that must not regress (general probes and tasks
         reached so far); `general`: the general-ability probes, also held to the pretrained model's
         scores; `trained`: the tasks trained since the last gate, held to a tighter budget;
-        `rescore`: re-measures a drop over budget on fresh items (none: the probes decide)."""
+        `rescore`: re-measures a drop over budget on fresh items (none: the probes decide);
+        `likelihoods`: per probe group, the mean per-token log-prob of answers it should keep
+        giving (held-out corrections, an operator's probes), held to the better of the last good
+        and the first good version (`answer_likelihood_budget`)."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -244,15 +266,24 @@ class Guard:
                 finding = detector.confirm(finding, _against(rescore, against), probe_items)
             if finding is not None:
                 findings.append(finding)
-        self._log(step, findings, {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores})
+        if likelihoods:
+            state = self.state
+            finding = self.likelihood.check(likelihoods, state.reference_likelihoods, state.base_likelihoods)
+            if finding is not None:
+                findings.append(finding)
+        extra = {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores}
+        self._log(step, findings, {**extra, "likelihoods": likelihoods} if likelihoods else extra)
         self.last_drift, self._gated_version = reading, policy.version
         return Verdict(not any(f.reject for f in findings), tuple(findings))
 
-    def mark_good(self, policy: Policy, scores: dict[str, float]) -> None:
+    def mark_good(self, policy: Policy, scores: dict[str, float], likelihoods: dict[str, float] | None = None) -> None:
         """The current adapters passed the gate: they become the reference for the next one."""
         self.state.reference_scores = dict(scores)
         if not self.state.base_scores:  # the first good version is the pretrained model
             self.state.base_scores = dict(scores)
+        for group, value in (likelihoods or {}).items():  # a group's first reading is its base
+            self.state.reference_likelihoods[group] = value
+            self.state.base_likelihoods.setdefault(group, value)
         self.state.lr_scale = min(1.0, self.state.lr_scale * self.config.lr_recover)
         if self.enabled:
             # The gate has just read this version's entropy on the probe prompts: reuse it
@@ -266,6 +297,7 @@ class Guard:
         self.reference_drift = DriftReading(0.0, entropy) if entropy is not None else self.drift.read(policy)
 
     def rolled_back(self, step: int, to_step: int, reason: str) -> None:
+        """The core restored the checkpoint of `to_step`: back off the learning rate (`lr_backoff`)."""
         self.state.rollbacks += 1
         self.state.lr_scale = max(self.config.min_lr_scale, self.state.lr_scale * self.config.lr_backoff)
         self._log(

@@ -1,18 +1,16 @@
-"""Health measurements the guard decides on.
+"""Health measurements the guard decides on: how far the policy's outputs have drifted.
 
-* `AdapterSnapshot` remembers the adapter weights before an update, so the size of the update
-  (and NaN/Inf counts after it) can be measured without a second model.
-* `ProbeDrift` measures how far the policy's output distribution has moved on fixed probe prompts
-  since a reference version: completions are sampled once from the reference policy and scored
-  under the current weights; KL(ref || now) is estimated per token with Schulman's k3 estimator,
-  which is unbiased and never negative. Forgetting tracks exactly this drift (design.md).
+`ProbeDrift` measures how far the policy's output distribution has moved on fixed probe prompts
+since a reference version: completions are sampled once from the reference policy and scored under
+the current weights; KL(ref || now) is estimated per token with Schulman's k3 estimator, which is
+unbiased and never negative. Forgetting tracks exactly this drift (design.md). The size of an update
+and NaN counts in the adapters are measured with model/adapters.py's `AdapterSnapshot`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,45 +18,6 @@ import torch
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Sample
-
-
-def trainable(policy: Policy) -> list[torch.nn.Parameter]:
-    return [p for p in policy.model.parameters() if p.requires_grad]
-
-
-def nonfinite_count(policy: Policy) -> int:
-    """Number of NaN/Inf values in the adapter weights."""
-    return int(sum((~torch.isfinite(p.detach())).sum() for p in trainable(policy)))
-
-
-class AdapterSnapshot:
-    """A copy of the adapter weights: to measure an update's size, to undo it, or to score with an
-    earlier version."""
-
-    def __init__(self, policy: Policy) -> None:
-        self._params = [p.detach().clone() for p in trainable(policy)]
-
-    def restore(self, policy: Policy) -> None:
-        """Put the snapshot's adapter weights back in place of the live ones."""
-        for p, saved in zip(trainable(policy), self._params, strict=True):
-            p.data.copy_(saved)
-
-    @contextmanager
-    def loaded(self, policy: Policy) -> Iterator[None]:
-        """Run the block with the snapshot's adapter weights, then put the live ones back."""
-        live = AdapterSnapshot(policy)
-        self.restore(policy)
-        try:
-            yield
-        finally:
-            live.restore(policy)
-
-    def distance(self, policy: Policy) -> float:
-        """L2 norm of the change since the snapshot (inf if anything is non-finite)."""
-        total = 0.0
-        for before, p in zip(self._params, trainable(policy), strict=True):
-            total += float(((p.detach() - before) ** 2).sum())
-        return math.sqrt(total) if math.isfinite(total) else math.inf
 
 
 @dataclass(frozen=True)

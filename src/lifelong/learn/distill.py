@@ -9,8 +9,8 @@ the whole vocabulary, so mass moves to what the teacher prefers even where the s
 it (GKD, Agarwal et al. 2024; "on-policy distillation", Thinking Machines 2025).
 
 Only answer tokens are targets: the chain of thought is never a distillation target.
-Replay: `Lesson`s built from earlier successes (teacher prompt = student prompt) keep the student
-where it already is on them, so consolidating a new item does not overwrite old ones.
+Replay: `Lesson`s (types.py) built from earlier successes (teacher prompt = student prompt) keep the
+student where it already is on them, so consolidating a new item does not overwrite old ones.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
+from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Completion, Sample, UpdateReport
-
-if TYPE_CHECKING:
-    from lifelong.guard.health import AdapterSnapshot
+from lifelong.types import Lesson, Sample, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -55,42 +52,37 @@ class DistillConfig:
             )
 
 
-@dataclass(frozen=True)
-class Lesson:
-    """One thing to consolidate: the same question with and without its lesson in context."""
-
-    student_prompt: tuple[int, ...]
-    teacher_prompt: tuple[int, ...]
-    successes: tuple[Completion, ...] = ()  # the teacher's successful retries (or past successes)
-
-
 class SelfDistiller:
-    """Consolidates lessons into the adapters. Shares the optimizer with the RL learner, so the
-    adapters have one optimizer state and one checkpoint."""
+    """Consolidates lessons into the adapters (a `LessonLearner`, learn/learner.py). Shares the
+    optimizer with the RL learner, so the adapters have one optimizer state and one checkpoint.
+    The student's on-policy samples are drawn from `generator` (the run's own, restored on resume)."""
 
     def __init__(
-        self, policy: Policy, optimizer: torch.optim.Optimizer, config: DistillConfig = DistillConfig()
+        self,
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        config: DistillConfig = DistillConfig(),
+        generator: torch.Generator | None = None,
     ) -> None:
         self.policy = policy
         self.optimizer = optimizer
         self.config = config
-        self.lr_scale = 1.0
+        self.generator = generator
+        self.step = 0
 
     def update(
-        self,
-        lessons: Sequence[Lesson],
-        generator: torch.Generator | None = None,
-        reference: AdapterSnapshot | None = None,
+        self, lessons: Sequence[Lesson], lr_scale: float = 1.0, reference: AdapterSnapshot | None = None
     ) -> UpdateReport:
-        """One distillation step. The format anchor (`reference_kl`) holds the student to
-        `reference`, an earlier version of the adapters, or by default to the pretrained model."""
+        """One distillation step at `lr_scale` x the configured rate. The format anchor
+        (`reference_kl`) holds the student to `reference`, an earlier version of the adapters, or by
+        default to the pretrained model."""
         if not lessons:
-            return UpdateReport(0, False, {}, reason="no lessons")
+            return UpdateReport(self.step, False, {}, reason="no lessons")
         cfg, model = self.config, self.policy.model
         gen = GenerationConfig(thinking_tokens=0, answer_tokens=cfg.answer_tokens, temperature=1.0)
         pairs: list[tuple[Sample, Sample]] = []
         contexts = [lesson.student_prompt for lesson in lessons for _ in range(cfg.student_samples)]
-        sampled = iter(self.policy.respond(contexts, gen, generator) if contexts else [])
+        sampled = iter(self.policy.respond(contexts, gen, self.generator) if contexts else [])
         for lesson in lessons:
             completions = [next(sampled) for _ in range(cfg.student_samples)] + list(lesson.successes)
             for c in completions:
@@ -104,8 +96,8 @@ class SelfDistiller:
                     )
                 )
         if not pairs:
-            return UpdateReport(0, False, {}, reason="no answer tokens to distil")
-        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
+            return UpdateReport(self.step, False, {}, reason="no answer tokens to distil")
+        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         students = [s for s, _ in pairs]
@@ -124,12 +116,11 @@ class SelfDistiller:
         loss.backward()
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
-        if applied:
-            self.policy.version += 1
+        self.step += int(applied)
         self.optimizer.zero_grad(set_to_none=True)
         model.eval()
         return UpdateReport(
-            self.policy.version,
+            self.step,
             applied,
             {
                 "distill/kl": float(kl.detach()),
@@ -140,3 +131,6 @@ class SelfDistiller:
             },
             reason="" if applied else "non-finite gradient",
         )
+
+
+__all__ = ["DistillConfig", "Lesson", "SelfDistiller"]

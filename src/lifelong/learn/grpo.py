@@ -69,8 +69,9 @@ class GRPOConfig:
         return asdict(self)
 
 
-def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True) -> Batch:
-    """Group episodes by `group`, compute advantages, drop groups with no reward spread."""
+def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True, anchors: Sequence[Sample] = ()) -> Batch:
+    """Group episodes by `group`, compute advantages, drop groups with no reward spread; `anchors`
+    (point 6 of the module docstring) travel with the batch."""
     groups: dict[str, list[Episode]] = defaultdict(list)
     for ep in episodes:
         groups[ep.group or ep.id].append(ep)
@@ -92,7 +93,7 @@ def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True) -> Batch
                 samples.append(Sample(turn.prompt_ids, c.token_ids, c.logprobs, c.loss_mask, float(a)))
     mean = sum(rewards) / len(rewards) if rewards else 0.0
     std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards)) if rewards else 0.0
-    return Batch(tuple(samples), len(groups), dropped, mean, std)
+    return Batch(tuple(samples), len(groups), dropped, mean, std, tuple(anchors))
 
 
 def _micro_batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
@@ -115,22 +116,26 @@ def _micro_batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
 class GRPOLearner:
     """Turns a Batch into one update of the policy's adapters."""
 
-    def __init__(self, policy: Policy, config: GRPOConfig = GRPOConfig()) -> None:
+    def __init__(self, policy: Policy, config: GRPOConfig = GRPOConfig(), refuse_nonfinite: bool = True) -> None:
         self.policy = policy
         self.config = config
+        # The guard's cheapest check: skip a step whose gradient is NaN/Inf. Off only in the
+        # unguarded baselines, to show what it prevents.
+        self.refuse_nonfinite = refuse_nonfinite
         params = [p for p in policy.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the policy has no trainable parameters", "create the Policy with LoRA settings")
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.step = 0
-        self.lr_scale = 1.0  # set by the guard: backs off after a rollback
-        self.refuse_nonfinite = True  # the guard's cheapest check; off only to show what it prevents
 
-    def update(self, batch: Batch, anchors: Sequence[Sample] = ()) -> UpdateReport:
-        """One optimizer step on the batch; `anchors` (answer tokens masked in) are held to the
-        pretrained model with weight `anchor_coef`."""
+    def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
+        return make_batch(episodes, self.config.scale_rewards, anchors)
+
+    def update(self, batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
+        """One optimizer step on the batch at `lr_scale` x the configured rate; the batch's anchors
+        (answer tokens masked in) are held to the pretrained model with weight `anchor_coef`."""
         cfg, model = self.config, self.policy.model
-        anchors = anchors if cfg.anchor_coef > 0 else ()
+        anchors = batch.anchors if cfg.anchor_coef > 0 else ()
         base = {
             "reward/mean": batch.reward_mean,
             "reward/std": batch.reward_std,
@@ -140,7 +145,7 @@ class GRPOLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no group had reward spread")
         total_tokens = sum(sum(s.loss_mask) for s in batch.samples)
-        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
+        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
         model.train()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = 0.0
@@ -157,7 +162,6 @@ class GRPOLearner:
                 return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         model.eval()
         self.step += 1
-        self.policy.version += 1
         denom = total_tokens * cfg.epochs
         metrics = {
             **base,
@@ -169,7 +173,7 @@ class GRPOLearner:
             "policy/sampler_mismatch": sums["policy/sampler_mismatch"] / denom,
             **({"anchor/kl": sums["anchor/kl"] / cfg.epochs} if anchors else {}),
             "grad/norm": grad_norm,
-            "optim/lr": cfg.learning_rate * self.lr_scale,
+            "optim/lr": cfg.learning_rate * lr_scale,
             "batch/samples": float(len(batch.samples)),
             "batch/tokens": float(total_tokens),
         }

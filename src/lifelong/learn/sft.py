@@ -1,24 +1,43 @@
 """Naive sequential fine-tuning on successful episodes: the `sft` baseline.
 
 Maximise the log-likelihood of the completions that earned full reward (rejection-sampling
-fine-tuning on the agent's own successes), with the same adapters, optimizer and learning rate as
-the RL learner. No group baseline, no ratio, no KL: this is what continual learners are compared
-against, because fine-tuning on fixed targets is known to move the model further from its own
-distribution (and forget more) than on-policy RL.
+fine-tuning on the agent's own successes), with the same adapters and optimizer as the RL learner.
+No group baseline, no ratio, no KL: this is what continual learners are compared against, because
+fine-tuning on fixed targets is known to move the model further from its own distribution (and
+forget more) than on-policy RL. `CorrectionNLL` is the same loss on people's corrections.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from lifelong.learn.grpo import GRPOConfig
+from lifelong.errors import ConfigError
+from lifelong.learn.learner import reward_batch
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.learn.optim import clipped_step, set_learning_rate
+from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
-from lifelong.types import Batch, Episode, Sample, UpdateReport
+from lifelong.types import Batch, Episode, Lesson, Sample, UpdateReport
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Defaults equal the GRPO learner's, so the two baselines differ only in their loss."""
+
+    learning_rate: float = 2e-4
+    micro_batch: int = 16  # samples per forward/backward; bounds memory
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}", "try 2e-4 for LoRA")
+        if self.micro_batch < 1:
+            raise ConfigError("micro_batch must be >= 1", "the default is 16")
 
 
 def make_sft_batch(episodes: Iterable[Episode]) -> Batch:
@@ -31,43 +50,84 @@ def make_sft_batch(episodes: Iterable[Episode]) -> Batch:
         for t in ep.turns
         if sum(t.completion.loss_mask)
     )
-    rewards = [ep.reward for ep in eps]
-    mean = sum(rewards) / len(rewards) if rewards else 0.0
-    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) if rewards else 0.0
-    return Batch(samples, len(eps), 0, mean, std)
+    return reward_batch(eps, samples)
 
 
 class SFTLearner:
-    def __init__(self, policy: Policy, config: GRPOConfig = GRPOConfig()) -> None:
+    """Turns the successes of a batch into one update of the policy's adapters."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        config: SFTConfig = SFTConfig(),
+        refuse_nonfinite: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,  # shared with another learner of the same adapters
+    ) -> None:
         self.policy = policy
         self.config = config
+        self.refuse_nonfinite = refuse_nonfinite  # see GRPOLearner
         params = [p for p in policy.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = optimizer or torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self.step = 0
-        self.lr_scale = 1.0
-        self.refuse_nonfinite = True
 
-    def update(self, batch: Batch) -> UpdateReport:
+    def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
+        """The successes as targets; SFT has no anchor term, so `anchors` are not used."""
+        return make_sft_batch(episodes)
+
+    def update(self, batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
         base = {"reward/mean": batch.reward_mean, "reward/std": batch.reward_std}
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no successful episode to imitate")
         cfg, model = self.config, self.policy.model
-        set_learning_rate(self.optimizer, cfg.learning_rate * self.lr_scale)
+        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
         total = sum(sum(s.loss_mask) for s in batch.samples)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         nll = 0.0
         for i in range(0, len(batch.samples), cfg.micro_batch):
             logp, _, mask = completion_logprobs(model, batch.samples[i : i + cfg.micro_batch], self.policy.pad_id)
-            loss = -(logp * mask).sum() / total
+            loss = -(logp * mask).sum() / total  # token mean over the whole batch
             loss.backward()
-            nll += float(loss)
+            nll += float(loss.detach())
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
-        if self.refuse_nonfinite and not math.isfinite(grad_norm):
-            model.eval()
-            return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         model.eval()
+        if self.refuse_nonfinite and not math.isfinite(grad_norm):
+            return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         self.step += 1
-        self.policy.version += 1
         metrics = {**base, "loss/nll": nll, "grad/norm": grad_norm, "batch/samples": float(len(batch.samples))}
         return UpdateReport(self.step, True, metrics)
+
+
+class CorrectionNLL:
+    """Plain NLL on corrections, as a `LessonLearner`: each lesson's given replies (a person's
+    corrected answer) are the targets after the bare prompt; the teacher's context is not used.
+    The baseline that self-distillation (learn/distill.py) is compared against when a model is
+    taught by correction: imitation of fixed text, which moves the model off its own distribution."""
+
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, config: SFTConfig = SFTConfig()) -> None:
+        self.sft = SFTLearner(policy, config, optimizer=optimizer)
+        self.optimizer = optimizer
+
+    @property
+    def step(self) -> int:
+        return self.sft.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.sft.step = value
+
+    def update(
+        self, lessons: Sequence[Lesson], lr_scale: float = 1.0, reference: AdapterSnapshot | None = None
+    ) -> UpdateReport:
+        """One NLL step on every lesson's given replies (`reference` is unused: no anchor term)."""
+        samples = tuple(
+            Sample(lesson.student_prompt, c.token_ids, c.logprobs, c.loss_mask, 1.0)
+            for lesson in lessons
+            for c in lesson.successes
+            if sum(c.loss_mask)
+        )
+        report = self.sft.update(Batch(samples, len(lessons), 0, 1.0, 0.0), lr_scale)
+        metrics = {k: v for k, v in report.metrics.items() if not k.startswith("reward/")}
+        return UpdateReport(report.step, report.applied, metrics, report.reason)

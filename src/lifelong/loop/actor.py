@@ -35,13 +35,17 @@ class Job:
 
 class Actor(Protocol):
     """Plays jobs with the current policy. The runtime only talks to this, so episodes can come
-    from this process (`LocalActor`) or from remote rollout workers, with one loop for both.
+    from this process (`LocalActor`) or from remote rollout workers, with one loop for both."""
 
-    An actor may also offer `prefetch(jobs, gen) -> None`: the runtime then announces the next
-    step's jobs before it learns, so they can be sampled meanwhile; such an actor must bound how
-    stale what it returns is (`scale.ray_actor.RayActor`)."""
+    def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
+        """Play every job to the end; episodes in the order of `jobs`."""
+        ...
 
-    def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]: ...
+    def prefetch(self, jobs: Sequence[Job], gen: GenerationConfig) -> None:
+        """The jobs the next `play` will most likely ask for, announced before the runtime learns.
+        An actor may start sampling them meanwhile, and must then bound how stale what it returns
+        is (`scale.ray_actor.RayActor`); one that samples on demand ignores this."""
+        ...
 
 
 class LocalActor:
@@ -56,6 +60,9 @@ class LocalActor:
 
     def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
         return play(self.policy, jobs, self.make_env, gen, self.generator)
+
+    def prefetch(self, jobs: Sequence[Job], gen: GenerationConfig) -> None:
+        pass  # it plays with the live weights on demand: nothing to sample ahead
 
 
 @dataclass

@@ -1,29 +1,49 @@
-"""The experience store: every episode the agent plays, durable before it is learned from.
+"""The experience store: everything the agent experienced, durable before it is learned from.
 
-One `ExperienceStore` over two backends with the same SQL: SQLite (the default: one file, WAL mode,
-`synchronous=FULL`, so a committed episode survives kill -9 and power loss) and PostgreSQL (a
-`postgresql://` URL, for stores shared by several processes or machines). Episodes of one step are
-written in one transaction, so a crash leaves either the whole step or none of it. The schema is
-versioned; opening a store migrates an older one in place and refuses one written by a newer
-lifelong with a clear error.
+One store for every source of experience. `lifelong run` writes the episodes it plays; `lifelong
+serve` writes each request, its choices, the feedback on them, the adapter versions the guard let
+live and the monitor's flags, and the feedback becomes episodes here too before it is learned from.
+Every row carries its tenant (`""` for a run), and every read that serves a tenant filters by it.
+
+Two backends with the same SQL (backends.py): SQLite, one file in WAL mode with `synchronous=FULL`,
+and PostgreSQL. One logical write is one transaction, so a crash leaves all of it or none. The schema
+is versioned; opening a store migrates an older one in place and refuses one written by a newer
+lifelong with a clear error. `import_serve_store` carries a serving store of the old separate schema
+(`serve.sqlite`) into this one without losing a row. Safe to share between threads (one lock) and
+processes (the database's own locking).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lifelong.errors import LifelongError
-from lifelong.types import Completion, Episode, MemoryItem, StopReason, Turn
+from lifelong.memory.backends import Backend, StoreError, is_database_url, open_backend
+from lifelong.types import (
+    AdapterRecord,
+    AdapterStatus,
+    Completion,
+    Episode,
+    Feedback,
+    FeedbackKind,
+    Flag,
+    MemoryItem,
+    RequestStatus,
+    ServedRequest,
+    StopReason,
+    Turn,
+)
 
-SCHEMA_VERSION = 2
+__all__ = ["ExperienceStore", "StoreError", "episode_summary", "import_serve_store", "is_database_url"]
+
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -73,161 +93,127 @@ _MIGRATIONS: dict[int, str] = {
         detail TEXT NOT NULL
     );
     """,
+    # One store for serving too: the tenant of every row, and what `lifelong serve` received,
+    # answered and was told (until schema 3 these lived in a separate serve.sqlite).
+    3: """
+    ALTER TABLE episodes ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    CREATE INDEX episodes_tenant ON episodes (tenant, run_id, step);
+    ALTER TABLE memory_items ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        model TEXT NOT NULL,
+        received REAL NOT NULL,
+        body TEXT NOT NULL,
+        prompt_ids TEXT NOT NULL,
+        generation TEXT NOT NULL,
+        status TEXT NOT NULL,
+        adapter_version INTEGER,
+        completed REAL
+    );
+    CREATE INDEX requests_tenant ON requests (tenant, received);
+    CREATE TABLE choices (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        idx INTEGER NOT NULL,
+        completion TEXT NOT NULL,
+        PRIMARY KEY (request_id, idx)
+    );
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        idx INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reward REAL,
+        correction TEXT,
+        holdout INTEGER NOT NULL,
+        received REAL NOT NULL,
+        consumed_version INTEGER
+    );
+    CREATE INDEX feedback_pending ON feedback (tenant, holdout, consumed_version);
+    CREATE TABLE adapter_versions (
+        tenant TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        path TEXT,
+        created REAL NOT NULL,
+        reason TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        PRIMARY KEY (tenant, version)
+    );
+    CREATE TABLE flags (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX flags_tenant ON flags (tenant, id);
+    """,
 }
 
 
-class StoreError(LifelongError):
-    pass
+def completion_to_json(c: Completion) -> dict[str, Any]:
+    return {
+        "token_ids": list(c.token_ids),
+        "logprobs": list(c.logprobs),
+        "loss_mask": list(c.loss_mask),
+        "reasoning": c.reasoning,
+        "answer": c.answer,
+        "stop": c.stop.value,
+    }
+
+
+def completion_from_json(d: dict[str, Any]) -> Completion:
+    return Completion(
+        tuple(d["token_ids"]),
+        tuple(d["logprobs"]),
+        tuple(d["loss_mask"]),
+        d["reasoning"],
+        d["answer"],
+        StopReason(d["stop"]),
+    )
 
 
 def _turn_to_json(t: Turn) -> dict[str, Any]:
-    c = t.completion
     return {
         "prompt_ids": list(t.prompt_ids),
         "observation": t.observation,
         "reward": t.reward,
-        "completion": {
-            "token_ids": list(c.token_ids),
-            "logprobs": list(c.logprobs),
-            "loss_mask": list(c.loss_mask),
-            "reasoning": c.reasoning,
-            "answer": c.answer,
-            "stop": c.stop.value,
-        },
+        "completion": completion_to_json(t.completion),
     }
 
 
 def _turn_from_json(d: dict[str, Any]) -> Turn:
-    c = d["completion"]
-    completion = Completion(
-        tuple(c["token_ids"]),
-        tuple(c["logprobs"]),
-        tuple(c["loss_mask"]),
-        c["reasoning"],
-        c["answer"],
-        StopReason(c["stop"]),
-    )
-    return Turn(tuple(d["prompt_ids"]), completion, d["observation"], d["reward"])
+    return Turn(tuple(d["prompt_ids"]), completion_from_json(d["completion"]), d["observation"], d["reward"])
 
 
-class _Backend:
-    """What differs between SQLite and PostgreSQL: connecting, placeholders, DDL types, versions."""
-
-    name = "store"
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
-
-    def begin(self) -> None:
-        self.execute("BEGIN")
-
-    def ddl(self, statement: str) -> str:
-        return statement
-
-    def version(self) -> int:
-        raise NotImplementedError
-
-    def set_version(self, version: int) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
+_FEEDBACK_COLUMNS = "id, request_id, idx, tenant, kind, reward, correction, holdout, received, consumed_version"
+_ADAPTER_COLUMNS = "tenant, version, status, path, created, reason, metrics"
+_REQUEST_COLUMNS = "id, tenant, model, received, body, prompt_ids, generation, status, adapter_version"
 
 
-class _SQLite(_Backend):
-    def __init__(self, path: Path) -> None:
-        self.name = str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self.db.execute(sql, tuple(args))
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.db.executemany(sql, rows)
-
-    def begin(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
-
-    def version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
-
-    def set_version(self, version: int) -> None:
-        self.db.execute(f"PRAGMA user_version={int(version)}")
-
-    def close(self) -> None:
-        self.db.close()
+def _feedback(r: Sequence[Any]) -> Feedback:
+    return Feedback(r[0], r[1], r[2], r[3], FeedbackKind(r[4]), r[5], r[6], bool(r[7]), r[8], r[9])
 
 
-class _Postgres(_Backend):
-    def __init__(self, url: str) -> None:
-        self.name = _redact(url)
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise StoreError("a PostgreSQL store needs the psycopg package", "pip install 'psycopg[binary]'") from exc
-        try:
-            self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot connect to PostgreSQL at {self.name} ({str(exc).strip().splitlines()[0][:160]})",
-                "check that the server is running and that host, port, user, password and database are right",
-            ) from exc
-        self.db.execute("CREATE TABLE IF NOT EXISTS lifelong_schema (version INTEGER NOT NULL)")
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        return self.db.execute(sql.replace("?", "%s"), tuple(args))  # type: ignore[arg-type]
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.db.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
-
-    def begin(self) -> None:
-        self.db.execute("BEGIN")
-        self.db.execute("SELECT pg_advisory_xact_lock(4716)")  # one writer at a time, like SQLite
-
-    def ddl(self, statement: str) -> str:
-        statement = statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
-        return statement.replace(" REAL", " DOUBLE PRECISION").replace(" INTEGER", " BIGINT")
-
-    def version(self) -> int:
-        row = self.db.execute("SELECT max(version) FROM lifelong_schema").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    def set_version(self, version: int) -> None:
-        self.db.execute("DELETE FROM lifelong_schema")
-        self.db.execute("INSERT INTO lifelong_schema VALUES (%s)", (int(version),))
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def is_database_url(location: str | Path) -> bool:
-    return str(location).startswith(("postgresql://", "postgres://"))
+def _adapter(r: Sequence[Any]) -> AdapterRecord:
+    return AdapterRecord(r[0], r[1], AdapterStatus(r[2]), r[3], r[4], r[5], json.loads(r[6]))
 
 
 class ExperienceStore:
-    """Episodes and memory items. `ExperienceStore("runs/x/experience.sqlite")` or
-    `ExperienceStore("postgresql://user@host/db")`; safe to open from several processes."""
+    """Episodes, memory items and served requests. `ExperienceStore("runs/x/experience.sqlite")` or
+    `ExperienceStore("postgresql://user@host/db")`; safe to share between threads and processes."""
 
     def __init__(self, location: str | Path) -> None:
-        if is_database_url(location):
-            self._b: _Backend = _Postgres(str(location))
-        else:
-            try:
-                self._b = _SQLite(Path(location))
-            except sqlite3.DatabaseError as exc:
-                raise _unreadable(str(location), exc) from exc
+        self._lock = threading.RLock()  # one connection, shared by the server's threads
+        try:
+            self._b: Backend = open_backend(location)
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(str(location), exc) from exc
         self.location = self._b.name
         try:
             self._migrate()
@@ -243,11 +229,14 @@ class ExperienceStore:
                 "upgrade lifelong (pip install -U lifelong) to read it",
             )
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            statements = [self._b.ddl(x) for x in _MIGRATIONS[v].split(";") if x.strip()]
-            self._transaction([(x, ()) for x in statements], then=partial(self._b.set_version, v))
+            with self._tx() as db:
+                for statement in filter(str.strip, _MIGRATIONS[v].split(";")):
+                    db.execute(db.ddl(statement))
+                db.set_version(v)
 
     def close(self) -> None:
-        self._b.close()
+        with self._lock:
+            self._b.close()
 
     def __enter__(self) -> ExperienceStore:
         return self
@@ -255,28 +244,38 @@ class ExperienceStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _tx(self) -> Iterator[Backend]:
+        """One transaction: all or nothing."""
+        with self._lock:
+            self._b.begin()
+            try:
+                yield self._b
+                self._b.execute("COMMIT")
+            except BaseException:
+                self._b.execute("ROLLBACK")
+                raise
+
     def _transaction(
         self,
         statements: Sequence[tuple[str, Sequence[Any]]],
         many: tuple[str, Sequence[Sequence[Any]]] | None = None,
         then: Callable[[], None] | None = None,
     ) -> None:
-        """Run statements in one transaction: all or nothing."""
-        self._b.begin()
-        try:
+        with self._tx() as db:
             if many is not None:
-                self._b.executemany(*many)
+                db.executemany(*many)
             for sql, args in statements:
-                self._b.execute(sql, args)
+                db.execute(sql, args)
             if then is not None:
                 then()
-            self._b.execute("COMMIT")
-        except BaseException:
-            self._b.execute("ROLLBACK")
-            raise
 
-    # ---- writing ------------------------------------------------------------------------------
-    def add(self, episodes: Iterable[Episode], *, run_id: str, step: int, model: str) -> int:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._b.execute(sql, args).fetchall())
+
+    # ---- episodes -----------------------------------------------------------------------------
+    def add(self, episodes: Iterable[Episode], *, run_id: str, step: int, model: str, tenant: str = "") -> int:
         """Store episodes in one transaction; returns how many were written."""
         rows = []
         for ep in episodes:
@@ -301,81 +300,53 @@ class ExperienceStore:
                     model,
                     ep.adapter_version,
                     ep.created or time.time(),
+                    tenant,
                 )
             )
         columns = (
             "id, run_id, step, env, seed, group_id, split, prompt, reasoning, answer, reward, success, feedback, "
-            "info, turns, model, adapter_version, created"
+            "info, turns, model, adapter_version, created, tenant"
         )
-        self._transaction([], many=(f"INSERT INTO episodes ({columns}) VALUES ({','.join('?' * 18)})", rows))
+        self._transaction([], many=(f"INSERT INTO episodes ({columns}) VALUES ({','.join('?' * 19)})", rows))
         return len(rows)
 
-    # ---- memory items -------------------------------------------------------------------------
-    def add_memory(self, item: MemoryItem) -> None:
-        self._transaction(
-            [
-                (
-                    "INSERT INTO memory_items VALUES (?,?,?,?,?,?,?,?,?)",
-                    (item.id, item.kind, item.task, item.key, item.text, json.dumps(list(item.provenance)),
-                     item.created, item.uses, item.wins),
-                ),
-                _edit("add", item.id, {"kind": item.kind, "task": item.task, "key": item.key}),
-            ]
-        )  # fmt: skip
-
-    def forget_memory(self, item_id: str, reason: str) -> bool:
-        """Delete one item (explicit forgetting); returns False if it did not exist."""
-        exists = self._b.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone()
-        if not exists:
-            return False
-        self._transaction(
-            [("DELETE FROM memory_items WHERE id = ?", (item_id,)), _edit("forget", item_id, {"reason": reason})]
-        )
-        return True
-
-    def record_memory_use(self, item_id: str, won: bool) -> None:
-        self._transaction(
-            [
-                ("UPDATE memory_items SET uses = uses + 1, wins = wins + ? WHERE id = ?", (int(won), item_id)),
-                _edit("use", item_id, {"won": won}),
-            ]
-        )
-
-    def memory_items(self, task: str | None = None) -> list[MemoryItem]:
-        sql, args = self._where(task=task)
-        columns = "id, kind, task, key, text, provenance, created, uses, wins"
-        rows = self._b.execute(f"SELECT {columns} FROM memory_items{sql} ORDER BY created, id", args)
-        return [MemoryItem(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8]) for r in rows]
-
-    def memory_edits(self) -> list[tuple[str, str, dict[str, Any]]]:
-        rows = self._b.execute("SELECT op, item_id, detail FROM memory_edits ORDER BY seq")
-        return [(r[0], r[1], json.loads(r[2])) for r in rows]
-
-    # ---- reading ------------------------------------------------------------------------------
     def count(self, run_id: str | None = None, split: str | None = None) -> int:
         sql, args = self._where(run_id=run_id, split=split)
-        return int(self._b.execute(f"SELECT COUNT(*) FROM episodes{sql}", args).fetchone()[0])
+        return int(self._query(f"SELECT COUNT(*) FROM episodes{sql}", args)[0][0])
 
     def ids(self, run_id: str | None = None) -> set[str]:
         sql, args = self._where(run_id=run_id)
-        return {r[0] for r in self._b.execute(f"SELECT id FROM episodes{sql}", args).fetchall()}
+        return {r[0] for r in self._query(f"SELECT id FROM episodes{sql}", args)}
 
     def episode(self, episode_id: str) -> Episode | None:
         found = list(self.iter_episodes(id=episode_id))
         return found[0] if found else None
 
-    def episodes(self, run_id: str | None = None, step: int | None = None, split: str | None = None) -> list[Episode]:
-        return list(self.iter_episodes(run_id=run_id, step=step, split=split))
+    def episodes(
+        self,
+        run_id: str | None = None,
+        step: int | None = None,
+        split: str | None = None,
+        tenant: str | None = None,
+        group: str | None = None,
+    ) -> list[Episode]:
+        return list(self.iter_episodes(run_id=run_id, step=step, split=split, tenant=tenant, group=group))
 
     def iter_episodes(
-        self, run_id: str | None = None, step: int | None = None, split: str | None = None, id: str | None = None
+        self,
+        run_id: str | None = None,
+        step: int | None = None,
+        split: str | None = None,
+        id: str | None = None,
+        tenant: str | None = None,
+        group: str | None = None,
     ) -> Iterator[Episode]:
-        sql, args = self._where(run_id=run_id, step=step, split=split, id=id)
+        sql, args = self._where(run_id=run_id, step=step, split=split, id=id, tenant=tenant, group_id=group)
         query = (
             "SELECT id, env, seed, group_id, split, reward, success, info, turns, adapter_version, created "
             f"FROM episodes{sql} ORDER BY seq"
         )
-        for row in self._b.execute(query, args).fetchall():
+        for row in self._query(query, args):
             yield Episode(
                 id=row[0],
                 env=row[1],
@@ -389,6 +360,255 @@ class ExperienceStore:
                 adapter_version=row[9],
                 created=row[10],
             )
+
+    # ---- memory items -------------------------------------------------------------------------
+    def add_memory(self, item: MemoryItem) -> None:
+        self._transaction(
+            [
+                (
+                    "INSERT INTO memory_items (id, kind, task, key, text, provenance, created, uses, wins) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    (item.id, item.kind, item.task, item.key, item.text, json.dumps(list(item.provenance)),
+                     item.created, item.uses, item.wins),
+                ),
+                _edit("add", item.id, {"kind": item.kind, "task": item.task, "key": item.key}),
+            ]
+        )  # fmt: skip
+
+    def forget_memory(self, item_id: str, reason: str) -> bool:
+        """Delete one item (explicit forgetting); returns False if it did not exist."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
+                return False
+            db.execute("DELETE FROM memory_items WHERE id = ?", (item_id,))
+            db.execute(*_edit("forget", item_id, {"reason": reason}))
+        return True
+
+    def record_memory_use(self, item_id: str, won: bool) -> None:
+        self._transaction(
+            [
+                ("UPDATE memory_items SET uses = uses + 1, wins = wins + ? WHERE id = ?", (int(won), item_id)),
+                _edit("use", item_id, {"won": won}),
+            ]
+        )
+
+    def memory_items(self, task: str | None = None) -> list[MemoryItem]:
+        sql, args = self._where(task=task)
+        columns = "id, kind, task, key, text, provenance, created, uses, wins"
+        rows = self._query(f"SELECT {columns} FROM memory_items{sql} ORDER BY created, id", args)
+        return [MemoryItem(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8]) for r in rows]
+
+    def memory_edits(self) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self._query("SELECT op, item_id, detail FROM memory_edits ORDER BY seq")
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    # ---- served requests ----------------------------------------------------------------------
+    def claim_model(self, model: str) -> None:
+        """Bind the store to one model: adapters of another model would not fit it."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM store_meta WHERE key = 'model'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO store_meta (key, value) VALUES ('model', ?)", (model,))
+            elif row[0] != model:
+                raise StoreError(
+                    f"store {self.location} belongs to model {row[0]!r}, not {model!r}",
+                    f"pass --model {row[0]} to serve it, or a new --store for the other model",
+                )
+
+    def add_request(
+        self,
+        id: str,
+        tenant: str,
+        model: str,
+        body: dict[str, Any],
+        prompt_ids: Sequence[int],
+        generation: dict[str, Any],
+    ) -> None:
+        self._transaction(
+            [
+                (
+                    f"INSERT INTO requests ({_REQUEST_COLUMNS}, completed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                    (id, tenant, model, time.time(), json.dumps(body), json.dumps(list(prompt_ids)),
+                     json.dumps(generation), RequestStatus.RECEIVED.value),
+                )
+            ]
+        )  # fmt: skip
+
+    def complete_request(
+        self, id: str, completions: Sequence[Completion], adapter_version: int, flags: Sequence[Flag] = ()
+    ) -> None:
+        """The choices, the adapter that answered and the monitor's flags, in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE requests SET status = ?, adapter_version = ?, completed = ? WHERE id = ? AND status = ?",
+                (RequestStatus.COMPLETED.value, adapter_version, now, id, RequestStatus.RECEIVED.value),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"request {id} is not awaiting completion", "this is a bug in lifelong serve")
+            db.executemany(
+                "INSERT INTO choices (request_id, idx, completion) VALUES (?, ?, ?)",
+                [(id, i, json.dumps(completion_to_json(c))) for i, c in enumerate(completions)],
+            )
+            self._insert_flags(db, flags, now)
+
+    def fail_request(self, id: str) -> None:
+        self._transaction(
+            [
+                (
+                    "UPDATE requests SET status = ?, completed = ? WHERE id = ?",
+                    (RequestStatus.FAILED.value, time.time(), id),
+                )
+            ]
+        )
+
+    def request(self, id: str) -> ServedRequest | None:
+        rows = self._query(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (id,))
+        if not rows:
+            return None
+        r = rows[0]
+        choices = self._query("SELECT completion FROM choices WHERE request_id = ? ORDER BY idx", (id,))
+        return ServedRequest(
+            id=r[0],
+            tenant=r[1],
+            model=r[2],
+            received=r[3],
+            body=json.loads(r[4]),
+            prompt_ids=tuple(json.loads(r[5])),
+            generation=json.loads(r[6]),
+            status=RequestStatus(r[7]),
+            adapter_version=r[8],
+            choices=tuple(completion_from_json(json.loads(c[0])) for c in choices),
+        )
+
+    def rows(self, table: str) -> int:
+        """How many rows a serving table holds (requests, choices, feedback, adapter_versions, flags)."""
+        if table not in {"requests", "choices", "feedback", "adapter_versions", "flags"}:
+            raise ValueError(f"no table {table}")
+        return int(self._query(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+    # ---- feedback -----------------------------------------------------------------------------
+    def add_feedback(
+        self,
+        request_id: str,
+        index: int,
+        tenant: str,
+        kind: FeedbackKind,
+        reward: float | None = None,
+        correction: str | None = None,
+        holdout_every: int = 0,
+    ) -> Feedback:
+        """Store one feedback item. Every `holdout_every`-th correction of a tenant is held out."""
+        now = time.time()
+        with self._tx() as db:
+            holdout = False
+            if kind == FeedbackKind.CORRECTION and holdout_every:
+                (n,) = db.execute(
+                    "SELECT COUNT(*) FROM feedback WHERE tenant = ? AND kind = ?",
+                    (tenant, FeedbackKind.CORRECTION.value),
+                ).fetchone()
+                holdout = (int(n) + 1) % holdout_every == 0
+            (fid,) = db.execute(
+                "INSERT INTO feedback (request_id, idx, tenant, kind, reward, correction, holdout, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (request_id, index, tenant, FeedbackKind(kind).value, reward, correction, int(holdout), now),
+            ).fetchall()[0]  # fetch all: SQLite cannot commit while a RETURNING statement is open
+        return Feedback(int(fid), request_id, index, tenant, FeedbackKind(kind), reward, correction, holdout, now)
+
+    def pending_feedback(self, tenant: str, limit: int = 1000) -> list[Feedback]:
+        """Feedback of a tenant not yet consumed by a learning round (held-out items excluded)."""
+        rows = self._query(
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback "
+            "WHERE tenant = ? AND holdout = 0 AND consumed_version IS NULL ORDER BY id LIMIT ?",
+            (tenant, limit),
+        )
+        return [_feedback(r) for r in rows]
+
+    def pending_summary(self) -> dict[str, tuple[int, float]]:
+        """tenant -> (pending items, when the oldest arrived)."""
+        rows = self._query(
+            "SELECT tenant, COUNT(*), MIN(received) FROM feedback "
+            "WHERE holdout = 0 AND consumed_version IS NULL GROUP BY tenant"
+        )
+        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+
+    def holdout_feedback(self, tenant: str) -> list[Feedback]:
+        rows = self._query(
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE tenant = ? AND holdout = 1 ORDER BY id", (tenant,)
+        )
+        return [_feedback(r) for r in rows]
+
+    def feedback(self, tenant: str | None = None) -> list[Feedback]:
+        sql, args = self._where(tenant=tenant)
+        return [_feedback(r) for r in self._query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback{sql} ORDER BY id", args)]
+
+    def rating_baseline(self, tenant: str, window: int, prior: float = 0.5) -> float:
+        """The tenant's running baseline: mean of its last `window` consumed ratings, with one
+        pseudo-rating at `prior` so a new tenant's first rating is not its own baseline."""
+        rows = self._query(
+            "SELECT reward FROM feedback WHERE tenant = ? AND reward IS NOT NULL AND consumed_version IS NOT NULL "
+            "ORDER BY id DESC LIMIT ?",
+            (tenant, window),
+        )
+        rewards = [float(r[0]) for r in rows]
+        return (prior + sum(rewards)) / (1 + len(rewards))
+
+    # ---- adapter versions ---------------------------------------------------------------------
+    def record_adapter(self, record: AdapterRecord, consumed: Sequence[int]) -> None:
+        """A candidate version and the guard's verdict, and the feedback it consumed, in one transaction:
+        a crash between the two can neither lose nor double-count feedback."""
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO adapter_versions ({_ADAPTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, version) DO UPDATE SET status = excluded.status, path = excluded.path, "
+                "created = excluded.created, reason = excluded.reason, metrics = excluded.metrics",
+                (record.tenant, record.version, AdapterStatus(record.status).value, record.path,
+                 record.created or time.time(), record.reason, json.dumps(record.metrics)),
+            )  # fmt: skip
+            if consumed:
+                db.executemany(
+                    "UPDATE feedback SET consumed_version = ? WHERE id = ? AND tenant = ?",
+                    [(record.version, i, record.tenant) for i in consumed],
+                )
+
+    def adapters(self, tenant: str | None = None, status: AdapterStatus | None = None) -> list[AdapterRecord]:
+        """Adapter versions, oldest first."""
+        sql, args = self._where(tenant=tenant, status=None if status is None else AdapterStatus(status).value)
+        rows = self._query(f"SELECT {_ADAPTER_COLUMNS} FROM adapter_versions{sql} ORDER BY tenant, version", args)
+        return [_adapter(r) for r in rows]
+
+    def next_version(self, tenant: str) -> int:
+        (v,) = self._query("SELECT COALESCE(MAX(version), 0) FROM adapter_versions WHERE tenant = ?", (tenant,))[0]
+        return int(v) + 1
+
+    def live_versions(self) -> dict[str, list[AdapterRecord]]:
+        """tenant -> its live versions, newest first (a corrupt newest falls back to the next)."""
+        out: dict[str, list[AdapterRecord]] = {}
+        for rec in reversed(self.adapters(status=AdapterStatus.LIVE)):
+            out.setdefault(rec.tenant, []).append(rec)
+        return out
+
+    # ---- monitor flags ------------------------------------------------------------------------
+    @staticmethod
+    def _insert_flags(db: Backend, flags: Sequence[Flag], now: float) -> None:
+        if flags:
+            db.executemany(
+                "INSERT INTO flags (source, idx, tenant, kind, detail, created) VALUES (?, ?, ?, ?, ?, ?)",
+                [(f.source, f.index, f.tenant, f.kind, f.detail, f.created or now) for f in flags],
+            )
+
+    def add_flags(self, flags: Sequence[Flag]) -> None:
+        with self._tx() as db:
+            self._insert_flags(db, flags, time.time())
+
+    def flags(self, tenant: str | None = None, after: int = 0, limit: int = 100) -> list[tuple[int, Flag]]:
+        sql, args = self._where(tenant=tenant)
+        sql = (sql + " AND" if sql else " WHERE") + " id > ?"
+        rows = self._query(
+            f"SELECT id, source, idx, tenant, kind, detail, created FROM flags{sql} ORDER BY id LIMIT ?",
+            [*args, after, limit],
+        )
+        return [(r[0], Flag(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
 
     @staticmethod
     def _where(**filters: Any) -> tuple[str, list[Any]]:
@@ -417,3 +637,46 @@ def episode_summary(ep: Episode) -> dict[str, Any]:
     d = asdict(ep)
     d["turns"] = [{"observation": t.observation, "answer": t.completion.answer, "reward": t.reward} for t in ep.turns]
     return d
+
+
+# The serving store of lifelong before schema 3 (`<serve folder>/serve.sqlite`, its own user_version 1):
+# table -> (columns there, table and columns here). Rows keep their ids, so feedback stays linked.
+_SERVE_TABLES: dict[str, tuple[str, str]] = {
+    "requests": (f"{_REQUEST_COLUMNS}, completed", f"requests ({_REQUEST_COLUMNS}, completed)"),
+    "choices": ("request_id, idx, completion", "choices (request_id, idx, completion)"),
+    "feedback": (_FEEDBACK_COLUMNS, f"feedback ({_FEEDBACK_COLUMNS})"),
+    "adapters": (_ADAPTER_COLUMNS, f"adapter_versions ({_ADAPTER_COLUMNS})"),
+    "flags": (
+        "id, request_id, idx, tenant, kind, detail, created",
+        "flags (id, source, idx, tenant, kind, detail, created)",
+    ),
+}
+
+
+def import_serve_store(old: Path, store: ExperienceStore) -> dict[str, int]:
+    """Carry a serving store of the old separate schema into `store`, then rename it to
+    `<name>.migrated` (kept, never deleted). One transaction, and rows already present are skipped,
+    so a crash at any point is mended by running it again. Returns rows read per table."""
+    db = sqlite3.connect(old)  # not read-only: a WAL left by a kill -9 must be replayed first
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not set(_SERVE_TABLES) <= tables or int(db.execute("PRAGMA user_version").fetchone()[0]) != 1:
+            raise StoreError(
+                f"{old} is not a serving store of lifelong's old schema",
+                "move it aside; lifelong serve keeps its data in experience.sqlite now",
+            )
+        rows = {t: db.execute(f"SELECT {cols} FROM {t}").fetchall() for t, (cols, _) in _SERVE_TABLES.items()}
+        model = db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+    finally:
+        db.close()
+    with store._tx() as tx:
+        for table, (_, into) in _SERVE_TABLES.items():
+            if rows[table]:
+                marks = ",".join("?" * len(rows[table][0]))
+                tx.executemany(f"INSERT INTO {into} VALUES ({marks}) ON CONFLICT DO NOTHING", rows[table])
+        tx.follow_ids("feedback")
+        tx.follow_ids("flags")
+        if model is not None:
+            tx.execute("INSERT INTO store_meta (key, value) VALUES ('model', ?) ON CONFLICT DO NOTHING", (model[0],))
+    old.rename(old.with_name(old.name + ".migrated"))
+    return {t: len(r) for t, r in rows.items()}

@@ -7,13 +7,18 @@ only the answer (budget forcing, as in s1). Inserted tokens carry loss mask 0: t
 training target. The environment only ever sees the answer, never the chain of thought, so no reward
 can read the reasoning.
 
+Plain chat (`GenerationConfig(protocol=False)`, `Policy.chat`) is the model as its own chat template
+has it: no protocol prompt, no marker, every sampled token a target; `lifelong serve` answers this
+way at reasoning effort none. Stop strings and OpenAI's sampling options apply in both modes; a stop
+string cuts the answer only (the private reasoning is never cut or streamed).
+
 Context is kept as token ids from the first turn to the last, so the learner scores exactly the
 tokens the sampler saw (no re-templating that could drop earlier reasoning).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,22 +26,33 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
-from lifelong.model.sampler import STOP, Force, sample
+from lifelong.model.sampler import STOP, Force, Shaping, sample
 from lifelong.types import Completion, StopReason
 
 ANSWER_MARKER = "Answer:"
 EFFORT_BUDGETS = {"none": 0, "low": 32, "medium": 128, "high": 512}
 SYSTEM_PROMPT = "Think briefly, then end with the line 'Answer: <answer>'."
+# Called with (row, text) as a plain reply grows; the pieces of a row add up to its answer.
+TextFn = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How to sample. `thinking_tokens`, when set, overrides the budget of `reasoning_effort`."""
+    """How to sample. `thinking_tokens`, when set, overrides the budget of `reasoning_effort`.
+
+    `protocol=False` is plain chat: the reasoning settings are unused and `answer_tokens` bounds the
+    whole reply. `top_k` 0 and `top_p` 1.0 are off; penalties and ranges are OpenAI's."""
 
     reasoning_effort: str = "low"
     thinking_tokens: int | None = None
     answer_tokens: int = 16
     temperature: float = 1.0
+    protocol: bool = True
+    top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
 
     def __post_init__(self) -> None:
         if self.thinking_tokens is None and self.reasoning_effort not in EFFORT_BUDGETS:
@@ -50,10 +66,39 @@ class GenerationConfig:
             raise ConfigError("answer_tokens must be >= 1", "answers need at least one token")
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0", "use 0 for greedy decoding")
+        if not 0.0 <= self.top_p <= 1.0 or self.top_k < 0:
+            raise ConfigError("top_p must be in [0, 1] and top_k >= 0", "top_p=1 and top_k=0 turn them off")
+        if not (-2.0 <= self.presence_penalty <= 2.0 and -2.0 <= self.frequency_penalty <= 2.0):
+            raise ConfigError("presence_penalty and frequency_penalty must be in [-2, 2]", "0 turns them off")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must not be empty", "leave stop out to stop only at the end of turn")
 
     @property
     def think_budget(self) -> int:
         return self.thinking_tokens if self.thinking_tokens is not None else EFFORT_BUDGETS[self.reasoning_effort]
+
+    @property
+    def shaping(self) -> Shaping:
+        return Shaping(self.top_k, self.top_p, self.presence_penalty, self.frequency_penalty)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    at = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:at], True) if at >= 0 else (text, False)
+
+
+def _streamable(visible: str, sent: int, stop: Sequence[str]) -> str:
+    """The part of a growing reply that can be sent now: not a half-decoded character (U+FFFD
+    until its bytes arrive) and not a tail that may yet become a stop string."""
+    bad = visible.find("\ufffd", sent)
+    safe = visible[:bad] if bad >= 0 else visible
+    for s in stop:
+        for k in range(min(len(s) - 1, len(safe)), 0, -1):
+            if safe.endswith(s[:k]):
+                safe = safe[: len(safe) - k]
+                break
+    return safe
 
 
 @dataclass(frozen=True)
@@ -107,13 +152,27 @@ class Policy:
     def _text(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def start(self, observation: str, system: str | None = None) -> list[int]:
-        """Token ids of a new conversation, ending where the assistant starts to speak."""
-        messages = [
-            {"role": "system", "content": system or self.system_prompt},
-            {"role": "user", "content": observation},
-        ]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def start(self, observation: str) -> list[int]:
+        """Token ids of a new conversation under the reasoning protocol, ending where the assistant
+        starts to speak (the run path's task prompts)."""
+        return self.chat_ids([{"role": "user", "content": observation}])
+
+    def chat_start(self, observation: str) -> list[int]:
+        """A new plain chat conversation (the model's own template, no protocol prompt)."""
+        return self.chat_ids([{"role": "user", "content": observation}], protocol=False)
+
+    def chat_ids(self, messages: Sequence[dict[str, str]], protocol: bool = True) -> list[int]:
+        """A conversation's token ids through the model's chat template, ending where the assistant
+        speaks. Plain: the messages as they are (a developer message is a system message to it).
+        Protocol: its system prompt first, the conversation's system or developer messages appended
+        to it, so the answer marker holds."""
+        if protocol:
+            system = [m["content"] for m in messages if m["role"] in ("system", "developer") and m["content"]]
+            turns = [{"role": "system", "content": "\n".join([self.system_prompt, *system])}]
+            turns += [dict(m) for m in messages if m["role"] in ("user", "assistant")]
+        else:
+            turns = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
+        ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
         if not isinstance(ids, list):  # newer tokenizers return a BatchEncoding
             ids = ids["input_ids"]  # type: ignore[index]
         return [int(i) for i in ids]  # type: ignore[arg-type]
@@ -136,11 +195,13 @@ class Policy:
         return ids + self._encode(suffix)
 
     def answer_start(self, completion: Completion) -> int:
-        """Index of the first token after the answer marker (len(tokens) if there is none)."""
+        """Index of the first token after the answer marker. A reply without one is a plain chat
+        reply (the protocol always has one): all of it is the answer, so 0. A plain reply that
+        itself writes "Answer:" reads as a protocol reply (only what follows counts)."""
         ids = completion.token_ids
         low, high = 0, len(ids)
         if ANSWER_MARKER not in self._text(ids):
-            return len(ids)
+            return 0
         while low < high:  # smallest prefix whose text contains the marker
             mid = (low + high) // 2
             if ANSWER_MARKER in self._text(ids[:mid]):
@@ -163,7 +224,10 @@ class Policy:
         gen: GenerationConfig = GenerationConfig(),
         generator: torch.Generator | None = None,
     ) -> list[Completion]:
-        """Reason within budget, then answer. One Completion per context, in order."""
+        """Reason within budget, then answer. One Completion per context, in order. With
+        `gen.protocol` False this is `chat`: no reasoning, no marker."""
+        if not gen.protocol:
+            return self.chat(contexts, gen, generator)
         budget = gen.think_budget
         text = self._text
         answer_from: dict[int, int] = {}  # row -> token count when its answer started
@@ -186,6 +250,8 @@ class Policy:
             rest = text(ids).split(ANSWER_MARKER, 1)[-1]
             if "\n" in rest.lstrip() or len(ids) - answer_from[row] >= gen.answer_tokens:
                 return STOP
+            if gen.stop and cut_at_stop(rest.lstrip(), gen.stop)[1]:
+                return STOP
             return None
 
         prefix: list[int] = []
@@ -206,6 +272,7 @@ class Policy:
                 temperature=gen.temperature,
                 generator=generator,
                 control=control,
+                shaping=gen.shaping,
             )
         finally:
             self.model.train(was_training)
@@ -215,8 +282,9 @@ class Policy:
             decoded = text(ids)
             at = decoded.find(ANSWER_MARKER)
             reasoning, rest = (decoded[:at], decoded[at + len(ANSWER_MARKER) :]) if at >= 0 else (decoded, "")
-            answer = rest.lstrip().split("\n", 1)[0].strip()
-            finished = row.ended == "eos" or "\n" in rest.lstrip()
+            line, stopped = cut_at_stop(rest.lstrip().split("\n", 1)[0], gen.stop)
+            answer = line.strip()
+            finished = row.ended == "eos" or "\n" in rest.lstrip() or stopped
             stop = reason.get(i, StopReason.ANSWERED) if finished else StopReason.ANSWER_BUDGET
             completions.append(
                 Completion(
@@ -226,6 +294,68 @@ class Policy:
                     reasoning=reasoning.strip(),
                     answer=answer,
                     stop=stop,
+                )
+            )
+        return completions
+
+    @torch.no_grad()
+    def chat(
+        self,
+        contexts: Sequence[Sequence[int]],
+        gen: GenerationConfig = GenerationConfig(protocol=False),
+        generator: torch.Generator | None = None,
+        on_text: TextFn | None = None,
+    ) -> list[Completion]:
+        """Plain chat: each context ends where the assistant speaks (the model's own chat template);
+        reply until the end of the turn, a stop string or `gen.answer_tokens`. No marker, no reasoning,
+        every token sampled (loss mask 1). `on_text(row, piece)` streams each reply as it grows;
+        the pieces add up to the Completion's answer. Token ids keep the whole sampled reply, a
+        stop string's tokens included (they were sampled); the answer ends before it."""
+        text = self._text
+        sent = [""] * len(contexts)
+
+        def control(row: int, ids: list[int]) -> str | None:
+            return STOP if cut_at_stop(text(ids), gen.stop)[1] else None
+
+        def on_token(row: int, ids: list[int]) -> None:
+            if on_text is None:
+                return
+            piece = _streamable(cut_at_stop(text(ids), gen.stop)[0], len(sent[row]), gen.stop)[len(sent[row]) :]
+            if piece:
+                sent[row] += piece
+                on_text(row, piece)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = sample(
+                self.model,
+                contexts,
+                max_new_tokens=gen.answer_tokens,
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                temperature=gen.temperature,
+                generator=generator,
+                control=control if gen.stop else None,
+                shaping=gen.shaping,
+                on_token=on_token if on_text is not None else None,
+            )
+        finally:
+            self.model.train(was_training)
+        completions = []
+        for i, row in enumerate(rows):
+            answer, stopped = cut_at_stop(text(row.token_ids), gen.stop)
+            if on_text is not None and answer.startswith(sent[i]) and len(answer) > len(sent[i]):
+                on_text(i, answer[len(sent[i]) :])  # what was held back until the reply ended
+            ended = row.ended == "eos" or stopped
+            completions.append(
+                Completion(
+                    token_ids=tuple(row.token_ids),
+                    logprobs=tuple(row.logprobs),
+                    loss_mask=(1,) * len(row.token_ids),
+                    reasoning="",
+                    answer=answer,
+                    stop=StopReason.ANSWERED if ended else StopReason.ANSWER_BUDGET,
                 )
             )
         return completions

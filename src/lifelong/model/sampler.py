@@ -4,8 +4,15 @@ The loop is deliberately plain: left-pad the contexts, prefill each distinct con
 token per step for every live row. Rows that finish are dropped from the cache so a long straggler
 does not make the whole batch pay. A per-row `control` function may stop a row or force tokens into
 it (the reasoning budget uses this to insert "Answer:"); forced tokens are fed through the same cache
-and marked, so no second prefill is needed. Log-probs come from the same temperature-scaled
-distribution the token was drawn from, so the learner's importance ratio compares like with like.
+and marked, so no second prefill is needed. An `on_token` callback sees each row grow, token by
+token (streaming).
+
+Log-probs come from the distribution the token was drawn from, so the learner's importance ratio
+compares like with like: the temperature-scaled softmax of the logits after OpenAI's presence and
+frequency penalties, and under top-k/top-p that distribution truncated and renormalised (a token
+outside the nucleus has probability 0; a kept one its share of the nucleus). Greedy decoding
+records the T=1 log-probs of the penalised logits, untruncated. Each option costs nothing when
+off: the default path is the plain one above, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +36,33 @@ STOP = "stop"
 # Called after each sampled token with (row, token ids so far, including the new one).
 # Returns None to go on, STOP to end the row, or a Force.
 ControlFn = Callable[[int, list[int]], "Force | str | None"]
+# Called with (row, token ids so far) after each token a row keeps, sampled or forced.
+TokenFn = Callable[[int, list[int]], None]
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """How logits become the sampling distribution besides temperature (OpenAI's parameters).
+
+    `top_k` 0 and `top_p` 1.0 are off. Penalties follow OpenAI's definition, on the tokens this row
+    generated so far (not the prompt): logit[j] -= frequency_penalty * count[j] +
+    presence_penalty * (count[j] > 0)."""
+
+    top_k: int = 0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0
+
+    @property
+    def penalises(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+NO_SHAPING = Shaping()
 
 
 @dataclass
@@ -56,6 +90,28 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def penalise(logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties; `counts` (B, V) is how often each row generated
+    each token so far."""
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def truncate(logp: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep each row's `top_k` most likely tokens, then the smallest set of them whose probability
+    reaches `top_p` (the most likely token always stays); renormalised log-probs, -inf elsewhere."""
+    if top_k > 0 and top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        # mass strictly before each token: a token stays while that is still short of top_p
+        before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
+        drop = before >= top_p
+        drop[:, 0] = False
+        logp = logp.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return torch.log_softmax(logp, dim=-1)
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -67,6 +123,8 @@ def sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     control: ControlFn | None = None,
+    shaping: Shaping = NO_SHAPING,
+    on_token: TokenFn | None = None,
 ) -> list[SampledRow]:
     """Sample a continuation for each context (at most `max_new_tokens`). temperature 0 = greedy."""
     if not contexts:
@@ -93,15 +151,21 @@ def sample(
     logits = out.logits[expand, -1, :]  # (B, V)
     live = list(range(len(contexts)))  # original row index of each batch row
     queues: dict[int, list[int]] = {}  # row -> forced tokens still to feed
+    counts = torch.zeros(logits.shape, dtype=torch.float32) if shaping.penalises else None  # (B, V)
     for _ in range(max_new_tokens):
+        scores = logits.float()
+        if counts is not None:
+            scores = penalise(scores, counts, shaping.presence_penalty, shaping.frequency_penalty)
         # Greedy decoding records the model's own (T=1) log-probs, which is what scoring wants.
-        logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)  # (B, V)
+        logp = torch.log_softmax(scores / (temperature if temperature > 0 else 1.0), dim=-1)  # (B, V)
         if not torch.isfinite(logp).all():
             # Broken weights (NaN/Inf) must give broken text, not a crash that loses the batch.
             logp = torch.log_softmax(torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=-1e4), dim=-1)
         if temperature <= 0:
             drawn = logp.argmax(dim=-1, keepdim=True)
         else:
+            if shaping.truncates:  # sample from, and record, the truncated distribution
+                logp = truncate(logp, shaping.top_k, shaping.top_p)
             drawn = torch.multinomial(logp.exp(), 1, generator=generator)  # (B, 1)
         drawn_logp = logp.gather(-1, drawn).squeeze(-1)
         feed: list[int] = []
@@ -132,7 +196,11 @@ def sample(
                     queues[r] = queue
                 elif decision == STOP or t in eos_ids:
                     row.ended = "eos" if t in eos_ids else "stop"
+                    if on_token is not None:
+                        on_token(r, row.token_ids)
                     continue
+            if on_token is not None:
+                on_token(r, row.token_ids)
             if len(row.token_ids) >= max_new_tokens:
                 continue
             keep.append(b)
@@ -143,8 +211,11 @@ def sample(
             index = torch.tensor(keep, dtype=torch.long)
             cache.batch_select_indices(index)
             mask, next_pos = mask[index], next_pos[index]
+            counts = counts[index] if counts is not None else None
             live = [live[b] for b in keep]
         tok = torch.tensor(feed, dtype=torch.long).unsqueeze(-1)  # (B, 1)
+        if counts is not None:
+            counts[torch.arange(len(feed)), tok[:, 0]] += 1
         mask = torch.cat([mask, torch.ones_like(tok)], dim=-1)
         out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1, :]

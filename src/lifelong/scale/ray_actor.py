@@ -44,6 +44,7 @@ from lifelong.scale.sync import (
     adapter_state,
     check_staleness,
     load_adapter_state,
+    mirror_version,
     within_staleness,
     write_rollout,
 )
@@ -116,7 +117,7 @@ class RolloutWorker:
             model, tokenizer, name = load_model(run_config.model)
             policy = Policy(model, tokenizer, name=name, lora=run_config.lora)
             self.policy, self._load = policy, partial(load_adapter_state, policy)
-        self.policy.version = -1  # holds no learner weights yet: every first call must bring them
+        mirror_version(self.policy, -1)  # holds no learner weights yet: every first call must bring them
         self.tasks = task_map(run_config.stream)
         return self.policy.name
 

@@ -58,8 +58,15 @@ def adapter_state(policy: Policy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy.model).items()}
 
 
+def mirror_version(copy: Policy, version: int) -> None:
+    """A sampler's copy of the policy now holds the learner's adapters of `version` (-1: none yet).
+    Outside the learning core (loop/learning.py) this is the only writer of `Policy.version`, and it
+    writes only copies: the learner's own policy is versioned by its core alone."""
+    copy.version = version
+
+
 def load_adapter_state(policy: Policy, state: dict[str, torch.Tensor], version: int) -> None:
-    """Load adapters sent by the learner and take on their version; refuse a mismatched layout."""
+    """Load adapters sent by the learner into a copy and mirror their version; refuse a mismatched layout."""
     result = set_peft_model_state_dict(policy.model, state)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
@@ -67,7 +74,7 @@ def load_adapter_state(policy: Policy, state: dict[str, torch.Tensor], version: 
         raise ValueError(
             f"adapter weights do not fit this model ({len(unexpected)} unknown keys, e.g. {unexpected[0]})"
         )
-    policy.version = version
+    mirror_version(policy, version)
 
 
 @torch.no_grad()

@@ -70,6 +70,9 @@ class VLLMActor:
         )
         return episodes
 
+    def prefetch(self, jobs: Sequence[Job], gen: GenerationConfig) -> None:
+        pass  # synchronous: every call samples with the learner's current adapters
+
 
 def vllm_runtime(
     config: RunConfig, policy: Policy, run_dir: Path, progress: Progress | None = None, **options: Any

@@ -1,28 +1,15 @@
 """Serving while learning: an OpenAI-compatible server that improves from its users' feedback.
 
 `lifelong serve` answers `/v1/chat/completions` like any OpenAI-compatible server, stores every
-request, completion and piece of feedback before acknowledging it, and learns from the feedback in
-a separate low-priority process. Each tenant (API key) has its own adapters; a new version goes live
-only after the gate passes it, and is swapped in between requests. See server.py for the layout.
+request, completion and piece of feedback in the experience store before acknowledging it, and a
+worker process learns from the feedback through the runtime's one learning core (loop/tenants.py):
+the same learners, guard, rollback and checkpoints as `lifelong run`. Each tenant (API key) has its
+own adapters; a new version goes live only after the guard passes it, and is swapped in between
+requests. serve/ itself holds HTTP, the wire protocol, keys and tenancy, and the engine that swaps
+adapters. See server.py for the layout.
 """
 
-from lifelong.serve.config import GateConfig, LearnerConfig, ServeConfig, TenantKey
-from lifelong.serve.gate import AdapterGate, Candidate, GateDecision, Probe, ProbeGate
+from lifelong.serve.config import LearnerConfig, ServeConfig, TenantKey
 from lifelong.serve.server import BackgroundServer, Server, run_server
-from lifelong.serve.store import ServeStore
 
-__all__ = [
-    "AdapterGate",
-    "BackgroundServer",
-    "Candidate",
-    "GateConfig",
-    "GateDecision",
-    "LearnerConfig",
-    "Probe",
-    "ProbeGate",
-    "ServeConfig",
-    "ServeStore",
-    "Server",
-    "TenantKey",
-    "run_server",
-]
+__all__ = ["BackgroundServer", "LearnerConfig", "ServeConfig", "Server", "TenantKey", "run_server"]

@@ -11,11 +11,16 @@
 Authentication is `Authorization: Bearer <key>`; the key names the tenant. Bodies are parsed here
 (not by FastAPI) so that the key is checked before the body and every failure gets an OpenAI-style
 error. Blocking work (the model, SQLite fsyncs) runs in worker threads, never on the event loop.
+A stream is fed from its worker thread through an asyncio queue: the response (and its status)
+starts only once the request is stored, so a bad request still gets its error status; tokens go out
+as they are sampled; [DONE] only after the choices are stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -30,11 +35,16 @@ from lifelong.serve.config import TenantKey
 from lifelong.serve.protocol import (
     ApiError,
     ChatRequest,
+    ChatResult,
     FeedbackRequest,
+    StreamHead,
     completion_body,
     model_body,
     parse_json,
-    stream_events,
+    stream_end,
+    stream_error,
+    stream_piece,
+    stream_start,
     validation_error,
 )
 from lifelong.serve.service import ChatService
@@ -43,6 +53,7 @@ from lifelong.serve.service import ChatService
 def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="lifelong serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
+    running: set[asyncio.Future[None]] = set()  # streams' generation tasks
     max_bytes = service.config.max_body_bytes
 
     def authenticate(request: Request) -> TenantKey:
@@ -103,16 +114,53 @@ def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = 
             req = ChatRequest.model_validate(body)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        result = await run_in_threadpool(service.chat, who.tenant, req, body)
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            pieces = [service.pieces(ch.completion.answer) for ch in result.choices]
-            return StreamingResponse(
-                stream_events(result, include_usage, pieces),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
+            return await stream(who.tenant, req, body)
+        result = await run_in_threadpool(service.chat, who.tenant, req, body)
         return JSONResponse(completion_body(result))
+
+    async def stream(tenant: str, req: ChatRequest, body: dict[str, Any]) -> StreamingResponse:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()  # StreamHead, (choice, piece), ChatResult or an exception
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                put(service.chat(tenant, req, body, on_start=put, on_text=lambda i, piece: put((i, piece))))
+            except BaseException as exc:  # whatever it is, the stream must hear of it, not wait forever
+                put(exc)
+
+        # Held until done: the answer is generated and stored even if the client leaves mid-stream.
+        task = asyncio.ensure_future(run_in_threadpool(work))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        head = await queue.get()
+        if isinstance(head, BaseException):  # refused before anything was stored: a normal error reply
+            raise head
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events(head: StreamHead) -> AsyncIterator[str]:
+            sent = [""] * req.n
+            for chunk in stream_start(head, req.n, include_usage):
+                yield chunk
+            while True:
+                item = await queue.get()
+                if isinstance(item, ChatResult):
+                    break
+                if isinstance(item, BaseException):
+                    err = item if isinstance(item, ApiError) else None
+                    yield stream_error(err or ApiError(500, f"internal error ({type(item).__name__})", "server_error"))
+                    return
+                i, piece = item
+                sent[i] += piece
+                yield stream_piece(head, i, piece, include_usage)
+            for chunk in stream_end(item, include_usage, sent):
+                yield chunk
+            await task
+
+        return StreamingResponse(events(head), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/chat/completions/{completion_id}")
     async def retrieve(completion_id: str, request: Request) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Configuration of `lifelong serve`: the server, its background learner, its gate and its tenants.
+"""Configuration of `lifelong serve`: the server, its learning worker, how it learns, and its tenants.
 
 Every knob has a working default (`ServeConfig()` serves the embedded model on 127.0.0.1:8000 and
 learns from feedback). Cross-field checks run in `__post_init__` and say the fix. The config is
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.errors import ConfigError
+from lifelong.loop.tenants import TenantLearningConfig
 from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings
 
 # Tenant names become folder names under <store>/adapters/; keep them boring.
@@ -24,63 +25,36 @@ TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """The background learner: when it runs, how hard it pushes, and how politely it shares the CPU."""
+    """The learning worker: when a tenant's round starts, and how politely it shares the CPU. What a
+    round learns and how it is guarded is `ServeConfig.learning` (the runtime's settings)."""
 
     enabled: bool = True
     min_feedback: int = 4  # a tenant's pending feedback items that start a round...
     max_wait_s: float = 30.0  # ...or fewer, once the oldest of them has waited this long
     max_items_per_round: int = 32
-    steps_per_round: int = 2  # optimizer steps per round on the round's items
-    learning_rate: float = 2e-4  # LoRA wants ~10x a full fine-tune's rate
-    kl_coef: float = 0.02  # k3 KL to the base model in the policy-gradient step (learn/grpo.py)
-    baseline_window: int = 64  # a tenant's running baseline = mean of its last N ratings
     holdout_every: int = 5  # every Nth correction is held out as a probe, never trained on (0 = none)
-    threads: int = 1  # torch threads of the learner process; the server keeps the rest
+    threads: int = 1  # torch threads of the worker process; the server keeps the rest
     nice: int = 19  # lowest CPU priority: answers first, learning in the gaps
     poll_s: float = 0.5
-    checkpoints_kept: int = 3  # adapter versions kept on disk per tenant
-    # "module:factory" of the gate that decides whether a new adapter version may go live; the
-    # factory is called with the GateConfig. The full guard (guard/) plugs in here.
-    gate: str = "lifelong.serve.gate:ProbeGate"
 
     def __post_init__(self) -> None:
         if self.min_feedback < 1 or self.max_items_per_round < self.min_feedback:
             raise ConfigError(
                 "learner.min_feedback must be >= 1 and <= max_items_per_round", "the defaults are 4 and 32"
             )
-        if self.steps_per_round < 1:
-            raise ConfigError("learner.steps_per_round must be >= 1", "the default is 2")
-        if self.learning_rate <= 0:
-            raise ConfigError("learner.learning_rate must be > 0", "try 2e-4 for LoRA")
         if self.holdout_every < 0 or self.holdout_every == 1:
             raise ConfigError(
                 "learner.holdout_every must be 0 or >= 2", "1 would hold out every correction and learn from none"
             )
         if self.threads < 1:
             raise ConfigError("learner.threads must be >= 1", "the default is 1")
-        if ":" not in self.gate:
-            raise ConfigError(
-                f"learner.gate {self.gate!r} is not 'module:factory'", "e.g. lifelong.serve.gate:ProbeGate"
-            )
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """The minimal gate: weights finite, and no probe group's score down by more than the budget."""
-
-    # Mean per-token log-prob (nats) a probe group may lose against the better of the live and the
-    # base adapter. Comparing with the better of the two bounds both one step's and the total damage.
-    probe_budget: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.probe_budget < 0:
-            raise ConfigError("gate.probe_budget must be >= 0", "0.3 nats/token is the default")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    store: Path = Path("serve-data")  # folder: serve.sqlite, adapters/, flags.jsonl, learner.log
+    store: Path = Path("serve-data")  # folder: experience.sqlite, adapters/, flags.jsonl, learner.log
     model: str | None = None  # None = the embedded SmolLM2-135M-Instruct
+    database: str | None = None  # a postgresql:// URL for the experience store; None = <store>/experience.sqlite
     host: str = "127.0.0.1"
     port: int = 8000
     keys_file: Path | None = None
@@ -97,7 +71,7 @@ class ServeConfig:
     probes_file: Path | None = None  # JSONL of {"prompt", "answer", "tenant"?}; None = built-in probes
     lora: LoraSettings = field(default_factory=LoraSettings)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
+    learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store", Path(self.store))
@@ -123,6 +97,10 @@ class ServeConfig:
         if any(not k for k in self.operator_keys):
             raise ConfigError("empty operator key", "pass --operator-key with a non-empty key")
 
+    @property
+    def database_location(self) -> str | Path:
+        return self.database or self.store / "experience.sqlite"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["keys"], d["operator_keys"] = [], []  # secrets stay in the server process
@@ -134,13 +112,23 @@ class ServeConfig:
     def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
         d = dict(d)
         d["lora"] = LoraSettings(**d.get("lora", {}))
+        if "gate" in d or "gate" in d.get("learner", {}):
+            raise ConfigError(
+                "the serving gate's settings moved into the guard",
+                'use "learning": {"guard": {"answer_likelihood_budget": 0.3, ...}} (see loop/tenants.py)',
+            )
         d["learner"] = LearnerConfig(**d.get("learner", {}))
-        d["gate"] = GateConfig(**d.get("gate", {}))
+        d["learning"] = TenantLearningConfig.from_dict(d.get("learning", {}))
         d["keys"] = tuple(tuple(k) for k in d.get("keys", ()))
         d["operator_keys"] = tuple(d.get("operator_keys", ()))
         for k in ("keys_file", "probes_file"):
             d[k] = None if d.get(k) is None else Path(d[k])
         return cls(**d)
+
+
+def adapters_folder(config: ServeConfig) -> Path:
+    """`<store>/adapters/`: one checkpoint ring per tenant, and the shared initial adapter."""
+    return config.store / "adapters"
 
 
 def check_tenant(name: str) -> str:

@@ -1,14 +1,20 @@
 """The OpenAI wire format: request models, error bodies and response/chunk builders.
 
 Requests are validated with pydantic; unknown fields are accepted and ignored, as OpenAI clients
-send many optional ones. Every error is `{"error": {"message", "type", "param", "code"}}` with the
-HTTP status OpenAI would use: 400 bad request, 401 bad key, 403 not allowed, 404 unknown model or
-id, 413 body too large, 500 our fault.
+send many optional ones. Sampling parameters are checked against OpenAI's ranges (temperature 0..2,
+top_p 0..1, penalties -2..2, up to 4 stop strings; `top_k`, vLLM's extension, -1 or 0 = off).
+Every error is `{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would
+use: 400 bad request, 401 bad key, 403 not allowed, 404 unknown model or id, 413 body too large,
+500 our fault.
 
 Extensions, all optional: `reasoning: {"summary": "auto"}` in a request asks for a short summary
 of the private reasoning (`message.reasoning_summary`); with `--expose-reasoning` the raw chain is in
 `message.reasoning_content` (the field vLLM and DeepSeek use). Responses carry the tenant's adapter
 version in `adapter_version` and `system_fingerprint` ("adapter-v3").
+
+Streaming is built from three pieces the app sends as they happen: `stream_start` (a role chunk
+per choice), `stream_piece` (content deltas while generating) and `stream_end` (what was not yet
+streamed, the finish chunks, usage, then [DONE]; sent once the choices are stored).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lifelong.types import Completion, StopReason
+from lifelong.types import Completion, FeedbackKind, StopReason
 
-EFFORTS = ("none", "minimal", "low", "medium", "high")  # "minimal" is OpenAI's name for almost none
+# none = plain chat; minimal = the answer-line protocol with no thinking budget (OpenAI's "almost none")
+EFFORTS = ("none", "minimal", "low", "medium", "high")
 
 
 class ApiError(Exception):
@@ -106,6 +113,11 @@ class ChatRequest(_Open):
     reasoning_effort: str | None = None
     reasoning: ReasoningOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop: list[str] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1)
@@ -117,6 +129,21 @@ class ChatRequest(_Open):
         if v is not None and v not in EFFORTS:
             raise ValueError(f"must be one of {', '.join(EFFORTS)}")
         return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ValueError("must be a string or a list of up to 4 strings")
+        if len(v) > 4:
+            raise ValueError(f"at most 4 stop strings are allowed, got {len(v)}")
+        if any(s == "" for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v or None
 
     @model_validator(mode="after")
     def _last_is_user(self) -> ChatRequest:
@@ -148,8 +175,10 @@ class FeedbackRequest(_Open):
         return self
 
     @property
-    def kind(self) -> str:
-        return "thumbs" if self.rating else "score" if self.score is not None else "correction"
+    def kind(self) -> FeedbackKind:
+        if self.rating:
+            return FeedbackKind.THUMBS
+        return FeedbackKind.SCORE if self.score is not None else FeedbackKind.CORRECTION
 
     @property
     def reward(self) -> float | None:
@@ -170,6 +199,16 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class StreamHead:
+    """What every chunk of one streamed completion repeats; known once generation starts."""
+
+    id: str
+    created: int
+    model: str
+    adapter_version: int
+
+
+@dataclass(frozen=True)
 class ChatResult:
     id: str
     created: int
@@ -178,8 +217,15 @@ class ChatResult:
     prompt_tokens: int
     choices: tuple[Choice, ...]
 
+    @property
+    def head(self) -> StreamHead:
+        return StreamHead(self.id, self.created, self.model, self.adapter_version)
+
 
 def finish_reason(c: Completion) -> str:
+    """OpenAI's finish reason: "length" when the reply hit its token limit (a protocol answer's
+    budget or a plain reply's max_tokens, both ANSWER_BUDGET), else "stop" (end of turn, answer
+    line or stop string)."""
     return "length" if c.stop == StopReason.ANSWER_BUDGET else "stop"
 
 
@@ -228,36 +274,57 @@ def completion_body(r: ChatResult) -> dict[str, Any]:
     }
 
 
-def stream_events(r: ChatResult, include_usage: bool, pieces: Sequence[Sequence[str]]) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format: a role chunk, content deltas, a finish chunk per
-    choice, an optional usage chunk, then [DONE]. `pieces[i]` is choice i's answer cut into deltas."""
+def _chunk(head: StreamHead, choices: list[dict[str, Any]], include_usage: bool, **extra: Any) -> str:
+    chunk = {
+        "id": head.id,
+        "object": "chat.completion.chunk",
+        "created": head.created,
+        "model": head.model,
+        "system_fingerprint": f"adapter-v{head.adapter_version}",
+        "adapter_version": head.adapter_version,
+        "choices": choices,
+        **({"usage": None} if include_usage else {}),
+        **extra,
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
 
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {
-            "id": r.id,
-            "object": "chat.completion.chunk",
-            "created": r.created,
-            "model": r.model,
-            "system_fingerprint": f"adapter-v{r.adapter_version}",
-            "adapter_version": r.adapter_version,
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(chunk)}\n\n"
 
-    usage_null = {"usage": None} if include_usage else {}
+def _delta(head: StreamHead, i: int, d: dict[str, Any], include_usage: bool, finish: str | None = None) -> str:
+    return _chunk(head, [{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}], include_usage)
 
-    def delta(i: int, d: dict[str, Any], finish: str | None = None) -> str:
-        return event([{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}], **usage_null)
 
+def stream_start(head: StreamHead, n: int, include_usage: bool) -> Iterator[str]:
+    """The first chunk of each choice: its role, no content yet."""
+    for i in range(n):
+        yield _delta(head, i, {"role": "assistant", "content": ""}, include_usage)
+
+
+def stream_piece(head: StreamHead, i: int, text: str, include_usage: bool) -> str:
+    """A content delta of choice i, sent while it is being generated."""
+    return _delta(head, i, {"content": text}, include_usage)
+
+
+def stream_end(r: ChatResult, include_usage: bool, sent: Sequence[str]) -> Iterator[str]:
+    """After the choices are stored: for each choice the part of its answer not yet sent (`sent[i]`
+    is what was; all of it for replies that do not stream) with the reasoning extras, its finish
+    chunk; then the usage chunk if asked for, and [DONE]."""
+    head = r.head
     for i, ch in enumerate(r.choices):
-        yield delta(i, {"role": "assistant", "content": "", **_message_extras(ch)})
-        for piece in pieces[i]:
-            yield delta(i, {"content": piece})
-        yield delta(i, {}, finish_reason(ch.completion))
+        answer = ch.completion.answer
+        rest = answer[len(sent[i]) :] if answer.startswith(sent[i]) else ""
+        extras = _message_extras(ch)
+        if rest or extras:
+            yield _delta(head, i, {"content": rest, **extras}, include_usage)
+        yield _delta(head, i, {}, include_usage, finish_reason(ch.completion))
     if include_usage:
-        yield event([], usage=_usage(r))
+        yield _chunk(head, [], False, usage=_usage(r))
     yield "data: [DONE]\n\n"
+
+
+def stream_error(err: ApiError) -> str:
+    """An error after streaming began (the status line is sent already): OpenAI's error body as an
+    event; no [DONE] follows."""
+    return f"data: {json.dumps(err.body())}\n\n"
 
 
 def model_body(model: str, tenant: str, version: int, created: int, updated: float | None) -> dict[str, Any]:

@@ -1,16 +1,19 @@
-"""Process layout of `lifelong serve`: the HTTP server answers, a learner process learns.
+"""Process layout of `lifelong serve`: the HTTP server answers, a worker process learns.
 
   server process   uvicorn + FastAPI; one model; every tenant's live adapter in memory; a watcher
-                   thread that hot-loads new adapter versions (engine.py) between requests
-  learner process  `python -m lifelong.serve.learner`, its own model copy, at nice 19 with 1 thread;
-                   reads feedback from the store, writes verified adapter versions (learner.py)
-They share only files: the SQLite store (WAL) and the adapter folders. The server never waits for
-the learner; if the learner dies, the server keeps answering with the last good adapters. The
-learner exits when the server does (it watches its parent).
+                   thread that hot-loads new adapter versions (adapters.py) between requests
+  worker process   `python -m lifelong.serve.worker`, its own model copy, at nice 19 with 1 thread;
+                   runs the runtime's learning core on each tenant's feedback (loop/tenants.py)
+They share only the experience store (SQLite in WAL mode, or PostgreSQL with `--database`) and the
+adapter folders. The server never waits for the worker; if the worker dies, the server keeps
+answering with the last good adapters. The worker exits when the server does (it watches its parent).
 
-Files under the store folder: serve.sqlite (requests, completions, feedback, adapter versions,
-flags), adapters/<tenant>/step-NNNNNN/, flags.jsonl (monitor flags), learner.jsonl (rounds),
-learner.log (its output), serve.json (the config the learner reads), keys.json (generated keys).
+Files under the store folder: experience.sqlite (requests, completions, feedback and the episodes
+made of it, adapter versions, flags), adapters/<tenant>/step-NNNNNN/ (each tenant's checkpoint ring,
+with its guard_events.jsonl and metrics.jsonl), flags.jsonl (monitor flags), learner.jsonl (rounds),
+learner.log (the worker's output), serve.json (the config the worker reads), keys.json (generated
+keys). A serve.sqlite of the old separate serving schema is carried into the experience store at
+start-up and kept as serve.sqlite.migrated.
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from lifelong.loop.tenants import ensure_initial_adapter
+from lifelong.memory.store import ExperienceStore, import_serve_store
 from lifelong.model.loading import load_model
 from lifelong.model.policy import Policy
-from lifelong.serve.adapters import AdapterBank, ensure_initial_adapter
+from lifelong.serve.adapters import AdapterBank
 from lifelong.serve.app import build_app
-from lifelong.serve.config import ServeConfig, TenantKey, load_keys
+from lifelong.serve.config import ServeConfig, TenantKey, adapters_folder, load_keys
 from lifelong.serve.service import ChatService, model_id_for
-from lifelong.serve.store import ServeStore
 
 
 class LearnerProcess:
-    """The learner as a child process; started and stopped with the server."""
+    """The learning worker as a child process; started and stopped with the server."""
 
     def __init__(self, store_dir: Path) -> None:
         self.store_dir = store_dir
@@ -52,7 +56,7 @@ class LearnerProcess:
         log = open(self.store_dir / "learner.log", "ab")  # noqa: SIM115 - the child keeps writing to it
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lifelong.serve.learner", str(self.store_dir)],
+                [sys.executable, "-m", "lifelong.serve.worker", str(self.store_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -89,9 +93,13 @@ class Server:
         torch.set_num_threads(config.threads)
         model, tokenizer, name = load_model(config.model)
         self.policy = Policy(model, tokenizer, name=name, lora=config.lora)
-        self.store = ServeStore(config.store / "serve.sqlite")
+        self.store = ExperienceStore(config.database_location)
+        old = config.store / "serve.sqlite"
+        if old.is_file():  # a store of the old separate serving schema: carry it over, keep the file
+            rows = import_serve_store(old, self.store)
+            say(f"carried {sum(rows.values())} rows of {old} into {self.store.location} (kept as {old.name}.migrated)")
         self.store.claim_model(name)
-        initial = ensure_initial_adapter(self.policy, config.store)
+        initial = ensure_initial_adapter(self.policy, adapters_folder(config))
         self.bank = AdapterBank(self.store, initial)
         for tenant, version in self.bank.refresh():  # restart resumes with the last good adapters
             say(f"tenant {tenant}: adapter version {version}")

@@ -3,29 +3,61 @@
 Order of a chat request, which is what makes "stored before acknowledged" hold:
   validate -> tokenise (reject oversized prompts) -> store the request -> generate with the tenant's
   adapter -> monitor the reasoning -> store choices + flags (one transaction) -> reply.
-A client sees a completion id only after its choices are durable, so any id it can send feedback
-for survives a kill -9. Feedback is stored (one transaction) before it is acknowledged.
+A client gets a finished completion only after its choices are durable, so any id it can send
+feedback for survives a kill -9 (a stream shows the id early, but feedback on it is refused until
+its choices are stored, and the stream ends only after that). Feedback is stored before it is
+acknowledged.
+
+Two ways to answer. At reasoning effort none (the default) the request is plain chat: the client's
+messages through the model's own chat template, the reply as the model writes it (streamable token
+by token). At minimal/low/medium/high the reasoning protocol applies (policy.py): its system prompt
+first, private reasoning (none at minimal), then the forced "Answer:" line. Sampling parameters a
+request leaves out come from the model's generation_config: greedy unless it says to sample.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.guard.monitor import Monitor, TextMonitor
+from lifelong.memory.store import ExperienceStore
+from lifelong.model.policy import GenerationConfig, Policy, TextFn
 from lifelong.serve.adapters import AdapterBank
 from lifelong.serve.config import ServeConfig
 from lifelong.serve.engine import Engine
-from lifelong.serve.monitor import Monitor, TextMonitor, summarize_reasoning
-from lifelong.serve.protocol import ApiError, ChatRequest, ChatResult, Choice, FeedbackRequest
-from lifelong.serve.store import Feedback, Flag, ServeStore
-from lifelong.types import Completion, StopReason
+from lifelong.serve.monitor import summarize_reasoning
+from lifelong.serve.protocol import ApiError, ChatRequest, ChatResult, Choice, FeedbackRequest, StreamHead
+from lifelong.types import Completion, Feedback, Flag, RequestStatus, StopReason
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that names no temperature, top_p or top_k samples with (0 = greedy)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+def sampling_defaults(generation_config: Any) -> SamplingDefaults:
+    """The model's own sampling settings, as `model.generate` reads them: greedy unless do_sample is
+    set; then its temperature, top_p and top_k, each off (1.0, 1.0, 0) where it sets none."""
+    gc = generation_config
+    if gc is None or not getattr(gc, "do_sample", False):
+        return SamplingDefaults()
+    temperature, top_p, top_k = (getattr(gc, k, None) for k in ("temperature", "top_p", "top_k"))
+    return SamplingDefaults(
+        float(temperature) if temperature is not None else 1.0,
+        float(top_p) if top_p is not None else 1.0,
+        max(int(top_k), 0) if top_k is not None else 0,
+    )
 
 
 class ChatService:
@@ -33,7 +65,7 @@ class ChatService:
         self,
         config: ServeConfig,
         policy: Policy,
-        store: ServeStore,
+        store: ExperienceStore,
         bank: AdapterBank,
         model_id: str,
         monitor: Monitor | None = None,
@@ -45,6 +77,7 @@ class ChatService:
         self.engine = Engine(policy, bank)
         self.model_id = model_id
         self.monitor = monitor or TextMonitor()
+        self.defaults = sampling_defaults(getattr(policy.model, "generation_config", None))
         self.created = int(time.time())
         self.flag_log = config.store / "flags.jsonl"
         self._flag_log_lock = threading.Lock()
@@ -66,12 +99,25 @@ class ChatService:
             raise ApiError(400, f"n={req.n} is more than this server's limit of {self.config.max_n}", param="n")
         max_tokens = req.max_completion_tokens or req.max_tokens or self.config.answer_tokens
         effort = req.reasoning_effort or self.config.reasoning_effort
+        d = self.defaults
+        if req.temperature is not None:
+            temperature = req.temperature
+        elif req.top_p is not None or req.top_k is not None:  # asks to sample, from the model's default
+            temperature = d.temperature or 1.0
+        else:
+            temperature = d.temperature
         gen = GenerationConfig(
             reasoning_effort="none" if effort == "minimal" else effort,
             answer_tokens=min(max_tokens, self.config.max_answer_tokens),
-            temperature=1.0 if req.temperature is None else req.temperature,
+            temperature=temperature,
+            protocol=effort != "none",  # "minimal": the answer-line protocol with no time to think
+            top_p=d.top_p if req.top_p is None else req.top_p,
+            top_k=d.top_k if req.top_k is None else max(req.top_k, 0),
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            stop=tuple(req.stop or ()),
         )
-        prompt_ids = self.encode(req)
+        prompt_ids = self.encode(req, gen.protocol)
         if len(prompt_ids) > self.config.max_prompt_tokens:
             raise ApiError(
                 400,
@@ -81,24 +127,33 @@ class ChatService:
             )
         return prompt_ids, gen
 
-    def encode(self, req: ChatRequest) -> list[int]:
-        """The chat template with the reasoning protocol's system prompt first; a client's system or
-        developer message is appended to it, so the answer-marker protocol always holds."""
-        system = [m.text() for m in req.messages if m.role in ("system", "developer")]
-        messages = [{"role": "system", "content": "\n".join([self.policy.system_prompt, *system])}]
-        messages += [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
-        ids = self.policy.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if not isinstance(ids, list):  # newer tokenizers return a BatchEncoding
-            ids = ids["input_ids"]  # type: ignore[index]
-        return [int(i) for i in ids]  # type: ignore[arg-type]
+    def encode(self, req: ChatRequest, protocol: bool = True) -> list[int]:
+        """The prompt's token ids (`Policy.chat_ids`): plain chat, or the reasoning protocol."""
+        return self.policy.chat_ids([{"role": m.role, "content": m.text()} for m in req.messages], protocol)
 
-    def chat(self, tenant: str, req: ChatRequest, body: dict[str, Any]) -> ChatResult:
+    def chat(
+        self,
+        tenant: str,
+        req: ChatRequest,
+        body: dict[str, Any],
+        on_start: Callable[[StreamHead], None] | None = None,
+        on_text: TextFn | None = None,
+    ) -> ChatResult:
+        """Answer and store. For streaming: `on_start(head)` once the request is stored and its
+        adapter version known; `on_text(choice, piece)` as plain replies grow. Both are called
+        before the choices are stored; the returned result means they are."""
         prompt_ids, gen = self.prepare(tenant, req)
         rid = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
         generation = {**asdict(gen), "think_budget": gen.think_budget, "seed": req.seed, "n": req.n}
         self.store.add_request(rid, tenant, self.model_id, body, prompt_ids, generation)
+
+        def started(version: int) -> None:
+            if on_start is not None:
+                on_start(StreamHead(rid, created, self.model_id, version))
+
         try:
-            completions, version = self.engine.generate(tenant, prompt_ids, gen, req.n, req.seed)
+            completions, version = self.engine.generate(tenant, prompt_ids, gen, req.n, req.seed, started, on_text)
             flags = self._monitor(rid, tenant, completions)
             self.store.complete_request(rid, completions, version, flags)
         except BaseException:
@@ -106,7 +161,7 @@ class ChatService:
             raise
         self._log_flags(flags)
         choices = tuple(self._choice(c, gen, req.wants_summary) for c in completions)
-        return ChatResult(rid, int(time.time()), self.model_id, version, len(prompt_ids), choices)
+        return ChatResult(rid, created, self.model_id, version, len(prompt_ids), choices)
 
     def _reasoning_tokens(self, c: Completion) -> int:
         text = c.reasoning.strip()
@@ -138,16 +193,11 @@ class ChatService:
             for flag in flags:
                 f.write(json.dumps(asdict(flag)) + "\n")
 
-    @staticmethod
-    def pieces(answer: str) -> list[str]:
-        """The answer cut into word-sized deltas for streaming (they concatenate back to it)."""
-        return re.findall(r"\s*\S+\s*", answer) or ([answer] if answer else [])
-
     # ---- feedback -------------------------------------------------------------------------------
     def feedback(self, tenant: str, req: FeedbackRequest) -> Feedback:
         served = self.store.request(req.completion_id)
         # Another tenant's completion is reported as unknown: ids must not leak across tenants.
-        if served is None or served.tenant != tenant or served.status != "completed":
+        if served is None or served.tenant != tenant or served.status != RequestStatus.COMPLETED:
             raise ApiError(
                 404, f"No completion with id {req.completion_id!r}", code="completion_not_found", param="completion_id"
             )
@@ -173,12 +223,17 @@ class ChatService:
         return live.version, (live.loaded if live.version else None)
 
     def flags(self, after: int, limit: int, tenant: str | None) -> list[dict[str, Any]]:
-        return [{"id": i, **asdict(f)} for i, f in self.store.flags(tenant=tenant, after=after, limit=limit)]
+        # `request_id` on the wire: a served flag's source is the request it was raised on
+        return [
+            {"id": i, "request_id": f.source, "index": f.index, "tenant": f.tenant, "kind": f.kind,
+             "detail": f.detail, "created": f.created}
+            for i, f in self.store.flags(tenant=tenant, after=after, limit=limit)
+        ]  # fmt: skip
 
     def retrieve(self, tenant: str, completion_id: str) -> ChatResult:
         """A stored completion, as it was answered (GET /v1/chat/completions/{id})."""
         served = self.store.request(completion_id)
-        if served is None or served.tenant != tenant or served.status != "completed":
+        if served is None or served.tenant != tenant or served.status != RequestStatus.COMPLETED:
             raise ApiError(404, f"No completion with id {completion_id!r}", code="completion_not_found")
         gen = GenerationConfig(
             thinking_tokens=int(served.generation.get("think_budget", 0)),

@@ -1,0 +1,394 @@
+"""The learning half of the runtime for a server's tenants: feedback in, a guarded adapter version out.
+
+`lifelong serve` answers; this learns, in its own process (serve/worker.py). It is the same core
+`lifelong run` learns through (loop/learning.py): the same learners, the same `Guard` with all its
+detectors, rollback ring and learning-rate back-off, the same checkpoints, one set per tenant under
+`<folder>/<tenant>/`. A round for one tenant:
+
+  restore the tenant's newest checkpoint (the first round starts from the shared initial adapter and
+  gates it as the pretrained reference) -> its pending feedback becomes episodes and lessons
+  (loop/feedback.py), stored before learning -> rated replies make a policy-gradient update that
+  also holds general-ability anchor items at the pretrained model's answers; corrections make a
+  self-distillation update (or plain NLL, `CorrectionRule.NLL`) -> the guard's cheap checks -> the
+  gate: greedy answers to general-ability probes (`facts`, `instruct`, in the plain chat format the
+  server answers in) held to the last good version and the pretrained model, KL drift, and the
+  likelihood of held-out corrections and the operator's probes -> kept: checkpoint, recorded live;
+  rejected: rolled back, the learning rate backed off, recorded rejected.
+The feedback a round consumed is recorded with its version in one transaction, so a crash anywhere
+redoes the round, never loses or double-counts feedback. Rewards come only from people's ratings
+and corrections: nothing here reads the chain of thought.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifelong.envs.base import Env
+from lifelong.errors import ConfigError
+from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.guard.gate import Guard, GuardConfig, Verdict
+from lifelong.learn.distill import DistillConfig, SelfDistiller
+from lifelong.learn.grpo import GRPOConfig, GRPOLearner
+from lifelong.learn.learner import LessonLearner
+from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.sft import CorrectionNLL, SFTConfig
+from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
+from lifelong.loop.learning import LearningCore, MetricsLog
+from lifelong.memory.store import ExperienceStore
+from lifelong.model.adapters import Adapter, adapter_state, load_adapter
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.streams.stream import ProbeSet, Task
+from lifelong.types import AdapterRecord, AdapterStatus, Feedback, Sample, ServedRequest
+
+# General ability as the server's users meet it: the run path's general-ability tasks, asked in
+# the plain chat format. Their probes are the gate's; their other items are the anchor's.
+GENERAL_TASKS = (Task.of("facts"), Task.of("instruct"))
+
+
+class CorrectionRule(enum.StrEnum):
+    DISTILL = "distill"  # on-policy self-distillation: teacher = the policy with the correction quoted
+    NLL = "nll"  # plain negative log-likelihood of the corrected reply (the baseline)
+
+
+def _serve_guard() -> GuardConfig:
+    # No fresh items to re-measure on: the general tasks' other items are the anchor's (judged on
+    # their probes alone, as in the run path).
+    return GuardConfig(confirm_items=0)
+
+
+def _serve_grpo() -> GRPOConfig:
+    # Ratings are few and noisy: a small group, a modest KL to the base model, the anchor on.
+    return GRPOConfig(learning_rate=2e-4, group_size=2, kl_coef=0.02, temperature=1.0)
+
+
+@dataclass(frozen=True)
+class TenantLearningConfig:
+    """How a tenant's feedback is learned from and guarded."""
+
+    correction_rule: CorrectionRule = CorrectionRule.DISTILL
+    steps_per_round: int = 2  # updates per round on the round's feedback
+    baseline_window: int = 64  # a tenant's running baseline = mean of its last N ratings
+    checkpoints_kept: int = 3  # checkpoints per tenant (the newest good one is never pruned)
+    probe_items: int = 32  # held-out general-ability items per task at every gate
+    anchor_items: int = 32  # general-ability items per task held to the pretrained answers
+    anchor_per_step: int = 16
+    answer_tokens: int = 24  # greedy reply budget of a probe
+    seed: int = 0
+    grpo: GRPOConfig = field(default_factory=_serve_grpo)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    guard: GuardConfig = field(default_factory=_serve_guard)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "correction_rule", CorrectionRule(self.correction_rule))
+        if self.steps_per_round < 1 or self.checkpoints_kept < 1:
+            raise ConfigError("steps_per_round and checkpoints_kept must be >= 1", "the defaults are 2 and 3")
+        if self.probe_items < 1 or self.anchor_items < 0 or self.anchor_per_step < 0:
+            raise ConfigError("probe_items must be >= 1, anchor_items and anchor_per_step >= 0", "defaults: 32, 32, 16")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TenantLearningConfig:
+        d = dict(d)
+        d["grpo"] = GRPOConfig(**d.get("grpo", {}))
+        d["distill"] = DistillConfig(**d.get("distill", {}))
+        d["guard"] = GuardConfig(**d.get("guard", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class OperatorProbe:
+    """A question with the answer a healthy model should keep giving (`--probes FILE`)."""
+
+    prompt: str
+    answer: str
+    tenant: str | None = None  # None = every tenant
+
+
+def load_operator_probes(path: Path | None) -> tuple[OperatorProbe, ...]:
+    """Probes from a JSONL file of {"prompt", "answer", "tenant"?}; none without a file."""
+    if path is None:
+        return ()
+    fix = 'write one JSON object per line: {"prompt": "...", "answer": "...", "tenant": "alice"} (tenant optional)'
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read probes file {path} ({exc.strerror})", "check the --probes path") from exc
+    probes = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            probes.append(OperatorProbe(str(d["prompt"]), str(d["answer"]), d.get("tenant")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"probes file {path} line {n} is not valid ({type(exc).__name__})", fix) from exc
+    return tuple(probes)
+
+
+def reply_sample(policy: Policy, prompt_ids: Sequence[int], reply: str) -> Sample:
+    """A reply to a prompt as a teacher-forced Sample, every token a target (no end of turn: a probe
+    asks "does it still give this answer", and a shared end-of-turn token would raise them all)."""
+    ids = tuple(policy.tokenizer.encode(reply.strip(), add_special_tokens=False))
+    return Sample(tuple(prompt_ids), ids, (0.0,) * len(ids), (1,) * len(ids), 1.0)
+
+
+@torch.no_grad()
+def reply_likelihood(policy: Policy, samples: Sequence[Sample], micro_batch: int = 16) -> float:
+    """Mean over samples of the mean per-token log-prob of their replies (nats; higher is better)."""
+    scores: list[float] = []
+    for i in range(0, len(samples), micro_batch):
+        logp, _, mask = completion_logprobs(policy.model, samples[i : i + micro_batch], policy.pad_id)  # (B, C)
+        scores += ((logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+    return sum(scores) / len(scores) if scores else math.nan
+
+
+INITIAL = "_initial"  # folder of the initial adapter beside the tenants' (tenant names start alphanumeric)
+
+
+def ensure_initial_adapter(policy: Policy, folder: Path) -> Adapter:
+    """The adapter every tenant starts from: the LoRA initialisation, saved once in
+    `<folder>/_initial/` (verified like any checkpoint) so that the server, the learner and every
+    restart start from the same weights. Loads it into the policy and returns it."""
+    ring = CheckpointRing(folder / INITIAL, keep=1)
+    checkpoint = ring.latest()
+    if checkpoint is None:
+        ring.save(policy.model, None, 0, {"initial": True})
+    else:
+        ring.restore(checkpoint, policy.model, None)
+    return adapter_state(policy)
+
+
+def run_id(tenant: str) -> str:
+    """The run id of a tenant's episodes in the experience store."""
+    return f"serve/{tenant}"
+
+
+class TenantLearner:
+    """One learning round at a time, for one tenant; holds what all tenants share (the model, the
+    probes, the anchor pool answered by the pretrained model)."""
+
+    def __init__(
+        self,
+        config: TenantLearningConfig,
+        policy: Policy,
+        store: ExperienceStore,
+        folder: Path,
+        initial: Adapter,
+        operator_probes: Sequence[OperatorProbe] = (),
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.store = store
+        self.folder = folder
+        self.initial = initial
+        self.operator_probes = tuple(operator_probes)
+        self.probes = {t: ProbeSet(t, config.probe_items) for t in GENERAL_TASKS}
+        self.greedy = GenerationConfig(answer_tokens=config.answer_tokens, temperature=0.0, protocol=False)
+        self._probe_prompts = [(t, s, policy.chat_start(t.make().reset(seed=s)[0])) for t in GENERAL_TASKS
+                               for s in self.probes[t].seeds]  # fmt: skip
+        self._anchors: list[Sample] | None = None
+
+    # ---- the round --------------------------------------------------------------------------------
+    def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
+        """Learn from `items` (a tenant's pending feedback) and record the version it made."""
+        t0 = time.time()
+        core = self._core(tenant)
+        version = self.store.next_version(tenant)
+        tokenizer = self.policy.tokenizer
+        experience = experience_from_feedback(
+            self.store, tenant, items, tokenizer, int(tokenizer.eos_token_id), self._teacher_prompt,
+            self.config.baseline_window,
+        )  # fmt: skip
+        self.store.add(experience.episodes, run_id=run_id(tenant), step=version, model=self.policy.name, tenant=tenant)
+        metrics: dict[str, float] = {
+            "round/items": float(len(items)),
+            "round/rated": float(len(experience.rated)),
+            "round/corrections": float(len(experience.corrections)),
+        }
+        verdict = self._learn(core, version, experience, metrics)
+        if verdict is None:  # nothing to learn: no new version, the feedback is still consumed
+            return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, items)
+        if verdict.keep:
+            scores, likelihoods = self.evaluate(tenant)
+            metrics |= {f"probe/{k}": v for k, v in scores.items()}
+            metrics |= {f"likelihood/{k}": v for k, v in likelihoods.items()}
+            verdict = core.gate(
+                version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods
+            )
+        metrics["time/round_s"] = time.time() - t0
+        if verdict.keep:
+            core.mark_good(scores, likelihoods)
+            path = core.checkpoint(version, good=True)
+            return self._record(tenant, version, AdapterStatus.LIVE, path, "passed the guard", metrics, items)
+        core.rollback(version, verdict)
+        core.checkpoint(version, good=False)  # the good weights again, with the backed-off learning rate
+        return self._record(tenant, version, AdapterStatus.REJECTED, None, verdict.reason, metrics, items)
+
+    def _learn(
+        self, core: LearningCore, version: int, experience: Experience, metrics: dict[str, float]
+    ) -> Verdict | None:
+        """The round's updates; the first rejecting verdict stops them. None: nothing to learn."""
+        batch = rated_batch(experience, self.core_learner(core).config.scale_rewards, self._anchor_items(version))
+        batch = replace(batch, samples=self._on_policy(batch.samples))
+        if not batch.samples and not experience.lessons:
+            return None
+        for _ in range(self.config.steps_per_round):
+            if batch.samples:
+                result = core.update(version, batch)
+                metrics |= {f"rated/{k}": v for k, v in result.report.metrics.items()}
+                if not result.keep:
+                    return result.verdict
+            if experience.lessons:
+                result = core.distil(version, experience.lessons, reference=core.good_adapters)
+                metrics |= {f"correction/{k}": v for k, v in result.report.metrics.items()}
+                if not result.keep:
+                    return result.verdict
+        return Verdict(True)
+
+    def _on_policy(self, samples: Sequence[Sample]) -> tuple[Sample, ...]:
+        """Rated replies with the live adapter's log-probs as their behaviour log-probs. A reply was
+        sampled by some earlier version, often greedily or under top-p, whose recorded log-probs are
+        not of the distribution the learner's importance ratio compares with; scoring them now makes
+        the first step on-policy as of the live version (ratio 1)."""
+        if not samples:
+            return ()
+        with torch.no_grad():
+            logp, _, _ = completion_logprobs(self.policy.model, list(samples), self.policy.pad_id)  # (B, C)
+        out = []
+        for row, s in enumerate(samples):
+            n = len(s.completion_ids)
+            fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
+            out.append(replace(s, sampler_logprobs=fixed))
+        return tuple(out)
+
+    @staticmethod
+    def core_learner(core: LearningCore) -> GRPOLearner:
+        assert isinstance(core.learner, GRPOLearner)  # the tenant core is built with one (`_core`)
+        return core.learner
+
+    def _record(
+        self,
+        tenant: str,
+        version: int,
+        status: AdapterStatus,
+        path: Path | None,
+        reason: str,
+        metrics: dict[str, float],
+        items: Sequence[Feedback],
+    ) -> AdapterRecord:
+        record = AdapterRecord(
+            tenant, version, status, None if path is None else str(path), time.time(), reason, metrics
+        )
+        self.store.record_adapter(record, [f.id for f in items])
+        return record
+
+    def fail(self, tenant: str, items: Sequence[Feedback], reason: str) -> AdapterRecord:
+        """Record a round that raised as rejected and consume its feedback, so one poisonous item
+        cannot wedge the learner in a loop."""
+        return self._record(tenant, self.store.next_version(tenant), AdapterStatus.REJECTED, None, reason, {}, items)
+
+    # ---- the tenant's core ------------------------------------------------------------------------
+    def _core(self, tenant: str) -> LearningCore:
+        """The tenant's learning core, restored from its newest checkpoint; on its first round, the
+        initial adapter gated as the pretrained reference and saved as its good step 0."""
+        cfg = self.config
+        folder = self.folder / tenant
+        drift = [p for _, _, p in self._probe_prompts[:: max(1, len(self._probe_prompts) // cfg.guard.drift_prompts)]]
+        guard = Guard(cfg.guard, folder, drift, seed=cfg.seed)
+        learner = GRPOLearner(self.policy, cfg.grpo)
+        lessons: LessonLearner = (
+            CorrectionNLL(self.policy, learner.optimizer, SFTConfig(learning_rate=cfg.distill.learning_rate))
+            if cfg.correction_rule == CorrectionRule.NLL
+            else SelfDistiller(self.policy, learner.optimizer, cfg.distill, torch.Generator().manual_seed(cfg.seed))
+        )
+        ring = CheckpointRing(folder, keep=cfg.checkpoints_kept)
+        core = LearningCore(self.policy, learner, guard, ring, lessons, keep_good_adapters=True,
+                            log=MetricsLog(folder / "metrics.jsonl"))  # fmt: skip
+        if core.restore() is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            load_adapter(self.policy, self.initial)
+            scores, likelihoods = self.evaluate(tenant)
+            core.gate(0, scores, [], likelihoods=likelihoods)
+            core.mark_good(scores, likelihoods)
+            core.checkpoint(0, good=True)
+        return core
+
+    # ---- what the gate measures -------------------------------------------------------------------
+    def evaluate(self, tenant: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Greedy success on the general-ability probes (plain chat), and the likelihood of each
+        probe group's answers: the tenant's held-out corrections and the operator's probes."""
+        prompts = [p for _, _, p in self._probe_prompts]
+        replies = self.policy.chat(prompts, self.greedy)
+        solved: dict[str, list[float]] = {}
+        envs: dict[Task, Env] = {}
+        for (task, seed, _), reply in zip(self._probe_prompts, replies, strict=True):
+            env = envs.setdefault(task, task.make())
+            env.reset(seed=seed)
+            solved.setdefault(task.label, []).append(float(env.step(reply.answer).reward >= env.success_threshold))
+        scores = {label: sum(v) / len(v) for label, v in solved.items()}
+        groups = {"holdout": self._holdout_samples(tenant), "operator": self._operator_samples(tenant)}
+        likelihoods = {name: reply_likelihood(self.policy, samples) for name, samples in groups.items() if samples}
+        return scores, likelihoods
+
+    def _holdout_samples(self, tenant: str) -> list[Sample]:
+        samples = []
+        for f in self.store.holdout_feedback(tenant):
+            req = self.store.request(f.request_id)
+            if req is not None and req.tenant == tenant and f.correction:
+                samples.append(reply_sample(self.policy, req.prompt_ids, f.correction))
+        return samples
+
+    def _operator_samples(self, tenant: str) -> list[Sample]:
+        mine = [p for p in self.operator_probes if p.tenant in (None, tenant)]
+        return [reply_sample(self.policy, self.policy.chat_start(p.prompt), p.answer) for p in mine]
+
+    def _anchor_items(self, step: int) -> list[Sample]:
+        """The general-ability anchor items of one update, rotating through the pool."""
+        pool = self._anchor_pool()
+        n = min(self.config.anchor_per_step, len(pool))
+        return [pool[(step * n + i) % len(pool)] for i in range(n)]
+
+    def _anchor_pool(self) -> list[Sample]:
+        """Training items of the general tasks (never their probes) with the pretrained model's greedy
+        plain replies; the same for every tenant, built once."""
+        if self._anchors is None:
+            prompts = []
+            if self.config.grpo.anchor_coef > 0:
+                for task in GENERAL_TASKS:
+                    env = task.make()
+                    rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
+                    seeds = self.probes[task].training_seeds(rng, 8 * self.config.anchor_items)
+                    distinct = list({env.item_key(s): s for s in seeds}.values())[: self.config.anchor_items]
+                    prompts += [self.policy.chat_start(env.reset(seed=s)[0]) for s in distinct]
+            with self.policy.model.disable_adapter():
+                replies = self.policy.chat(prompts, self.greedy) if prompts else []
+            self._anchors = [
+                Sample(tuple(p), c.token_ids, c.logprobs, c.loss_mask, 0.0)
+                for p, c in zip(prompts, replies, strict=True)
+                if sum(c.loss_mask)
+            ]
+        return self._anchors
+
+    def _teacher_prompt(self, req: ServedRequest, note: str) -> list[int]:
+        """The request's conversation with `note` quoted in a system message before it."""
+        messages = [{"role": "system", "content": note}, *req.body.get("messages", [])]
+        return self.policy.chat_ids(messages, protocol=bool(req.generation.get("protocol", False)))
+
+
+__all__ = [
+    "CorrectionRule",
+    "OperatorProbe",
+    "TenantLearner",
+    "TenantLearningConfig",
+    "ensure_initial_adapter",
+    "load_operator_probes",
+]

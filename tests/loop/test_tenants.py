@@ -1,0 +1,216 @@
+"""The learning core fed by a server's feedback, in process: ratings and corrections change a tenant's
+adapter, the guard keeps what helps and rolls back what damages probes, every round consumes its
+feedback, and one tenant's rounds never touch another's adapters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tests.conftest import FAST_LEARNING, SKY
+
+from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
+from lifelong.loop.feedback import CORRECTION_NOTE
+from lifelong.loop.tenants import (
+    CorrectionRule,
+    OperatorProbe,
+    TenantLearner,
+    TenantLearningConfig,
+    ensure_initial_adapter,
+    reply_likelihood,
+    reply_sample,
+    run_id,
+)
+from lifelong.memory.store import ExperienceStore
+from lifelong.model.adapters import adapter_state
+from lifelong.model.loading import load_model
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
+from lifelong.types import AdapterStatus, FeedbackKind
+
+THUMBS, CORRECTION = FeedbackKind.THUMBS, FeedbackKind.CORRECTION
+FAST = FAST_LEARNING
+
+
+def load_policy(folder: Path) -> Policy:
+    model, tokenizer, name = load_model(str(folder))
+    torch.manual_seed(0)
+    return Policy(model, tokenizer, name=name, lora=LoraSettings(rank=4, alpha=8))
+
+
+def serve_request(
+    store: ExperienceStore, policy: Policy, rid: str, question: str, n: int = 1, tenant: str = "t"
+) -> None:
+    """A request as the server stores it: plain chat, sampled."""
+    messages = [{"role": "user", "content": question}]
+    prompt = policy.chat_ids(messages, protocol=False)
+    gen = GenerationConfig(answer_tokens=4, temperature=1.0, protocol=False)
+    completions = policy.chat([prompt] * n, gen, torch.Generator().manual_seed(len(rid)))
+    store.add_request(rid, tenant, "m", {"messages": messages}, prompt, {"temperature": 1.0, "protocol": False})
+    store.complete_request(rid, completions, 0)
+
+
+def learner_for(
+    tmp_path: Path, policy: Policy, config: TenantLearningConfig = FAST, probes: tuple = ()
+) -> TenantLearner:
+    store = ExperienceStore(tmp_path / "experience.sqlite")
+    initial = ensure_initial_adapter(policy, tmp_path / "adapters")
+    return TenantLearner(config, policy, store, tmp_path / "adapters", initial, probes)
+
+
+def reply_logprob(learner: TenantLearner, rid: str, index: int) -> float:
+    req = learner.store.request(rid)
+    assert req is not None
+    return reply_likelihood(learner.policy, [reply_sample(learner.policy, req.prompt_ids, req.choices[index].answer)])
+
+
+def test_a_round_on_ratings_moves_the_adapter_towards_the_liked_reply(tmp_path: Path, serve_policy: Policy) -> None:
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    serve_request(store, serve_policy, "r1", "Pick a word.", n=2)
+    store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
+    store.add_feedback("r1", 1, "t", THUMBS, reward=0.0)
+    before = adapter_state(serve_policy)
+    gap_before = reply_logprob(learner, "r1", 0) - reply_logprob(learner, "r1", 1)
+
+    record = learner.round("t", store.pending_feedback("t"))
+
+    assert record.status == AdapterStatus.LIVE and record.version == 1, record.reason
+    assert record.metrics["round/rated"] == 2.0 and "rated/loss/policy" in record.metrics
+    after = load_file(Path(record.path or "") / "adapter_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the parameters actually changed
+    gap_after = reply_logprob(learner, "r1", 0) - reply_logprob(learner, "r1", 1)
+    assert gap_after > gap_before
+    assert store.pending_feedback("t") == [] and store.live_versions()["t"][0].version == 1
+    # the rated replies are episodes in the one store, under the tenant, before they were learned from
+    episodes = store.episodes(run_id=run_id("t"), tenant="t")
+    assert sorted(e.reward for e in episodes) == [0.0, 1.0] and {e.group for e in episodes} == {"request:r1"}
+    assert (tmp_path / "adapters" / "t" / "guard_events.jsonl").parent.is_dir()
+
+
+def test_a_lone_rating_meets_the_tenants_baseline(tmp_path: Path, serve_policy: Policy) -> None:
+    learner = learner_for(tmp_path, serve_policy)
+    serve_request(learner.store, serve_policy, "r1", "Say hi.")
+    learner.store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
+    record = learner.round("t", learner.store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE, record.reason  # 1.0 against the prior 0.5: a signal
+
+
+def correct(store: ExperienceStore, policy: Policy, n: int, start: int = 0, answer: str = "blue") -> None:
+    for i in range(start, start + n):
+        serve_request(store, policy, f"r{i}", f"Name a primary color. ({i})")
+        store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction=answer)
+
+
+def test_nll_corrections_make_the_corrected_reply_likelier_and_rounds_continue_from_live(
+    tmp_path: Path, serve_policy: Policy
+) -> None:
+    learner = learner_for(tmp_path, serve_policy, replace(FAST, correction_rule=CorrectionRule.NLL))
+    store = learner.store
+    correct(store, serve_policy, 4)
+
+    def blue() -> float:
+        req = store.request("r0")
+        assert req is not None
+        return reply_likelihood(serve_policy, [reply_sample(serve_policy, req.prompt_ids, "blue")])
+
+    before = blue()
+    first = learner.round("t", store.pending_feedback("t"))
+    assert first.status == AdapterStatus.LIVE, first.reason
+    assert first.metrics["round/corrections"] == 4.0 and "correction/loss/nll" in first.metrics
+    learned = blue()
+    assert learned > before + 1.0
+    correct(store, serve_policy, 1, start=9)
+    second = learner.round("t", store.pending_feedback("t"))
+    assert second.version == 2 and second.status == AdapterStatus.LIVE, second.reason
+    assert blue() > learned  # it went on from version 1, not from scratch
+    corrections = [e for e in store.episodes(tenant="t") if e.env == "serve:correction"]
+    assert len(corrections) == 5 and all(e.turns[0].completion.answer == "blue" for e in corrections)
+
+
+def test_distilled_corrections_move_the_bare_prompt_towards_the_teacher_with_the_correction(
+    tmp_path: Path, serve_policy: Policy
+) -> None:
+    """Self-distillation's own objective: on the corrected reply, the policy without the correction
+    comes closer to the policy with it quoted (a random tiny teacher knows nothing to say, so the
+    distance, not the answer's likelihood, is what can be checked here)."""
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    correct(store, serve_policy, 4)
+    req = store.request("r0")
+    assert req is not None
+    reply = reply_sample(serve_policy, req.prompt_ids, "blue")
+    teacher = replace(reply, prompt_ids=tuple(learner._teacher_prompt(req, CORRECTION_NOTE.format(correction="blue"))))
+
+    def distance() -> float:
+        with torch.no_grad():
+            student_logp, _, mask = completion_log_softmax(serve_policy.model, [reply], serve_policy.pad_id)
+            teacher_logp, _, _ = completion_log_softmax(serve_policy.model, [teacher], serve_policy.pad_id)
+        return float(reverse_kl(student_logp, teacher_logp, mask))
+
+    before = distance()
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE, record.reason
+    assert "correction/distill/kl" in record.metrics
+    assert distance() < 0.9 * before
+
+
+def test_the_guard_rolls_back_a_round_that_damages_operator_probes(tmp_path: Path, knowing_model_dir: Path) -> None:
+    policy = load_policy(knowing_model_dir)
+    probes = tuple(OperatorProbe(SKY.format(i), "blue") for i in range(4))
+    # NLL imitates the flipped answer (a tiny model is no teacher that reads a quoted correction);
+    # drift and entropy budgets wide open, so that the answers' likelihood alone must catch it
+    guard = replace(FAST.guard, kl_drift_budget=100.0, entropy_margin=100.0, answer_likelihood_budget=0.1)
+    learner = learner_for(tmp_path, policy, replace(FAST, correction_rule=CorrectionRule.NLL, guard=guard), probes)
+    store = learner.store
+    for i in range(4):  # flipped feedback: "red" for the questions the probes answer "blue"
+        serve_request(store, policy, f"r{i}", SKY.format(i))
+        store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction="red")
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.REJECTED and record.path is None
+    assert "operator answers fell" in record.reason
+    assert store.pending_feedback("t") == [] and "t" not in store.live_versions()  # consumed, nothing live
+    events = (tmp_path / "adapters" / "t" / "guard_events.jsonl").read_text()
+    assert '"answer_likelihood"' in events and '"rollback"' in events  # the guard's own evidence
+    # the next round starts again from the good adapter, at a backed-off learning rate
+    serve_request(store, policy, "r8", SKY.format(20))
+    store.add_feedback("r8", 0, "t", CORRECTION, correction="blue")
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE and record.version == 2, record.reason
+
+
+def test_non_finite_weights_are_rolled_back_by_the_guard(tmp_path: Path, serve_policy: Policy) -> None:
+    huge = replace(FAST, grpo=replace(FAST.grpo, learning_rate=float("inf")))
+    learner = learner_for(tmp_path, serve_policy, huge)
+    serve_request(learner.store, serve_policy, "r1", "Pick a word.", n=2)
+    learner.store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
+    learner.store.add_feedback("r1", 1, "t", THUMBS, reward=0.0)
+    record = learner.round("t", learner.store.pending_feedback("t"))
+    assert record.status == AdapterStatus.REJECTED and "non-finite" in record.reason
+
+
+def test_tenants_learn_apart(tmp_path: Path, serve_policy: Policy) -> None:
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    serve_request(store, serve_policy, "a1", "Pick a word.", n=2, tenant="alice")
+    store.add_feedback("a1", 0, "alice", THUMBS, reward=1.0)
+    store.add_feedback("a1", 1, "alice", THUMBS, reward=0.0)
+    assert learner.round("alice", store.pending_feedback("alice")).status == AdapterStatus.LIVE
+    alice = load_file(Path(store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
+    serve_request(store, serve_policy, "b1", "Pick a word.", n=2, tenant="bob")
+    store.add_feedback("b1", 0, "bob", THUMBS, reward=0.0)
+    store.add_feedback("b1", 1, "bob", THUMBS, reward=1.0)
+    bob = learner.round("bob", store.pending_feedback("bob"))
+    assert bob.status == AdapterStatus.LIVE and bob.version == 1  # bob's own versions, from his own start
+    again = load_file(Path(store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
+    assert all(torch.equal(alice[k], again[k]) for k in alice)  # bob's round left alice's adapter alone
+    assert not any(e.group == "request:a1" for e in store.episodes(tenant="bob"))
+
+
+def test_a_round_that_raises_is_recorded_and_consumes_its_feedback(tmp_path: Path, serve_policy: Policy) -> None:
+    learner = learner_for(tmp_path, serve_policy)
+    serve_request(learner.store, serve_policy, "r1", "Hi")
+    learner.store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
+    record = learner.fail("t", learner.store.pending_feedback("t"), "error: boom")
+    assert record.status == AdapterStatus.REJECTED and learner.store.pending_feedback("t") == []
