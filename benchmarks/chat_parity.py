@@ -134,25 +134,31 @@ def score(replies: list[str]) -> float:
     return sum(first_word(r) == want for r, (_, want) in zip(replies, QUESTIONS, strict=True)) / len(QUESTIONS)
 
 
+def bare_reply(model: Any, tokenizer: Any, messages: list[Any], max_tokens: int) -> list[int]:
+    """The model alone: its chat template and greedy `generate` (no server, no adapters)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    prompt = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
 def bare_replies(max_tokens: int, shots: int) -> list[str]:
-    """The model alone, no server, no adapters: its chat template and greedy `generate`."""
+    """Every question to the bare embedded model."""
     from lifelong.model.loading import load_model
 
     model, tokenizer, _ = load_model(None)
     replies = []
     for i, (q, _) in enumerate(QUESTIONS):
-        ids = tokenizer.apply_chat_template(messages(q, shots), add_generation_prompt=True)
-        ids = ids if isinstance(ids, list) else ids["input_ids"]  # type: ignore[index]
-        prompt = torch.tensor([ids])
-        with torch.no_grad():
-            out = model.generate(  # type: ignore[operator]
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        replies.append(str(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)))
+        reply = bare_reply(model, tokenizer, messages(q, shots), max_tokens)
+        replies.append(str(tokenizer.decode(reply, skip_special_tokens=True)))
         say(f"bare {i + 1}/{len(QUESTIONS)}: {q!r} -> {replies[-1]!r}")
     return replies
 
@@ -202,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="times each correction is sent")
     parser.add_argument("--versions", type=int, default=3, help="live adapter versions to wait for")
     parser.add_argument("--learn-timeout", type=float, default=1800.0, help="seconds to wait for them")
+    parser.add_argument(
+        "--correction-rule", choices=["distill", "nll"], default="distill", help="how the server learns corrections"
+    )
     parser.add_argument("--replies", help="write every reply, per question, to this JSON file")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args(argv)
@@ -209,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
+    from lifelong.loop.tenants import CorrectionRule, TenantLearningConfig
     from lifelong.serve import BackgroundServer, LearnerConfig, ServeConfig, Server
 
     hf_logging.set_verbosity_error()
-    result: dict[str, Any] = {"questions": len(QUESTIONS), "shots": args.shots}
+    result: dict[str, Any] = {"questions": len(QUESTIONS), "shots": args.shots, "correction_rule": args.correction_rule}
     replies: dict[str, list[str]] = {"bare": bare_replies(args.max_tokens, args.shots)}
     live: int | None = None
     with tempfile.TemporaryDirectory(prefix="chat-parity-") as tmp:
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             keys=(("parity", KEY),),
             threads=args.threads,
             learner=replace(LearnerConfig(), enabled=not args.skip_learning, nice=0),
+            learning=TenantLearningConfig(correction_rule=CorrectionRule(args.correction_rule)),
         )
         server = Server(config, announce=say)
         try:

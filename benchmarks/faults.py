@@ -41,31 +41,41 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import openai
 import torch
 
 from lifelong.cli import _quiet_libraries
 from lifelong.envs.base import Env, StepResult
+from lifelong.envs.probes import FACTS, matches
+from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.gate import GuardConfig
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.learn.learner import Learner
 from lifelong.loop.actor import Job, LocalActor
 from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.loop.tenants import GENERAL_TASKS, TenantLearner, TenantLearningConfig, ensure_initial_adapter, run_id
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.loading import load_model
-from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.streams.stream import Stage, Stream, Task
-from lifelong.types import Batch, Episode, Sample, UpdateReport
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
+from lifelong.serve import BackgroundServer, LearnerConfig, ServeConfig, Server
+from lifelong.serve.config import adapters_folder
+from lifelong.serve.worker import build_learner, learn_once
+from lifelong.streams.stream import ProbeSet, Stage, Stream, Task
+from lifelong.types import AdapterStatus, Batch, Episode, Sample, UpdateReport
 
 CONTROL = "none"  # the no-fault run
 FAULTS = ("nan_grad", "lr_spike", "flipped_reward", "always_one", "garbage_feedback", "kill9")
@@ -92,6 +102,7 @@ class FaultResult:
     findings: list[str]
     control_delta: float | None = None
     recovered_vs_control: bool | None = None
+    bystander_identical: bool | None = None  # serve: the other tenant's answers, bit for bit
 
 
 # (fault or CONTROL, guard on) -> the result of one short run with it
@@ -329,9 +340,427 @@ def run_target(args: argparse.Namespace) -> RunOne:
 
 
 # ---- target "serve": the serving process --------------------------------------------------------
+SERVE_FAULTS = ("flipped_ratings", "garbage_corrections", "nan_grad", "lr_spike", "kill9")
+SERVE_PROBE_ITEMS = 16  # general-ability probes per task at every gate (and in the measure)
+SERVE_ROUNDS = 3  # the victim's learning rounds...
+SERVE_FAULT_ROUNDS = range(1, 3)  # ...with the fault active in these
+VICTIM, BYSTANDER = "victim", "bystander"
+SERVE_KEYS = {VICTIM: "sk-victim", BYSTANDER: "sk-bystander"}
+GARBAGE_WORDS = ("purple", "seventeen", "banana", "never", "window", "quickly", "zebra", "cloud", "paper", "ninety")
+
+
+@dataclass(frozen=True)
+class ServeSetup:
+    """What a serve run is made of: the model, its adapters and learning settings, the traffic size."""
+
+    model: str | None  # None = the embedded model
+    work: Path
+    learning: TenantLearningConfig
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    questions: int = 4  # feedback questions per round (each asked with n=2 at temperature 1)
+    answer_tokens: int = 16
+    watched: int = 8  # the bystander's fixed questions, answered greedily and sampled
+
+
+class ServeClient:
+    """A tenant's official `openai` client on the live server, as a user sends requests and feedback."""
+
+    def __init__(self, url: str, tenant: str, model_id: str, answer_tokens: int) -> None:
+        self.client = openai.OpenAI(api_key=SERVE_KEYS[tenant], base_url=url, max_retries=0, timeout=600)
+        self.model_id = model_id
+        self.answer_tokens = answer_tokens
+        self.acked: list[int] = []
+
+    def ask(
+        self, question: str, n: int = 1, temperature: float = 0.0, seed: int | None = None
+    ) -> tuple[str, list[str]]:
+        r = self.client.chat.completions.create(
+            model=self.model_id, messages=[{"role": "user", "content": question}], n=n,
+            temperature=temperature, seed=seed, max_tokens=self.answer_tokens,
+        )  # fmt: skip
+        return r.id, [c.message.content or "" for c in r.choices]
+
+    def feedback(self, completion_id: str, choice: int = 0, **what: Any) -> None:
+        ack = self.client.post(
+            "/feedback", body={"completion_id": completion_id, "choice": choice, **what}, cast_to=object
+        )
+        self.acked.append(int(ack["id"].removeprefix("fb-")))  # type: ignore[index]
+
+    def version(self) -> int:
+        return int((self.client.models.list().data[0].model_extra or {})["adapter_version"])
+
+    def wait_for(self, version: int, timeout: float = 60.0) -> None:
+        """Until the server's watcher has hot-loaded this adapter version."""
+        deadline = time.time() + timeout
+        while self.version() < version:
+            if time.time() > deadline:
+                raise RuntimeError(f"the server did not load adapter version {version}")
+            time.sleep(0.1)
+
+    def rate(self, question: str, accepted: tuple[str, ...], flip: bool) -> None:
+        """Two sampled answers, rated by whether they are right (`flip`: the other way round). When
+        both are alike only the first is rated: a lone rating, held to the tenant's baseline."""
+        rid, answers = self.ask(question, n=2, temperature=1.0)
+        right = [matches(a, accepted) != flip for a in answers]
+        for i, up in enumerate(right if len(set(right)) > 1 else right[:1]):
+            self.feedback(rid, i, rating="up" if up else "down")
+
+    def correct(self, question: str, correction: str) -> None:
+        rid, _ = self.ask(question)
+        self.feedback(rid, correction=correction)
+
+
+def feedback_items(probe_items: int) -> list[tuple[str, tuple[str, ...]]]:
+    """The FACTS items that are not the gate's probes, in order: the traffic users rate and correct."""
+    probes = {s % len(FACTS) for s in ProbeSet(Task.of("facts"), probe_items).seeds}
+    return [FACTS[i] for i in range(len(FACTS)) if i not in probes]
+
+
+def send_feedback(c: ServeClient, items: Sequence[tuple[str, tuple[str, ...]]], fault: str, rng: random.Random) -> None:
+    """A round's feedback: honest ratings and right corrections, or the feedback fault's version of them."""
+    for question, accepted in items:
+        if fault == "garbage_corrections":
+            c.correct(question, " ".join(rng.sample(GARBAGE_WORDS, 3)))
+            continue
+        c.rate(question, accepted, flip=fault == "flipped_ratings")
+        if fault != "flipped_ratings":
+            c.correct(question, accepted[0])
+
+
+def general_scores(c: ServeClient, probe_items: int) -> dict[str, float]:
+    """The tenant's greedy success on the general-ability probes, asked through the server in plain chat."""
+    scores = {}
+    for task in GENERAL_TASKS:
+        env = task.make()
+        solved = []
+        for seed in ProbeSet(task, probe_items).seeds:
+            _, (answer,) = c.ask(env.reset(seed=seed)[0])
+            env.reset(seed=seed)
+            solved.append(float(env.step(answer).reward >= env.success_threshold))
+        scores[task.label] = sum(solved) / len(solved)
+    return scores
+
+
+def watch(c: ServeClient, questions: Sequence[str]) -> list[str]:
+    """Greedy and sampled (temperature 1, fixed seed) answers: any change of the weights shows."""
+    greedy = [c.ask(q)[1][0] for q in questions]
+    return greedy + [c.ask(q, temperature=1.0, seed=7)[1][0] for q in questions]
+
+
+@contextmanager
+def learner_fault(learner: TenantLearner, fault: str, active: bool) -> Iterator[None]:
+    """The victim's learner with the fault, for one round: nan_grad poisons the gradients of a few
+    adapter tensors as they are computed (the learners' own non-finite check sees them as a real
+    NaN), lr_spike learns at 100x the configured rates. Feedback faults need nothing here."""
+    config = learner.config
+    if active and fault == "lr_spike":
+        learner.config = replace(
+            config,
+            grpo=replace(config.grpo, learning_rate=100 * config.grpo.learning_rate),
+            distill=replace(config.distill, learning_rate=100 * config.distill.learning_rate),
+        )
+    params = [p for p in learner.policy.model.parameters() if p.requires_grad][:POISONED_TENSORS]
+    poison = active and fault == "nan_grad"
+    try:
+        with gradient_hook(params if poison else [], FaultyLearner._poison):
+            yield
+    finally:
+        learner.config = config
+
+
+class ServeBench:
+    """The serve target's runs: a live server per run, and in this process the tenants' learner (the
+    one `lifelong serve`'s worker runs), its rounds run with `learn_once` where the benchmark says."""
+
+    def __init__(self, setup: ServeSetup) -> None:
+        self.setup = setup
+        self.policy: Policy | None = None
+        self.learner: TenantLearner | None = None
+        self.items = feedback_items(setup.learning.probe_items)
+        need = (SERVE_ROUNDS + 1) * setup.questions
+        if len(self.items) < need:
+            raise ConfigError(f"{need} feedback questions needed, {len(self.items)} left", "use fewer --questions")
+
+    def config(self, run_dir: Path, guard: bool) -> ServeConfig:
+        learning = self.setup.learning
+        return ServeConfig(
+            store=run_dir,
+            model=self.setup.model,
+            keys=tuple((t, k) for t, k in SERVE_KEYS.items()),
+            threads=torch.get_num_threads(),
+            answer_tokens=self.setup.answer_tokens,
+            lora=self.setup.lora,
+            learner=LearnerConfig(enabled=False, min_feedback=1, max_wait_s=0.0, poll_s=0.2, max_items_per_round=64),
+            learning=replace(learning, guard=replace(learning.guard, enabled=guard)),
+        )
+
+    def tenant_learner(self, config: ServeConfig, store: ExperienceStore) -> TenantLearner:
+        """The learner on this run's store and adapters, from the initial adapter the server saved.
+        The model and the anchor pool (the pretrained model's answers) are built once."""
+        folder = adapters_folder(config)
+        if self.learner is None:
+            self.learner = build_learner(config, store)
+        else:
+            self.learner.store, self.learner.folder = store, folder
+            self.learner.initial = ensure_initial_adapter(self.learner.policy, folder)
+        self.learner.config = config.learning
+        return self.learner
+
+    def watched_questions(self) -> list[str]:
+        """The bystander's fixed questions: the first general-ability probes of each task."""
+        out = []
+        for task in GENERAL_TASKS:
+            env = task.make()
+            seeds = ProbeSet(task, self.setup.learning.probe_items).seeds[: self.setup.watched // len(GENERAL_TASKS)]
+            out += [env.reset(seed=s)[0] for s in seeds]
+        return out
+
+    def run_kill9(self, guard: bool) -> FaultResult:
+        """`lifelong serve` in a subprocess with its worker on: round 1 normal, then the victim keeps
+        chatting and rating from a thread while the worker's round 2 runs, and the server and worker
+        are killed with SIGKILL inside it (once the round has stored its episodes); a restart must
+        serve the last live version, redo the round (detected: the interrupted feedback is consumed
+        after the restart) and learn round 3."""
+        run_dir = self.setup.work / f"serve-kill9-{'on' if guard else 'off'}"
+        q = self.setup.questions
+        config = self.config(run_dir, guard)
+        config = replace(config, learner=replace(config.learner, enabled=True, min_feedback=q, max_wait_s=5.0, nice=0))
+        rng = random.Random(0)
+        proc = ServeProcess(config, run_dir.parent / f"{run_dir.name}.log")
+        with ExitStack() as stack:
+            stack.callback(proc.stop)
+            proc.start()
+            model_id, tokens = served_model(proc.url), self.setup.answer_tokens
+            victim, bystander = (ServeClient(proc.url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            store = stack.enter_context(ExperienceStore(config.database_location))
+
+            def learned(tenant: str, rounds: int) -> Callable[[], bool]:
+                return lambda: len(store.adapters(tenant)) >= rounds and tenant not in store.pending_summary()
+
+            def hot_loaded(c: ServeClient, tenant: str) -> None:
+                live = store.live_versions().get(tenant)
+                if live:
+                    c.wait_for(live[0].version, timeout=120)
+
+            send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, rng)
+            wait_until(learned(BYSTANDER, 1), "the bystander's round")
+            hot_loaded(bystander, BYSTANDER)
+            watched = self.watched_questions()
+            bystander_before = watch(bystander, watched)
+            before = general_scores(victim, self.setup.learning.probe_items)
+            send_feedback(victim, self.items[:q], CONTROL, rng)
+            wait_until(learned(VICTIM, 1), "the victim's round 1")
+            hot_loaded(victim, VICTIM)
+            live_before_kill = victim.version()
+
+            # round 2: traffic from a thread; SIGKILL once the worker's round has stored its episodes
+            episodes = len(store.episodes(run_id=run_id(VICTIM)))
+            chats: list[tuple[str, str]] = []
+            stop = threading.Event()
+            items = self.items[q : 2 * q]
+
+            def traffic() -> None:
+                i = 0
+                while not stop.is_set():
+                    question, accepted = items[i % len(items)]
+                    try:
+                        rid, (answer,) = victim.ask(question)
+                        chats.append((rid, answer))
+                        victim.feedback(rid, rating="up" if matches(answer, accepted) else "down")
+                    except (openai.APIConnectionError, openai.APITimeoutError):
+                        return
+                    i += 1
+
+            thread = threading.Thread(target=traffic, daemon=True)
+            thread.start()
+            wait_until(lambda: len(store.episodes(run_id=run_id(VICTIM))) > episodes, "the worker's round 2")
+            proc.kill9()
+            stop.set()
+            thread.join(timeout=120)
+            records_at_kill = len(store.adapters(VICTIM))
+            lost_chats = 0
+            for rid, content in chats:
+                req = store.request(rid)
+                lost_chats += req is None or req.status != "completed" or req.choices[0].answer != content
+
+            proc.start()
+            resumed_live = victim.version() == live_before_kill
+            wait_until(learned(VICTIM, records_at_kill + 1), "the restarted worker's round")
+            resumed = resumed_live and not store.pending_feedback(VICTIM)
+            records = len(store.adapters(VICTIM))
+            send_feedback(victim, self.items[2 * q : 3 * q], CONTROL, rng)
+            wait_until(learned(VICTIM, records + 1), "the victim's round 3")
+            hot_loaded(victim, VICTIM)
+            after = general_scores(victim, self.setup.learning.probe_items)
+            identical = watch(bystander, watched) == bystander_before
+            lost = (
+                lost_chats
+                + episodes_lost(store, VICTIM, victim.acked)
+                + episodes_lost(store, BYSTANDER, bystander.acked)
+            )
+            rounds = [
+                {"version": r.version, "status": r.status.value, "reason": r.reason} for r in store.adapters(VICTIM)
+            ]
+        return serve_result("kill9", guard, run_dir, before, after, rounds, set(), lost, identical, detected=resumed)
+
+    def run(self, fault: str, guard: bool) -> FaultResult:
+        if fault == "kill9":
+            return self.run_kill9(guard)
+        run_dir = self.setup.work / f"serve-{fault}-{'on' if guard else 'off'}"
+        config = self.config(run_dir, guard)
+        rng = random.Random(0)
+        q = self.setup.questions
+        with ExitStack() as stack:
+            server = Server(config)
+            stack.callback(server.close)
+            url = stack.enter_context(BackgroundServer(server))
+            model_id, tokens = server.service.model_id, self.setup.answer_tokens
+            victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            store = stack.enter_context(ExperienceStore(config.database_location))
+            learner = self.tenant_learner(config, store)
+
+            def learn(active: bool) -> list[dict[str, Any]]:
+                with learner_fault(learner, fault, active):
+                    rounds = learn_once(learner, config)
+                for c, tenant in ((victim, VICTIM), (bystander, BYSTANDER)):
+                    live = store.live_versions().get(tenant)
+                    if live:
+                        c.wait_for(live[0].version)
+                return rounds
+
+            send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, rng)  # its own live adapter
+            learn(False)
+            watched = self.watched_questions()
+            bystander_before = watch(bystander, watched)
+            before = general_scores(victim, self.setup.learning.probe_items)
+            fault_versions: set[int] = set()
+            rounds = []
+            for r in range(1, SERVE_ROUNDS + 1):
+                active = fault != CONTROL and r in SERVE_FAULT_ROUNDS
+                send_feedback(victim, self.items[(r - 1) * q : r * q], fault if active else CONTROL, rng)
+                for entry in learn(active):
+                    if entry["tenant"] == VICTIM:
+                        rounds.append(entry)
+                        if active:
+                            fault_versions.add(entry["version"])
+            after = general_scores(victim, self.setup.learning.probe_items)
+            identical = watch(bystander, watched) == bystander_before
+            lost = episodes_lost(store, VICTIM, victim.acked) + episodes_lost(store, BYSTANDER, bystander.acked)
+        return serve_result(fault, guard, run_dir, before, after, rounds, fault_versions, lost, identical)
+
+
+class ServeProcess:
+    """`lifelong serve` as a subprocess in its own process group (the server and its learning worker),
+    with the same arguments each time it is started."""
+
+    def __init__(self, config: ServeConfig, log: Path) -> None:
+        settings = config.store.parent / f"{config.store.name}.json"
+        settings.write_text(json.dumps(config.to_dict()))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        keys = [arg for t, k in SERVE_KEYS.items() for arg in ("--key", f"{t}={k}")]
+        self.args = [sys.executable, "-m", "lifelong.cli", "serve", "--config", str(settings), "--port", str(self.port)]
+        self.args += keys
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600.0) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("lifelong serve exited:\n" + self.log.read_text()[-2000:])
+            try:
+                with urllib.request.urlopen(self.url.removesuffix("/v1") + "/health", timeout=5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("lifelong serve did not come up:\n" + self.log.read_text()[-2000:])
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole group: the server and its worker die at the same instant."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # graceful: uvicorn stops its learner
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 900.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def served_model(url: str) -> str:
+    """The model id a live server serves (what clients pass as `model`)."""
+    c = openai.OpenAI(api_key=SERVE_KEYS[VICTIM], base_url=url, max_retries=0, timeout=60)
+    return c.models.list().data[0].id
+
+
+def episodes_lost(store: ExperienceStore, tenant: str, acked: Sequence[int]) -> int:
+    """Acknowledged feedback missing from the store, and consumed feedback whose episode is missing."""
+    stored = {f.id: f for f in store.feedback(tenant)}
+    made = {e.info.get("feedback") for e in store.episodes(run_id=run_id(tenant))}
+    missing = [i for i in acked if i not in stored]
+    unlearned = [i for i in acked if i in stored and stored[i].consumed_version is not None and i not in made]
+    return len(missing) + len(unlearned)
+
+
+def serve_result(
+    fault: str,
+    guard: bool,
+    run_dir: Path,
+    before: dict[str, float],
+    after: dict[str, float],
+    rounds: Sequence[dict[str, Any]],
+    fault_versions: set[int],
+    lost: int,
+    identical: bool,
+    detected: bool | None = None,
+) -> FaultResult:
+    """A serve run's row: detected = a guard finding during the fault rounds, or one of them refused."""
+    events = run_dir / "adapters" / VICTIM / "guard_events.jsonl"
+    records = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+    found = [r["detector"] for r in records]
+    refused = any(
+        r["status"] == AdapterStatus.REJECTED.value and not r["reason"].startswith(("error", "no learning"))
+        for r in rounds
+        if r["version"] in fault_versions
+    )
+    hit = refused or any(r["detector"] != "rollback" and r["step"] in fault_versions for r in records)
+    hit = hit if detected is None else detected
+    found += [f"round_error: {r['reason']}" for r in rounds if r["reason"].startswith("error")]
+    delta = min(after[t] - before[t] for t in before)
+    rollbacks = sum(1 for f in found if f == "rollback")
+    return FaultResult(
+        fault, guard, hit, delta >= -RECOVERY_TOLERANCE, round(delta, 4), lost, before, after, rollbacks, found,
+        bystander_identical=identical,
+    )  # fmt: skip
+
+
 def serve_target(args: argparse.Namespace) -> RunOne:
-    print("faults: --target serve is not yet written; use --target run", file=sys.stderr)
-    sys.exit(2)
+    """The serving process: per (fault, guard), a live server and the tenants' learner on its store."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lifelong-faults-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    learning = TenantLearningConfig(probe_items=args.probe_size or SERVE_PROBE_ITEMS, anchor_items=16)
+    setup = ServeSetup(args.model, work, learning, questions=args.questions)
+    print(f"serve: model {args.model or 'embedded'}, work folder {work}", file=sys.stderr)
+    return ServeBench(setup).run
 
 
 TARGETS: dict[str, Callable[[argparse.Namespace], RunOne]] = {"run": run_target, "serve": serve_target}
@@ -362,27 +791,33 @@ def compare(run_one: RunOne, faults: Sequence[str], t0: float) -> list[FaultResu
 
 def report(results: Sequence[FaultResult], t0: float, as_json: bool) -> None:
     print(f"\n{'fault':18s} {'guard':5s} {'detected':8s} {'recovered':9s} {'probe_delta':>11s}", end=" ")
-    print(f"{'control':>8s} {'vs_control':10s} {'lost':>4s}")
+    serve = any(r.bystander_identical is not None for r in results)
+    print(f"{'control':>8s} {'vs_control':10s} {'lost':>4s}" + (" bystander_identical" if serve else ""))
     for r in results:
         ctrl = f"{100 * r.control_delta:+7.1f}p" if r.control_delta is not None else f"{'':8s}"
         vs_control = "" if r.recovered_vs_control is None else str(r.recovered_vs_control)
         print(
             f"{r.fault:18s} {'on' if r.guard else 'off':5s} {r.detected!s:8s} {r.recovered!s:9s} "
             f"{100 * r.probe_delta:+10.1f}p {ctrl} {vs_control:10s} {r.episodes_lost:4d}"
+            + (f" {r.bystander_identical!s}" if serve else "")
         )
     print(f"({(time.time() - t0) / 60:.1f} minutes)")
     if as_json:
         keys: tuple[str, ...] = ("fault", "guard", "detected", "recovered", "probe_delta", "episodes_lost")
-        keys += ("control_delta", "recovered_vs_control")
+        keys += ("control_delta", "recovered_vs_control") + (("bystander_identical",) if serve else ())
         print(json.dumps([{k: asdict(r)[k] for k in keys} for r in results if r.fault != CONTROL]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", choices=sorted(TARGETS), default="run", help="what the faults hit (default: run)")
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--faults", help=f"default: run {','.join(FAULTS)}; serve {','.join(SERVE_FAULTS)}")
     parser.add_argument("--warm-steps", type=int, default=6)
-    parser.add_argument("--probe-size", type=int, default=48)
+    parser.add_argument(
+        "--probe-size", type=int, help=f"probe items per task (default: run 48, serve {SERVE_PROBE_ITEMS})"
+    )
+    parser.add_argument("--model", help="serve: a model folder (default: the embedded model)")
+    parser.add_argument("--questions", type=int, default=4, help="serve: feedback questions per round (default: 4)")
     parser.add_argument("--workdir", help="keep run folders here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", action="store_true")
@@ -393,13 +828,16 @@ def main() -> None:
     args = parser.parse_args()
     _quiet_libraries()
     torch.set_num_threads(args.threads)
+    known = SERVE_FAULTS if args.target == "serve" else FAULTS
+    if args.target == "run":
+        args.probe_size = args.probe_size or 48
     if args.child:
         child(args)
         return
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    unknown = sorted(set(faults) - set(FAULTS))
+    faults = [f.strip() for f in (args.faults or ",".join(known)).split(",") if f.strip()]
+    unknown = sorted(set(faults) - set(known))
     if unknown:
-        parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+        parser.error(f"unknown faults {unknown}; choose from {', '.join(known)}")
     t0 = time.time()
     run_one = TARGETS[args.target](args)
     report(compare(run_one, faults, t0), t0, args.json)

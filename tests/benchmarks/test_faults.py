@@ -5,27 +5,33 @@ On the tiny model and the coin task (rewards a random model earns): a four-step 
 from __future__ import annotations
 
 import json
-import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from tests.benchmarks.conftest import load_benchmark
+from tests.conftest import FAST_LEARNING
 
 from lifelong.guard.gate import GuardConfig
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.runtime import RunConfig, Runtime
+from lifelong.loop.tenants import CorrectionRule
 from lifelong.memory.store import ExperienceStore
-from lifelong.model.policy import Policy
+from lifelong.model.policy import LoraSettings, Policy
 from lifelong.streams.stream import Stage, Stream, Task
 
 faults = load_benchmark("faults")
 COIN = "tests.support_envs:coin"
 STEPS = 4  # the fault is active in steps 1..3 (faults.FAULT_STEPS), step 4 is normal
+# The serve target on the tiny model: NLL corrections (a random model reads no quoted correction).
+SERVE_LEARNING = replace(FAST_LEARNING, steps_per_round=2, correction_rule=CorrectionRule.NLL)
 
 
 def _runtime(policy: Policy, run_dir: Path, guard: bool) -> Runtime:
-    stream = Stream("t", (Stage(Task.of(COIN), STEPS * 8),), probe_size=4)
+    stream = Stream("t", (Stage(Task.of(COIN), STEPS * 8),), probe_size=2)
     config = RunConfig(
         stream=stream.to_dict(),
         prompts_per_step=2,
@@ -33,7 +39,7 @@ def _runtime(policy: Policy, run_dir: Path, guard: bool) -> Runtime:
         answer_tokens=3,
         consolidate=False,
         grpo=GRPOConfig(group_size=4, learning_rate=1e-3),
-        guard=GuardConfig(enabled=guard),
+        guard=GuardConfig(enabled=guard, drift_prompts=2, confirm_items=0),
     )
     return Runtime(config, policy, run_dir)
 
@@ -91,10 +97,30 @@ def test_kill9_marks_the_moment_it_is_inside_the_update_after_the_first(tiny_pol
     assert learner.step >= 2 and marker.exists()
 
 
-def test_the_serve_target_is_not_written_yet(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_the_serve_target_injects_faults_through_a_live_server(
+    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["faults.py", "--target", "serve", "--faults", "nan_grad"])
-    with pytest.raises(SystemExit) as exit_:
-        faults.main()
-    assert exit_.value.code == 2 and "not yet" in capsys.readouterr().err
+    """Control, nan_grad and garbage corrections, guard on and off, through loopback HTTP: nothing
+    acknowledged is lost and the bystander tenant's answers stay the same tokens."""
+    torch.set_num_threads(1)
+    setup = faults.ServeSetup(
+        str(serve_model_dir), tmp_path, SERVE_LEARNING, LoraSettings(rank=4, alpha=8), questions=2, answer_tokens=4
+    )
+    t0 = time.time()
+    results = faults.compare(faults.ServeBench(setup).run, ["nan_grad", "garbage_corrections"], t0)
+    rows = {(r.fault, r.guard): r for r in results}
+    assert set(rows) == {(f, g) for f in (faults.CONTROL, "nan_grad", "garbage_corrections") for g in (True, False)}
+    assert all(r.episodes_lost == 0 and r.bystander_identical for r in results)
+    assert rows["nan_grad", True].detected and "non_finite" in rows["nan_grad", True].findings
+    assert not rows["nan_grad", False].detected and not rows["nan_grad", False].findings  # no guard, no evidence
+    assert all(r.control_delta is not None for r in results if r.fault != faults.CONTROL)
+    for guard in (True, False):  # every victim round was learned and recorded
+        with ExperienceStore(
+            tmp_path / f"serve-garbage_corrections-{'on' if guard else 'off'}" / "experience.sqlite"
+        ) as s:
+            assert len(s.adapters("victim")) == faults.SERVE_ROUNDS and len(s.adapters("bystander")) == 1
+            assert not s.pending_summary()
+    faults.report(results, t0, as_json=True)
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert {"fault", "guard", "detected", "recovered", "probe_delta", "episodes_lost"} <= set(out[0])
+    assert {"control_delta", "recovered_vs_control", "bystander_identical"} <= set(out[0])

@@ -11,31 +11,16 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.memory.store import ExperienceStore
 from lifelong.serve import LearnerConfig, ServeConfig
+from tests.benchmarks.conftest import load_benchmark
 from tests.serve.conftest import client
 
 QUESTIONS = ["What is the capital of France? Answer in one word.", "Name a color.", "Say hi to Bob."]
 
 
-def bare_reply(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_tokens: int
-) -> list[int]:
-    """The model alone: its chat template and greedy `generate` (no server, no adapters)."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    ids = ids if isinstance(ids, list) else ids["input_ids"]  # type: ignore[index]
-    prompt = torch.tensor([ids])
-    with torch.no_grad():
-        out = model.generate(  # type: ignore[operator]
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    return [int(t) for t in out[0, len(ids) :]]
+bare_reply = load_benchmark("chat_parity").bare_reply
 
 
 def served_replies(url: str, model_id: str, config: ServeConfig, max_tokens: int, **kw: Any) -> list[list[int]]:

@@ -84,7 +84,11 @@ class Runtime:
         recall = self._recall if config.memory_in_context else None
         self.evaluation = Evaluation(config, self.stream, policy, self.make_env, recall)
         self.schedule = Schedule(config, self.stream, self.evaluation.probes)
-        self.anchors = AnchorPool(config, self.stream, self.evaluation.probes, policy)
+        general = [self.evaluation.probes[t] for t in self.stream.general]
+        self.anchors = AnchorPool(
+            policy, general, config.anchor_items, config.anchor_per_step, config.seed, config.generation(0.0),
+            active=config.anchored,
+        )  # fmt: skip
         self.generator = torch.Generator().manual_seed(config.seed)
         self.actor: Actor = actor or LocalActor(policy, self.make_env, self.generator)
         self.monitor: Monitor = monitor or TextMonitor()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import enum
 import json
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from lifelong.learn.grpo import GRPOConfig, GRPOLearner
 from lifelong.learn.learner import LessonLearner
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.learn.sft import CorrectionNLL, SFTConfig
+from lifelong.loop.anchors import AnchorPool
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.memory.store import ExperienceStore
@@ -195,7 +195,11 @@ class TenantLearner:
         self.greedy = GenerationConfig(answer_tokens=config.answer_tokens, temperature=0.0, protocol=False)
         self._probe_prompts = [(t, s, policy.chat_start(t.make().reset(seed=s)[0])) for t in GENERAL_TASKS
                                for s in self.probes[t].seeds]  # fmt: skip
-        self._anchors: list[Sample] | None = None
+        # Shared by every tenant: the pretrained model's plain replies, built once.
+        self.anchors = AnchorPool(
+            policy, list(self.probes.values()), config.anchor_items, config.anchor_per_step, config.seed,
+            self.greedy, active=config.grpo.anchor_coef > 0,
+        )  # fmt: skip
 
     # ---- the round --------------------------------------------------------------------------------
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
@@ -237,7 +241,7 @@ class TenantLearner:
         self, core: LearningCore, version: int, experience: Experience, metrics: dict[str, float]
     ) -> Verdict | None:
         """The round's updates; the first rejecting verdict stops them. None: nothing to learn."""
-        batch = rated_batch(experience, self.core_learner(core).config.scale_rewards, self._anchor_items(version))
+        batch = rated_batch(experience, self.core_learner(core).config.scale_rewards, self.anchors.for_step(version))
         batch = replace(batch, samples=self._on_policy(batch.samples))
         if not batch.samples and not experience.lessons:
             return None
@@ -350,33 +354,6 @@ class TenantLearner:
     def _operator_samples(self, tenant: str) -> list[Sample]:
         mine = [p for p in self.operator_probes if p.tenant in (None, tenant)]
         return [reply_sample(self.policy, self.policy.chat_start(p.prompt), p.answer) for p in mine]
-
-    def _anchor_items(self, step: int) -> list[Sample]:
-        """The general-ability anchor items of one update, rotating through the pool."""
-        pool = self._anchor_pool()
-        n = min(self.config.anchor_per_step, len(pool))
-        return [pool[(step * n + i) % len(pool)] for i in range(n)]
-
-    def _anchor_pool(self) -> list[Sample]:
-        """Training items of the general tasks (never their probes) with the pretrained model's greedy
-        plain replies; the same for every tenant, built once."""
-        if self._anchors is None:
-            prompts = []
-            if self.config.grpo.anchor_coef > 0:
-                for task in GENERAL_TASKS:
-                    env = task.make()
-                    rng = random.Random(f"{self.config.seed}:anchor:{task.label}")
-                    seeds = self.probes[task].training_seeds(rng, 8 * self.config.anchor_items)
-                    distinct = list({env.item_key(s): s for s in seeds}.values())[: self.config.anchor_items]
-                    prompts += [self.policy.chat_start(env.reset(seed=s)[0]) for s in distinct]
-            with self.policy.model.disable_adapter():
-                replies = self.policy.chat(prompts, self.greedy) if prompts else []
-            self._anchors = [
-                Sample(tuple(p), c.token_ids, c.logprobs, c.loss_mask, 0.0)
-                for p, c in zip(prompts, replies, strict=True)
-                if sum(c.loss_mask)
-            ]
-        return self._anchors
 
     def _teacher_prompt(self, req: ServedRequest, note: str) -> list[int]:
         """The request's conversation with `note` quoted in a system message before it."""
