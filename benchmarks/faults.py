@@ -27,16 +27,41 @@ normal learning moves a probe by an item or two too, and that is not the fault's
 Targets (--target): `run` (the default) is the runtime's loop, `Runtime.run`. Its faults go in
 through the parts a user can swap: rewards through an environment wrapper the actor plays with,
 the learning rate and the gradients through a wrapper around the learner the learning core calls,
-kill9 through the process. `serve` (the serving process) is not written yet. A target is a function
-of the arguments that returns the single run of one (fault, guard setting) pair (`TARGETS`); the
-control run, the comparison and the table are shared.
+kill9 through the process. A target is a function of the arguments that returns the single run of
+one (fault, guard setting) pair (`TARGETS`); the control run, the comparison and the table are shared.
 
-    python benchmarks/faults.py [--target run] [--faults a,b] [--json]
+`serve` is `lifelong serve`: a real server on loopback per run (its worker off) and, in this
+process, the tenants' learner on the same store, whose rounds run through `learn_once`, the
+worker's own function. Requests and feedback go over HTTP with the official `openai` client. Two
+tenants: `bystander` learns one round from good feedback first (its own live adapter), then the
+`victim` learns three rounds, the fault active in rounds 1-2:
+  flipped_ratings      the victim rates right answers down and wrong ones up (FACTS items that are
+                       not the gate's probes, two sampled answers each)
+  garbage_corrections  corrections made of random words
+  nan_grad             NaN gradients on a few adapter tensors in the victim's rounds
+  lr_spike             x100 learning rates for the victim's rounds (a replaced TenantLearningConfig)
+  kill9                `lifelong serve` in a subprocess with its worker on: SIGKILL to the server
+                       and the worker inside round 2 while the victim chats and rates from a
+                       thread, then a restart (detected: it serves the last live version and the
+                       interrupted feedback is learned after the restart)
+Normal rounds (and the control) are honest ratings of two sampled answers plus a right correction.
+Probe scores are the victim's greedy answers to the general-ability probes (`facts`, `instruct`,
+the items the gate holds out), asked through the server before round 1 and after round 3;
+detected is a guard finding in the victim's guard_events.jsonl during the fault rounds or a fault
+round refused; episodes_lost counts acknowledged completions and feedback missing from the store
+and consumed feedback without its episode; bystander_identical says whether the bystander's greedy
+and seeded sampled answers were the same tokens after the victim's rounds as before.
+Measured on the embedded model, 1 torch thread, 2 cores shared with another benchmark: a round
+takes 1-2 minutes, a (fault, guard) run about 8, so the full serve target (12 runs) about 1.5 hours;
+choose faults with --faults (the control always runs).
+
+    python benchmarks/faults.py [--target run|serve] [--faults a,b] [--model FOLDER] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -369,7 +394,8 @@ class ServeClient:
         self.client = openai.OpenAI(api_key=SERVE_KEYS[tenant], base_url=url, max_retries=0, timeout=600)
         self.model_id = model_id
         self.answer_tokens = answer_tokens
-        self.acked: list[int] = []
+        self.acked: list[int] = []  # feedback ids the server acknowledged
+        self.chats: list[tuple[str, list[str]]] = []  # acknowledged completions: (id, the answers)
 
     def ask(
         self, question: str, n: int = 1, temperature: float = 0.0, seed: int | None = None
@@ -378,7 +404,8 @@ class ServeClient:
             model=self.model_id, messages=[{"role": "user", "content": question}], n=n,
             temperature=temperature, seed=seed, max_tokens=self.answer_tokens,
         )  # fmt: skip
-        return r.id, [c.message.content or "" for c in r.choices]
+        self.chats.append((r.id, [c.message.content or "" for c in r.choices]))
+        return self.chats[-1]
 
     def feedback(self, completion_id: str, choice: int = 0, **what: Any) -> None:
         ack = self.client.post(
@@ -524,7 +551,9 @@ class ServeBench:
         run_dir = self.setup.work / f"serve-kill9-{'on' if guard else 'off'}"
         q = self.setup.questions
         config = self.config(run_dir, guard)
-        config = replace(config, learner=replace(config.learner, enabled=True, min_feedback=q, max_wait_s=5.0, nice=0))
+        config = replace(
+            config, learner=replace(config.learner, enabled=True, min_feedback=2 * q, max_wait_s=5.0, nice=0)
+        )
         rng = random.Random(0)
         proc = ServeProcess(config, run_dir.parent / f"{run_dir.name}.log")
         with ExitStack() as stack:
@@ -555,21 +584,17 @@ class ServeBench:
 
             # round 2: traffic from a thread; SIGKILL once the worker's round has stored its episodes
             episodes = len(store.episodes(run_id=run_id(VICTIM)))
-            chats: list[tuple[str, str]] = []
             stop = threading.Event()
             items = self.items[q : 2 * q]
 
             def traffic() -> None:
-                i = 0
-                while not stop.is_set():
-                    question, accepted = items[i % len(items)]
+                for i in itertools.count():
+                    if stop.is_set():
+                        return
                     try:
-                        rid, (answer,) = victim.ask(question)
-                        chats.append((rid, answer))
-                        victim.feedback(rid, rating="up" if matches(answer, accepted) else "down")
+                        victim.rate(*items[i % len(items)], flip=False)
                     except (openai.APIConnectionError, openai.APITimeoutError):
                         return
-                    i += 1
 
             thread = threading.Thread(target=traffic, daemon=True)
             thread.start()
@@ -578,11 +603,6 @@ class ServeBench:
             stop.set()
             thread.join(timeout=120)
             records_at_kill = len(store.adapters(VICTIM))
-            lost_chats = 0
-            for rid, content in chats:
-                req = store.request(rid)
-                lost_chats += req is None or req.status != "completed" or req.choices[0].answer != content
-
             proc.start()
             resumed_live = victim.version() == live_before_kill
             wait_until(learned(VICTIM, records_at_kill + 1), "the restarted worker's round")
@@ -593,11 +613,7 @@ class ServeBench:
             hot_loaded(victim, VICTIM)
             after = general_scores(victim, self.setup.learning.probe_items)
             identical = watch(bystander, watched) == bystander_before
-            lost = (
-                lost_chats
-                + episodes_lost(store, VICTIM, victim.acked)
-                + episodes_lost(store, BYSTANDER, bystander.acked)
-            )
+            lost = sum(items_lost(store, c, t) for c, t in ((victim, VICTIM), (bystander, BYSTANDER)))
             rounds = [
                 {"version": r.version, "status": r.status.value, "reason": r.reason} for r in store.adapters(VICTIM)
             ]
@@ -645,7 +661,7 @@ class ServeBench:
                             fault_versions.add(entry["version"])
             after = general_scores(victim, self.setup.learning.probe_items)
             identical = watch(bystander, watched) == bystander_before
-            lost = episodes_lost(store, VICTIM, victim.acked) + episodes_lost(store, BYSTANDER, bystander.acked)
+            lost = sum(items_lost(store, c, t) for c, t in ((victim, VICTIM), (bystander, BYSTANDER)))
         return serve_result(fault, guard, run_dir, before, after, rounds, fault_versions, lost, identical)
 
 
@@ -712,13 +728,17 @@ def served_model(url: str) -> str:
     return c.models.list().data[0].id
 
 
-def episodes_lost(store: ExperienceStore, tenant: str, acked: Sequence[int]) -> int:
-    """Acknowledged feedback missing from the store, and consumed feedback whose episode is missing."""
+def items_lost(store: ExperienceStore, c: ServeClient, tenant: str) -> int:
+    """What the server acknowledged to `c` and the store lacks: completions (or their answers),
+    feedback items, and the episode of every feedback item a round consumed."""
+    lost = 0
+    for rid, answers in c.chats:
+        req = store.request(rid)
+        lost += req is None or req.status != "completed" or [x.answer for x in req.choices] != answers
     stored = {f.id: f for f in store.feedback(tenant)}
     made = {e.info.get("feedback") for e in store.episodes(run_id=run_id(tenant))}
-    missing = [i for i in acked if i not in stored]
-    unlearned = [i for i in acked if i in stored and stored[i].consumed_version is not None and i not in made]
-    return len(missing) + len(unlearned)
+    lost += sum(i not in stored for i in c.acked)
+    return lost + sum(i in stored and stored[i].consumed_version is not None and i not in made for i in c.acked)
 
 
 def serve_result(
@@ -747,10 +767,12 @@ def serve_result(
     found += [f"round_error: {r['reason']}" for r in rounds if r["reason"].startswith("error")]
     delta = min(after[t] - before[t] for t in before)
     rollbacks = sum(1 for f in found if f == "rollback")
-    return FaultResult(
+    result = FaultResult(
         fault, guard, hit, delta >= -RECOVERY_TOLERANCE, round(delta, 4), lost, before, after, rollbacks, found,
         bystander_identical=identical,
     )  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))  # the row, kept with the run
+    return result
 
 
 def serve_target(args: argparse.Namespace) -> RunOne:
@@ -783,7 +805,8 @@ def compare(run_one: RunOne, faults: Sequence[str], t0: float) -> list[FaultResu
             results.append(r)
             print(
                 f"    detected={r.detected} recovered={r.recovered} probe_delta={r.probe_delta:+.3f} "
-                f"lost={r.episodes_lost} rollbacks={r.rollbacks} findings={sorted(set(r.findings))}",
+                f"lost={r.episodes_lost} rollbacks={r.rollbacks} findings={sorted(set(r.findings))}"
+                + ("" if r.bystander_identical is None else f" bystander_identical={r.bystander_identical}"),
                 file=sys.stderr,
             )
     return results

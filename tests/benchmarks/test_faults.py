@@ -1,6 +1,8 @@
 """benchmarks/faults.py: its faults go in through the runtime's public parts, in the fault steps only.
 
-On the tiny model and the coin task (rewards a random model earns): a four-step run per fault."""
+On the tiny model and the coin task (rewards a random model earns): a four-step run per fault. The
+serve target on the tiny model through a live server (kill9 of `lifelong serve` is covered by
+tests/serve/test_durability.py)."""
 
 from __future__ import annotations
 
@@ -98,11 +100,13 @@ def test_kill9_marks_the_moment_it_is_inside_the_update_after_the_first(tiny_pol
 
 
 def test_the_serve_target_injects_faults_through_a_live_server(
-    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Control, nan_grad and garbage corrections, guard on and off, through loopback HTTP: nothing
     acknowledged is lost and the bystander tenant's answers stay the same tokens."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server and its learner use
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     setup = faults.ServeSetup(
         str(serve_model_dir), tmp_path, SERVE_LEARNING, LoraSettings(rank=4, alpha=8), questions=2, answer_tokens=4
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tests.conftest import FAST_LEARNING, SKY
@@ -214,3 +215,31 @@ def test_a_round_that_raises_is_recorded_and_consumes_its_feedback(tmp_path: Pat
     learner.store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
     record = learner.fail("t", learner.store.pending_feedback("t"), "error: boom")
     assert record.status == AdapterStatus.REJECTED and learner.store.pending_feedback("t") == []
+
+
+def test_a_round_cut_short_before_its_record_is_redone_once(
+    tmp_path: Path, serve_policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the round's checkpoint but before the store records it: the redo neither fails
+    on the episodes already stored nor learns twice (the unrecorded checkpoint is dropped)."""
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    serve_request(store, serve_policy, "r1", "Pick a word.", n=2)
+    store.add_feedback("r1", 0, "t", THUMBS, reward=1.0)
+    store.add_feedback("r1", 1, "t", THUMBS, reward=0.0)
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "record_adapter", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            learner.round("t", store.pending_feedback("t"))
+    crashed = load_file(tmp_path / "adapters" / "t" / "step-000001" / "adapter_model.safetensors")
+    assert len(store.pending_feedback("t")) == 2 and len(store.episodes(tenant="t")) == 2
+
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE and record.version == 1, record.reason
+    assert len(store.episodes(tenant="t")) == 2  # stored once
+    redone = load_file(Path(record.path or "") / "adapter_model.safetensors")
+    assert all(torch.equal(crashed[k], redone[k]) for k in crashed)  # learned once, from the same start

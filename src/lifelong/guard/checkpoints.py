@@ -94,6 +94,13 @@ class CheckpointRing:
                 shutil.rmtree(old, ignore_errors=True)
         return target
 
+    def discard_after(self, step: int) -> list[Path]:
+        """Remove checkpoints of steps after `step` (work a crash left unrecorded); returns them."""
+        gone = [p for p in self.paths() if int(p.name.removeprefix("step-")) > step]
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True)
+        return gone
+
     def verify(self, path: Path) -> None:
         """Raise CheckpointError if a file is missing or its hash does not match the manifest."""
         manifest_path = path / _MANIFEST

@@ -2,8 +2,9 @@
 
 The pool is distinct training items of general-ability tasks (a stream's `general` tasks, or a
 server's), never their probes, answered greedily by the pretrained model (adapters off). Every
-update takes the next `anchor_per_step` of them in turn and the GRPO learner holds its answers there (`anchor_coef`, learn/grpo.py): few
-anchored items protect only themselves, so the pool is large and rotates (dev/LOG.md).
+update takes the next `per_step` of them in turn and the GRPO learner holds its answers there
+(`anchor_coef`, learn/grpo.py): few anchored items protect only themselves, so the pool is large
+and rotates (dev/LOG.md).
 """
 
 from __future__ import annotations

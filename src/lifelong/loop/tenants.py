@@ -212,7 +212,8 @@ class TenantLearner:
             self.store, tenant, items, tokenizer, int(tokenizer.eos_token_id), self._teacher_prompt,
             self.config.baseline_window,
         )  # fmt: skip
-        self.store.add(experience.episodes, run_id=run_id(tenant), step=version, model=self.policy.name, tenant=tenant)
+        self.store.add(experience.episodes, run_id=run_id(tenant), step=version, model=self.policy.name,
+                       tenant=tenant, skip_stored=True)  # fmt: skip
         metrics: dict[str, float] = {
             "round/items": float(len(items)),
             "round/rated": float(len(experience.rated)),
@@ -241,7 +242,7 @@ class TenantLearner:
         self, core: LearningCore, version: int, experience: Experience, metrics: dict[str, float]
     ) -> Verdict | None:
         """The round's updates; the first rejecting verdict stops them. None: nothing to learn."""
-        batch = rated_batch(experience, self.core_learner(core).config.scale_rewards, self.anchors.for_step(version))
+        batch = rated_batch(experience, self.config.grpo.scale_rewards, self.anchors.for_step(version))
         batch = replace(batch, samples=self._on_policy(batch.samples))
         if not batch.samples and not experience.lessons:
             return None
@@ -273,11 +274,6 @@ class TenantLearner:
             fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
             out.append(replace(s, sampler_logprobs=fixed))
         return tuple(out)
-
-    @staticmethod
-    def core_learner(core: LearningCore) -> GRPOLearner:
-        assert isinstance(core.learner, GRPOLearner)  # the tenant core is built with one (`_core`)
-        return core.learner
 
     def _record(
         self,
@@ -315,6 +311,9 @@ class TenantLearner:
             else SelfDistiller(self.policy, learner.optimizer, cfg.distill, torch.Generator().manual_seed(cfg.seed))
         )
         ring = CheckpointRing(folder, keep=cfg.checkpoints_kept)
+        # A crash after a round's checkpoint but before its record leaves a checkpoint the store
+        # does not know; the round is redone from the feedback, so drop what it wrote.
+        ring.discard_after(self.store.next_version(tenant) - 1)
         core = LearningCore(self.policy, learner, guard, ring, lessons, keep_good_adapters=True,
                             log=MetricsLog(folder / "metrics.jsonl"))  # fmt: skip
         if core.restore() is None:

@@ -275,8 +275,18 @@ class ExperienceStore:
             return list(self._b.execute(sql, args).fetchall())
 
     # ---- episodes -----------------------------------------------------------------------------
-    def add(self, episodes: Iterable[Episode], *, run_id: str, step: int, model: str, tenant: str = "") -> int:
-        """Store episodes in one transaction; returns how many were written."""
+    def add(
+        self,
+        episodes: Iterable[Episode],
+        *,
+        run_id: str,
+        step: int,
+        model: str,
+        tenant: str = "",
+        skip_stored: bool = False,
+    ) -> int:
+        """Store episodes in one transaction; returns how many were given. `skip_stored`: an episode
+        whose id is stored already is left as it is (a round redone after a crash), not an error."""
         rows = []
         for ep in episodes:
             last = ep.turns[-1].completion if ep.turns else None
@@ -307,7 +317,8 @@ class ExperienceStore:
             "id, run_id, step, env, seed, group_id, split, prompt, reasoning, answer, reward, success, feedback, "
             "info, turns, model, adapter_version, created, tenant"
         )
-        self._transaction([], many=(f"INSERT INTO episodes ({columns}) VALUES ({','.join('?' * 19)})", rows))
+        conflict = " ON CONFLICT (id) DO NOTHING" if skip_stored else ""
+        self._transaction([], many=(f"INSERT INTO episodes ({columns}) VALUES ({','.join('?' * 19)}){conflict}", rows))
         return len(rows)
 
     def count(self, run_id: str | None = None, split: str | None = None) -> int:
