@@ -26,7 +26,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
-from lifelong.model.sampler import STOP, Force, Shaping, sample
+from lifelong.model.sampler import STOP, ControlFn, Force, SampledRow, Shaping, TokenFn, sample
 from lifelong.types import Completion, StopReason
 
 ANSWER_MARKER = "Answer:"
@@ -218,6 +218,34 @@ class Policy:
 
     # ---- acting ----------------------------------------------------------------------------
     @torch.no_grad()
+    def _sample(
+        self,
+        contexts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        gen: GenerationConfig,
+        generator: torch.Generator | None,
+        control: ControlFn | None,
+        on_token: TokenFn | None = None,
+    ) -> list[SampledRow]:
+        """The sampler in eval mode (the model's mode is put back after)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sample(
+                self.model,
+                contexts,
+                max_new_tokens=max_new_tokens,
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                temperature=gen.temperature,
+                generator=generator,
+                control=control,
+                shaping=gen.shaping,
+                on_token=on_token,
+            )
+        finally:
+            self.model.train(was_training)
+
     def respond(
         self,
         contexts: Sequence[Sequence[int]],
@@ -260,22 +288,7 @@ class Policy:
             contexts = [list(c) + prefix for c in contexts]
             answer_from.update({i: 0 for i in range(len(contexts))})
             reason.update({i: StopReason.THINK_BUDGET for i in range(len(contexts))})
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            rows = sample(
-                self.model,
-                contexts,
-                max_new_tokens=budget + len(self._marker_ids) + gen.answer_tokens,
-                eos_ids=self.eos_ids,
-                pad_id=self.pad_id,
-                temperature=gen.temperature,
-                generator=generator,
-                control=control,
-                shaping=gen.shaping,
-            )
-        finally:
-            self.model.train(was_training)
+        rows = self._sample(contexts, budget + len(self._marker_ids) + gen.answer_tokens, gen, generator, control)
         completions = []
         for i, row in enumerate(rows):
             ids = prefix + row.token_ids
@@ -325,23 +338,10 @@ class Policy:
                 sent[row] += piece
                 on_text(row, piece)
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            rows = sample(
-                self.model,
-                contexts,
-                max_new_tokens=gen.answer_tokens,
-                eos_ids=self.eos_ids,
-                pad_id=self.pad_id,
-                temperature=gen.temperature,
-                generator=generator,
-                control=control if gen.stop else None,
-                shaping=gen.shaping,
-                on_token=on_token if on_text is not None else None,
-            )
-        finally:
-            self.model.train(was_training)
+        rows = self._sample(
+            contexts, gen.answer_tokens, gen, generator, control if gen.stop else None,
+            on_token if on_text is not None else None,
+        )  # fmt: skip
         completions = []
         for i, row in enumerate(rows):
             answer, stopped = cut_at_stop(text(row.token_ids), gen.stop)
