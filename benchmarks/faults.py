@@ -51,9 +51,9 @@ detected is a guard finding in the victim's guard_events.jsonl during the fault 
 round refused; episodes_lost counts acknowledged completions and feedback missing from the store
 and consumed feedback without its episode; bystander_identical says whether the bystander's greedy
 and seeded sampled answers were the same tokens after the victim's rounds as before.
-Measured on the embedded model, 1 torch thread, 2 cores shared with another benchmark: a round
-takes 1-2 minutes, a (fault, guard) run about 8, so the full serve target (12 runs) about 1.5 hours;
-choose faults with --faults (the control always runs).
+Measured (2026-11-30) on the embedded model, --threads 1, 2 cores shared with another real-model
+benchmark: a round takes 1.2-3 minutes, a (fault, guard) run 7.5-11.5 minutes, so the full serve
+target (12 runs) takes about 2 hours there; choose faults with --faults (the control always runs).
 
     python benchmarks/faults.py [--target run|serve] [--faults a,b] [--model FOLDER] [--json]
 """
@@ -501,7 +501,6 @@ class ServeBench:
 
     def __init__(self, setup: ServeSetup) -> None:
         self.setup = setup
-        self.policy: Policy | None = None
         self.learner: TenantLearner | None = None
         self.items = feedback_items(setup.learning.probe_items)
         need = (SERVE_ROUNDS + 1) * setup.questions
