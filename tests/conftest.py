@@ -70,13 +70,17 @@ def tiny_policy(tiny_model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
     return Policy(tiny_model, tokenizer, name="tiny", lora=LoraSettings(rank=4, alpha=8))
 
 
+def model_folder(folder: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """`model` and `tokenizer` saved as a Hugging Face folder (what `--model PATH` loads)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """The tiny model saved as a Hugging Face folder, for `--model PATH` runs."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return model_folder(tmp_path_factory.mktemp("tiny-model"), make_tiny_model(tokenizer), tokenizer)
 
 
 def tiny_eval_args(model_dir: Path, out: Path, *flags: str) -> list[str]:
@@ -104,10 +108,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def serve_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    folder = tmp_path_factory.mktemp("serve-model")
-    make_learnable_model(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return model_folder(tmp_path_factory.mktemp("serve-model"), make_learnable_model(tokenizer), tokenizer)
 
 
 @pytest.fixture
@@ -157,9 +158,7 @@ def knowing_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTr
     model = make_learnable_model(tokenizer, seed=1)
     teach_blue(model, tokenizer)
     torch.set_num_threads(threads)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return model_folder(folder, model, tokenizer)
 
 
 # Learning settings for tiny models: few probes, strong steps.

@@ -15,11 +15,13 @@ none there is no chain, and so nothing to flag.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from lifelong.types import Episode, Flag
 
@@ -90,4 +92,13 @@ def flag_episodes(monitor: Monitor, episodes: Iterable[Episode], tenant: str = "
     ]
 
 
-__all__ = ["Monitor", "Observation", "TextMonitor", "flag_episodes"]
+def append_flags(path: Path, flags: Sequence[Flag], extra: Callable[[Flag], dict[str, Any]] | None = None) -> None:
+    """Append flags to a JSON-lines file for people to read (`extra` adds fields to a flag's line)."""
+    if not flags:
+        return
+    with open(path, "a") as f:
+        for flag in flags:
+            f.write(json.dumps({**asdict(flag), **(extra(flag) if extra else {})}) + "\n")
+
+
+__all__ = ["Monitor", "Observation", "TextMonitor", "append_flags", "flag_episodes"]

@@ -193,11 +193,7 @@ class LearningCore:
         probe_items: int = 0,
         likelihoods: dict[str, float] | None = None,
     ) -> Verdict:
-        """The guard's thorough checks at an evaluation point (see `Guard.gate`): held-out `scores`
-        per task on `probe_items` items each; `guarded` tasks must not regress, `general` ones also
-        not erode below the pretrained model, `trained` ones are held to a tighter budget;
-        `rescore` re-measures a drop over budget on fresh items; `likelihoods` are answer
-        log-probs per probe group, held to their last good and first values."""
+        """The guard's thorough checks at an evaluation point; the arguments are `Guard.gate`'s."""
         return self.guard.gate(step, self.policy, scores, guarded, general, trained, rescore, probe_items, likelihoods)
 
     def mark_good(self, scores: dict[str, float], likelihoods: dict[str, float] | None = None) -> None:

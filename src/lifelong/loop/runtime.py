@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from lifelong.envs.base import Env
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.guard.detectors import Rescored
 from lifelong.guard.gate import Guard, Verdict
-from lifelong.guard.monitor import Monitor, TextMonitor, flag_episodes
+from lifelong.guard.monitor import Monitor, TextMonitor, append_flags, flag_episodes
 from lifelong.learn.distill import SelfDistiller
 from lifelong.learn.grpo import GRPOLearner
 from lifelong.learn.learner import FrozenLearner, Learner
@@ -229,9 +228,7 @@ class Runtime:
         if flags:
             self.store.add_flags(flags)
             task = {e.id: e.env for e in episodes}
-            with open(self.run_dir / "flags.jsonl", "a") as f:
-                for flag in flags:
-                    f.write(json.dumps({**asdict(flag), "step": step, "task": task[flag.source]}) + "\n")
+            append_flags(self.run_dir / "flags.jsonl", flags, lambda flag: {"step": step, "task": task[flag.source]})
         return flags
 
     def _gate(self, slot: Slot, scores: dict[str, float]) -> Verdict:

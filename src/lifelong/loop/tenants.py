@@ -205,8 +205,8 @@ class TenantLearner:
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
         """Learn from `items` (a tenant's pending feedback) and record the version it made."""
         t0 = time.time()
-        core = self._core(tenant)
         version = self.store.next_version(tenant)
+        core = self._core(tenant, version)
         tokenizer = self.policy.tokenizer
         experience = experience_from_feedback(
             self.store, tenant, items, tokenizer, int(tokenizer.eos_token_id), self._teacher_prompt,
@@ -297,9 +297,10 @@ class TenantLearner:
         return self._record(tenant, self.store.next_version(tenant), AdapterStatus.REJECTED, None, reason, {}, items)
 
     # ---- the tenant's core ------------------------------------------------------------------------
-    def _core(self, tenant: str) -> LearningCore:
-        """The tenant's learning core, restored from its newest checkpoint; on its first round, the
-        initial adapter gated as the pretrained reference and saved as its good step 0."""
+    def _core(self, tenant: str, version: int) -> LearningCore:
+        """The tenant's learning core for the round that makes `version`, restored from its newest
+        checkpoint; on its first round, the initial adapter gated as the pretrained reference and
+        saved as its good step 0."""
         cfg = self.config
         folder = self.folder / tenant
         drift = [p for _, _, p in self._probe_prompts[:: max(1, len(self._probe_prompts) // cfg.guard.drift_prompts)]]
@@ -313,7 +314,7 @@ class TenantLearner:
         ring = CheckpointRing(folder, keep=cfg.checkpoints_kept)
         # A crash after a round's checkpoint but before its record leaves a checkpoint the store
         # does not know; the round is redone from the feedback, so drop what it wrote.
-        ring.discard_after(self.store.next_version(tenant) - 1)
+        ring.discard_after(version - 1)
         core = LearningCore(self.policy, learner, guard, ring, lessons, keep_good_adapters=True,
                             log=MetricsLog(folder / "metrics.jsonl"))  # fmt: skip
         if core.restore() is None:

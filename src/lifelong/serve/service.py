@@ -17,7 +17,6 @@ request leaves out come from the model's generation_config: greedy unless it say
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.guard.monitor import Monitor, TextMonitor
+from lifelong.guard.monitor import Monitor, TextMonitor, append_flags
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, Policy, TextFn
 from lifelong.serve.adapters import AdapterBank
@@ -187,11 +186,8 @@ class ChatService:
         ]
 
     def _log_flags(self, flags: list[Flag]) -> None:
-        if not flags:
-            return
-        with self._flag_log_lock, open(self.flag_log, "a") as f:
-            for flag in flags:
-                f.write(json.dumps(asdict(flag)) + "\n")
+        with self._flag_log_lock:
+            append_flags(self.flag_log, flags)
 
     # ---- feedback -------------------------------------------------------------------------------
     def feedback(self, tenant: str, req: FeedbackRequest) -> Feedback:
