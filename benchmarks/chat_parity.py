@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--correction-rule", choices=["distill", "nll"], default="distill", help="how the server learns corrections"
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the server's learning (its sampling)")
     parser.add_argument("--replies", help="write every reply, per question, to this JSON file")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args(argv)
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     from lifelong.serve import BackgroundServer, LearnerConfig, ServeConfig, Server
 
     hf_logging.set_verbosity_error()
-    result: dict[str, Any] = {"questions": len(QUESTIONS), "shots": args.shots, "correction_rule": args.correction_rule}
+    result: dict[str, Any] = {
+        "questions": len(QUESTIONS), "shots": args.shots, "correction_rule": args.correction_rule, "seed": args.seed
+    }  # fmt: skip
     replies: dict[str, list[str]] = {"bare": bare_replies(args.max_tokens, args.shots)}
     live: int | None = None
     with tempfile.TemporaryDirectory(prefix="chat-parity-") as tmp:
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             keys=(("parity", KEY),),
             threads=args.threads,
             learner=replace(LearnerConfig(), enabled=not args.skip_learning, nice=0),
-            learning=TenantLearningConfig(correction_rule=CorrectionRule(args.correction_rule)),
+            learning=TenantLearningConfig(correction_rule=CorrectionRule(args.correction_rule), seed=args.seed),
         )
         server = Server(config, announce=say)
         try:

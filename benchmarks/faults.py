@@ -65,6 +65,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -387,6 +388,18 @@ class ServeSetup:
     watched: int = 8  # the bystander's fixed questions, answered greedily and sampled
 
 
+@dataclass(frozen=True)
+class StartState:
+    """The folder every serve run copies, and what was measured there before any fault."""
+
+    folder: Path
+    before: dict[str, float]  # the victim's probe scores
+    bystander_answers: list[str]  # its watched answers, greedy and sampled
+    watched: list[str]
+    chats: list[tuple[str, list[str]]]  # what the server acknowledged to the bystander there
+    acked: list[int]
+
+
 class ServeClient:
     """A tenant's official `openai` client on the live server, as a user sends requests and feedback."""
 
@@ -502,6 +515,7 @@ class ServeBench:
     def __init__(self, setup: ServeSetup) -> None:
         self.setup = setup
         self.learner: TenantLearner | None = None
+        self.start: StartState | None = None
         self.items = feedback_items(setup.learning.probe_items)
         need = (SERVE_ROUNDS + 1) * setup.questions
         if len(self.items) < need:
@@ -532,6 +546,44 @@ class ServeBench:
         self.learner.config = config.learning
         return self.learner
 
+    def start_state(self) -> StartState:
+        """What every run starts from, made once: the bystander's first round learned and live,
+        the victim's first gate (the pretrained reference) passed, and the measures before the
+        fault (the victim's probe scores, the bystander's watched answers). Each run copies the
+        folder: the runs differ only after this point, and each saves these rounds."""
+        if self.start is not None:
+            return self.start
+        folder = self.setup.work / "serve-start"
+        shutil.rmtree(folder, ignore_errors=True)
+        config = self.config(folder, guard=True)
+        with ExitStack() as stack:
+            server = Server(config)
+            stack.callback(server.close)
+            url = stack.enter_context(BackgroundServer(server))
+            model_id, tokens = server.service.model_id, self.setup.answer_tokens
+            victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            store = stack.enter_context(ExperienceStore(config.database_location))
+            learner = self.tenant_learner(config, store)
+            q = self.setup.questions
+            send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, random.Random(1))
+            learn_once(learner, config)
+            live = store.live_versions()[BYSTANDER][0].version
+            bystander.wait_for(live)
+            learner.bootstrap(VICTIM)
+            watched = self.watched_questions()
+            self.start = StartState(
+                folder, general_scores(victim, self.setup.learning.probe_items), watch(bystander, watched), watched,
+                bystander.chats, bystander.acked,
+            )  # fmt: skip
+        return self.start
+
+    def begin(self, run_dir: Path) -> StartState:
+        """A run's folder as a copy of the start state's."""
+        start = self.start_state()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(start.folder, run_dir)
+        return start
+
     def watched_questions(self) -> list[str]:
         """The bystander's fixed questions: the first general-ability probes of each task."""
         out = []
@@ -548,6 +600,7 @@ class ServeBench:
         serve the last live version, redo the round (detected: the interrupted feedback is consumed
         after the restart) and learn round 3."""
         run_dir = self.setup.work / f"serve-kill9-{'on' if guard else 'off'}"
+        start = self.begin(run_dir)
         q = self.setup.questions
         config = self.config(run_dir, guard)
         config = replace(
@@ -560,6 +613,7 @@ class ServeBench:
             proc.start()
             model_id, tokens = served_model(proc.url), self.setup.answer_tokens
             victim, bystander = (ServeClient(proc.url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            bystander.chats, bystander.acked = list(start.chats), list(start.acked)
             store = stack.enter_context(ExperienceStore(config.database_location))
 
             def learned(tenant: str, rounds: int) -> Callable[[], bool]:
@@ -570,12 +624,7 @@ class ServeBench:
                 if live:
                     c.wait_for(live[0].version, timeout=120)
 
-            send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, rng)
-            wait_until(learned(BYSTANDER, 1), "the bystander's round")
             hot_loaded(bystander, BYSTANDER)
-            watched = self.watched_questions()
-            bystander_before = watch(bystander, watched)
-            before = general_scores(victim, self.setup.learning.probe_items)
             send_feedback(victim, self.items[:q], CONTROL, rng)
             wait_until(learned(VICTIM, 1), "the victim's round 1")
             hot_loaded(victim, VICTIM)
@@ -611,17 +660,20 @@ class ServeBench:
             wait_until(learned(VICTIM, records + 1), "the victim's round 3")
             hot_loaded(victim, VICTIM)
             after = general_scores(victim, self.setup.learning.probe_items)
-            identical = watch(bystander, watched) == bystander_before
+            identical = watch(bystander, start.watched) == start.bystander_answers
             lost = sum(items_lost(store, c, t) for c, t in ((victim, VICTIM), (bystander, BYSTANDER)))
             rounds = [
                 {"version": r.version, "status": r.status.value, "reason": r.reason} for r in store.adapters(VICTIM)
             ]
-        return serve_result("kill9", guard, run_dir, before, after, rounds, set(), lost, identical, detected=resumed)
+        return serve_result(
+            "kill9", guard, run_dir, start.before, after, rounds, set(), lost, identical, detected=resumed
+        )
 
     def run(self, fault: str, guard: bool) -> FaultResult:
         if fault == "kill9":
             return self.run_kill9(guard)
         run_dir = self.setup.work / f"serve-{fault}-{'on' if guard else 'off'}"
+        start = self.begin(run_dir)
         config = self.config(run_dir, guard)
         rng = random.Random(0)
         q = self.setup.questions
@@ -631,6 +683,7 @@ class ServeBench:
             url = stack.enter_context(BackgroundServer(server))
             model_id, tokens = server.service.model_id, self.setup.answer_tokens
             victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            bystander.chats, bystander.acked = list(start.chats), list(start.acked)
             store = stack.enter_context(ExperienceStore(config.database_location))
             learner = self.tenant_learner(config, store)
 
@@ -643,11 +696,7 @@ class ServeBench:
                         c.wait_for(live[0].version)
                 return rounds
 
-            send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, rng)  # its own live adapter
-            learn(False)
-            watched = self.watched_questions()
-            bystander_before = watch(bystander, watched)
-            before = general_scores(victim, self.setup.learning.probe_items)
+            bystander.wait_for(store.live_versions()[BYSTANDER][0].version)
             fault_versions: set[int] = set()
             rounds = []
             for r in range(1, SERVE_ROUNDS + 1):
@@ -659,9 +708,9 @@ class ServeBench:
                         if active:
                             fault_versions.add(entry["version"])
             after = general_scores(victim, self.setup.learning.probe_items)
-            identical = watch(bystander, watched) == bystander_before
+            identical = watch(bystander, start.watched) == start.bystander_answers
             lost = sum(items_lost(store, c, t) for c, t in ((victim, VICTIM), (bystander, BYSTANDER)))
-        return serve_result(fault, guard, run_dir, before, after, rounds, fault_versions, lost, identical)
+        return serve_result(fault, guard, run_dir, start.before, after, rounds, fault_versions, lost, identical)
 
 
 class ServeProcess:

@@ -109,6 +109,7 @@ class Lesson:
     student_prompt: tuple[int, ...]
     teacher_prompt: tuple[int, ...]
     successes: tuple[Completion, ...] = ()  # the teacher's successful retries (or past successes)
+    protocol: bool = True  # the student answers in the reasoning protocol (False: plain chat, a server's)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class AdapterRecord:
     tenant: str
     version: int
     status: AdapterStatus
-    path: str | None
+    path: str | None  # its checkpoint, relative to the adapters folder (older records: absolute)
     created: float
     reason: str
     metrics: dict[str, float]

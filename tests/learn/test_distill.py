@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from lifelong.learn.distill import DistillConfig, SelfDistiller
+from lifelong.learn.logprobs import pretrained_kl
 from lifelong.model.adapters import AdapterSnapshot, trainable
 from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Lesson
+from lifelong.types import Lesson, Sample
 
 
 def test_answer_start_is_after_the_marker(tiny_policy: Policy) -> None:
@@ -75,3 +76,52 @@ def test_the_anchor_can_be_an_earlier_version_of_the_adapters(tiny_policy: Polic
     assert to_pretrained.metrics["distill/reference_kl"] > 0.01
     assert to_snapshot.metrics["distill/reference_kl"] == pytest.approx(0.0, abs=1e-4)
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(trainable(tiny_policy), live, strict=True))
+
+
+def test_plain_chat_lessons_sample_plain_replies(tiny_policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's lesson (plain chat) is distilled on the student's plain replies, never on replies
+    forced into the reasoning protocol after a plain chat prompt."""
+    student, teacher = tiny_policy.chat_start("Name a color."), tiny_policy.chat_start("Say red. Name a color.")
+    plain = Lesson(tuple(student), tuple(teacher), protocol=False)
+    seen: list[GenerationConfig] = []
+    respond = tiny_policy.respond
+
+    def spy(contexts, gen, generator=None):  # type: ignore[no-untyped-def]
+        seen.append(gen)
+        return respond(contexts, gen, generator)
+
+    monkeypatch.setattr(tiny_policy, "respond", spy)
+    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    config = DistillConfig(learning_rate=1e-3, student_samples=3, answer_tokens=3)
+    distiller = SelfDistiller(tiny_policy, torch.optim.AdamW(params, lr=1e-3), config, torch.Generator().manual_seed(0))
+    protocol = Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?")))
+    report = distiller.update([plain, protocol])
+    assert [g.protocol for g in seen] == [False, True]  # one draw per format, in lesson order
+    assert report.applied and report.metrics["distill/sequences"] > 0
+
+
+def test_anchor_items_are_held_to_the_pretrained_model(tiny_policy: Policy) -> None:
+    """The anchor term moves the adapters back toward the pretrained model's replies on items
+    the lesson never asks about."""
+    with torch.no_grad():  # a learned version, far from the pretrained model
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    anchor_prompt = tiny_policy.chat_start("What is the capital of France?")
+    with tiny_policy.model.disable_adapter():
+        reply = tiny_policy.chat([anchor_prompt], GenerationConfig(protocol=False, temperature=0.0, answer_tokens=4))[0]
+    anchors = [Sample(tuple(anchor_prompt), reply.token_ids, reply.logprobs, reply.loss_mask, 0.0)]
+    lesson = Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?")))
+    start = {k: v.clone() for k, v in tiny_policy.model.state_dict().items() if "lora" in k}
+    held = {}
+    for coef in (0.0, 10.0):
+        tiny_policy.model.load_state_dict(start, strict=False)
+        params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+        config = DistillConfig(learning_rate=0.01, student_samples=2, answer_tokens=2, anchor_coef=coef)
+        distiller = SelfDistiller(tiny_policy, torch.optim.AdamW(params, lr=0.01), config)
+        for step in range(6):
+            distiller.generator = torch.Generator().manual_seed(step)
+            distiller.update([lesson], anchors=anchors)
+        with torch.no_grad():
+            held[coef] = float(pretrained_kl(tiny_policy.model, anchors, tiny_policy.pad_id))
+    assert held[10.0] < 0.5 * held[0.0]

@@ -79,7 +79,8 @@ def test_a_round_on_ratings_moves_the_adapter_towards_the_liked_reply(tmp_path: 
 
     assert record.status == AdapterStatus.LIVE and record.version == 1, record.reason
     assert record.metrics["round/rated"] == 2.0 and "rated/loss/policy" in record.metrics
-    after = load_file(Path(record.path or "") / "adapter_model.safetensors")
+    assert record.path is not None and not Path(record.path).is_absolute()  # the store folder can move
+    after = load_file(learner.folder / record.path / "adapter_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the parameters actually changed
     gap_after = reply_logprob(learner, "r1", 0) - reply_logprob(learner, "r1", 1)
     assert gap_after > gap_before
@@ -181,6 +182,23 @@ def test_the_guard_rolls_back_a_round_that_damages_operator_probes(tmp_path: Pat
     assert record.status == AdapterStatus.LIVE and record.version == 2, record.reason
 
 
+def test_the_guard_rolls_back_a_round_that_moves_general_behaviour(tmp_path: Path, knowing_model_dir: Path) -> None:
+    """The pretrained model's own replies to the general probes, alone and after example turns,
+    are a likelihood group of their own: a round that makes them unlikely is rolled back even
+    with no operator probe, no held-out correction and the drift budgets wide open."""
+    policy = load_policy(knowing_model_dir)
+    guard = replace(FAST.guard, kl_drift_budget=100.0, entropy_margin=100.0, general_likelihood_budget=0.1)
+    learner = learner_for(tmp_path, policy, replace(FAST, correction_rule=CorrectionRule.NLL, guard=guard))
+    general = learner._general_samples()
+    assert len(general) == 2 * sum(len(p.seeds) for p in learner.probes.values())  # alone and with 2 shots
+    store = learner.store
+    for i in range(4):
+        serve_request(store, policy, f"r{i}", SKY.format(i))
+        store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction="red")
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.REJECTED and record.reason.startswith("general answers fell"), record.reason
+
+
 def test_non_finite_weights_are_rolled_back_by_the_guard(tmp_path: Path, serve_policy: Policy) -> None:
     huge = replace(FAST, grpo=replace(FAST.grpo, learning_rate=float("inf")))
     learner = learner_for(tmp_path, serve_policy, huge)
@@ -198,13 +216,13 @@ def test_tenants_learn_apart(tmp_path: Path, serve_policy: Policy) -> None:
     store.add_feedback("a1", 0, "alice", THUMBS, reward=1.0)
     store.add_feedback("a1", 1, "alice", THUMBS, reward=0.0)
     assert learner.round("alice", store.pending_feedback("alice")).status == AdapterStatus.LIVE
-    alice = load_file(Path(store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
+    alice = load_file(learner.folder / (store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
     serve_request(store, serve_policy, "b1", "Pick a word.", n=2, tenant="bob")
     store.add_feedback("b1", 0, "bob", THUMBS, reward=0.0)
     store.add_feedback("b1", 1, "bob", THUMBS, reward=1.0)
     bob = learner.round("bob", store.pending_feedback("bob"))
     assert bob.status == AdapterStatus.LIVE and bob.version == 1  # bob's own versions, from his own start
-    again = load_file(Path(store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
+    again = load_file(learner.folder / (store.live_versions()["alice"][0].path or "") / "adapter_model.safetensors")
     assert all(torch.equal(alice[k], again[k]) for k in alice)  # bob's round left alice's adapter alone
     assert not any(e.group == "request:a1" for e in store.episodes(tenant="bob"))
 
@@ -241,5 +259,5 @@ def test_a_round_cut_short_before_its_record_is_redone_once(
     record = learner.round("t", store.pending_feedback("t"))
     assert record.status == AdapterStatus.LIVE and record.version == 1, record.reason
     assert len(store.episodes(tenant="t")) == 2  # stored once
-    redone = load_file(Path(record.path or "") / "adapter_model.safetensors")
+    redone = load_file(learner.folder / (record.path or "") / "adapter_model.safetensors")
     assert all(torch.equal(crashed[k], redone[k]) for k in crashed)  # learned once, from the same start

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,19 +176,26 @@ class AnswerLikelihoodDrop:
     greedy decoding is wrong, so it sees a held-out correction slip before its greedy answer changes."""
 
     budget: float = 0.3
+    budgets: Mapping[str, float] = field(default_factory=dict)  # per group, where it differs
 
     def check(self, now: dict[str, float], last_good: dict[str, float], pretrained: dict[str, float]) -> Finding | None:
-        floors = {g: max(last_good.get(g, -math.inf), pretrained.get(g, -math.inf)) - self.budget for g in now}
+        floors = {
+            g: max(last_good.get(g, -math.inf), pretrained.get(g, -math.inf)) - self.budgets.get(g, self.budget)
+            for g in now
+        }
         falls = {g: v for g, v in now.items() if math.isfinite(floors[g]) and not v >= floors[g]}  # NaN falls too
         if not falls:
             return None
-        worst = min(falls, key=lambda g: falls[g] - floors[g])
+        fell = sorted(falls, key=lambda g: falls[g] - floors[g])  # the worst first
         return Finding(
             "answer_likelihood",
             True,
-            f"{worst} answers fell to {now[worst]:.3f} nats/token, below the floor {floors[worst]:.3f} "
-            f"(last good {last_good.get(worst, math.nan):.3f}, pretrained {pretrained.get(worst, math.nan):.3f}, "
-            f"budget {self.budget})",
+            "; ".join(
+                f"{g} answers fell to {now[g]:.3f} nats/token, below the floor {floors[g]:.3f} "
+                f"(last good {last_good.get(g, math.nan):.3f}, pretrained {pretrained.get(g, math.nan):.3f})"
+                for g in fell
+            )
+            + f" (budget {self.budget}{''.join(f', {g} {b}' for g, b in self.budgets.items())})",
             {"now": now, "last_good": last_good, "pretrained": pretrained},
         )
 

@@ -45,6 +45,9 @@ from lifelong.model.adapters import AdapterSnapshot, nonfinite_count
 from lifelong.model.policy import Policy
 from lifelong.types import Episode, UpdateReport
 
+# The likelihood group of the pretrained model's own replies to general prompts (its own budget).
+GENERAL_ANSWERS = "general"
+
 
 @dataclass(frozen=True)
 class GuardConfig:
@@ -71,6 +74,9 @@ class GuardConfig:
     # Mean per-token log-prob (nats) a probe group's answers may lose against the better of the last
     # good version and the pretrained model (groups given to `gate` as `likelihoods`).
     answer_likelihood_budget: float = 0.3
+    # The same for the `general` group (GENERAL_ANSWERS): the pretrained model's own replies to
+    # general-ability prompts, whose likelihood is behaviour kept, its format included.
+    general_likelihood_budget: float = 0.3
     drift_prompts: int = 8
     drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
@@ -93,8 +99,8 @@ class GuardConfig:
             )
         if self.confirm_items < 0:
             raise ConfigError("confirm_items must be >= 0", "64 re-measures a suspect drop; 0 trusts the probes alone")
-        if self.answer_likelihood_budget < 0:
-            raise ConfigError("answer_likelihood_budget must be >= 0", "0.3 nats/token is the default")
+        if self.answer_likelihood_budget < 0 or self.general_likelihood_budget < 0:
+            raise ConfigError("likelihood budgets must be >= 0", "0.3 nats/token is the default")
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -155,7 +161,9 @@ class Guard:
             against="the last good version while being trained",
             detector="trained_regression",
         )
-        self.likelihood = AnswerLikelihoodDrop(config.answer_likelihood_budget)
+        self.likelihood = AnswerLikelihoodDrop(
+            config.answer_likelihood_budget, {GENERAL_ANSWERS: config.general_likelihood_budget}
+        )
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
         self.drift = ProbeDrift(

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
+from lifelong.learn.logprobs import completion_log_softmax, pretrained_kl, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Lesson, Sample, UpdateReport
+from lifelong.types import Completion, Lesson, Sample, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,17 @@ class DistillConfig:
     # (their geometric mean at 1.0): where the teacher is sure (the corrected answer) it wins,
     # elsewhere the format is kept. Measured in dev/LOG.md (2026-11-24).
     reference_kl: float = 1.0
+    # Weight of KL(policy || pretrained) on general-ability anchor items given to `update` (none in
+    # a run's consolidation; a server passes its anchor pool's, loop/anchors.py). The reference
+    # term above holds only the lesson's own prompt; without this, corrections carry their style
+    # (a sentence where a word was asked) to questions nobody corrected (dev/LOG.md, 2026-11-30).
+    anchor_coef: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0 or self.student_samples < 0 or self.reference_kl < 0:
+        if self.learning_rate <= 0 or self.student_samples < 0 or self.reference_kl < 0 or self.anchor_coef < 0:
             raise ConfigError(
-                "learning_rate must be > 0, student_samples and reference_kl >= 0", "defaults: 2e-4, 4 and 1.0"
+                "learning_rate must be > 0, student_samples, reference_kl and anchor_coef >= 0",
+                "defaults: 2e-4, 4, 1.0 and 1.0",
             )
 
 
@@ -71,21 +77,22 @@ class SelfDistiller:
         self.step = 0
 
     def update(
-        self, lessons: Sequence[Lesson], lr_scale: float = 1.0, reference: AdapterSnapshot | None = None
+        self,
+        lessons: Sequence[Lesson],
+        lr_scale: float = 1.0,
+        reference: AdapterSnapshot | None = None,
+        anchors: Sequence[Sample] = (),
     ) -> UpdateReport:
         """One distillation step at `lr_scale` x the configured rate. The format anchor
         (`reference_kl`) holds the student to `reference`, an earlier version of the adapters, or by
-        default to the pretrained model."""
+        default to the pretrained model; `anchors` (general-ability items) are held to the
+        pretrained model with weight `anchor_coef`."""
         if not lessons:
             return UpdateReport(self.step, False, {}, reason="no lessons")
         cfg, model = self.config, self.policy.model
-        gen = GenerationConfig(thinking_tokens=0, answer_tokens=cfg.answer_tokens, temperature=1.0)
         pairs: list[tuple[Sample, Sample]] = []
-        contexts = [lesson.student_prompt for lesson in lessons for _ in range(cfg.student_samples)]
-        sampled = iter(self.policy.respond(contexts, gen, self.generator) if contexts else [])
-        for lesson in lessons:
-            completions = [next(sampled) for _ in range(cfg.student_samples)] + list(lesson.successes)
-            for c in completions:
+        for lesson, sampled in zip(lessons, self._student_samples(lessons), strict=True):
+            for c in [*sampled, *lesson.successes]:
                 answer_mask = self.policy.answer_mask(c)
                 if sum(answer_mask) == 0:
                     continue
@@ -114,6 +121,11 @@ class SelfDistiller:
         anchored = reverse_kl(student_logp, reference_logp, mask)
         loss = kl + cfg.reference_kl * anchored
         loss.backward()
+        general: dict[str, float] = {}
+        if anchors and cfg.anchor_coef > 0:
+            anchor_kl = pretrained_kl(model, anchors, self.policy.pad_id)
+            (cfg.anchor_coef * anchor_kl).backward()
+            general = {"anchor/kl": float(anchor_kl.detach())}
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
         self.step += int(applied)
@@ -128,9 +140,26 @@ class SelfDistiller:
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,
+                **general,
             },
             reason="" if applied else "non-finite gradient",
         )
+
+    def _student_samples(self, lessons: Sequence[Lesson]) -> list[list[Completion]]:
+        """`student_samples` on-policy replies per lesson, each in its lesson's format (reasoning
+        protocol or plain chat), drawn in lesson order within each format."""
+        cfg, k = self.config, self.config.student_samples
+        out: list[list[Completion]] = [[] for _ in lessons]
+        for protocol in dict.fromkeys(lesson.protocol for lesson in lessons):
+            rows = [i for i, lesson in enumerate(lessons) if lesson.protocol == protocol]
+            if k == 0:
+                continue
+            gen = GenerationConfig(thinking_tokens=0, answer_tokens=cfg.answer_tokens, protocol=protocol)
+            contexts = [lessons[i].student_prompt for i in rows for _ in range(k)]
+            sampled = self.policy.respond(contexts, gen, self.generator)
+            for j, i in enumerate(rows):
+                out[i] = sampled[j * k : (j + 1) * k]
+        return out
 
 
 __all__ = ["DistillConfig", "Lesson", "SelfDistiller"]

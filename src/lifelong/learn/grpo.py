@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax, completion_logprobs, reverse_kl
+from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
@@ -181,11 +181,7 @@ class GRPOLearner:
 
     def _anchor(self, anchors: Sequence[Sample]) -> float:
         """Backward anchor_coef * KL(policy || pretrained) on the anchor samples; returns the KL."""
-        model, pad = self.policy.model, self.policy.pad_id
-        logp, _, mask = completion_log_softmax(model, anchors, pad, self.config.temperature)
-        with torch.no_grad(), model.disable_adapter():
-            ref_logp, _, _ = completion_log_softmax(model, anchors, pad, self.config.temperature)
-        kl = reverse_kl(logp, ref_logp, mask)
+        kl = pretrained_kl(self.policy.model, anchors, self.policy.pad_id, self.config.temperature)
         (self.config.anchor_coef * kl).backward()
         return float(kl.detach())
 

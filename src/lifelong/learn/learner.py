@@ -54,9 +54,14 @@ class LessonLearner(Protocol):
         ...
 
     def update(
-        self, lessons: Sequence[Lesson], lr_scale: float = 1.0, reference: AdapterSnapshot | None = None
+        self,
+        lessons: Sequence[Lesson],
+        lr_scale: float = 1.0,
+        reference: AdapterSnapshot | None = None,
+        anchors: Sequence[Sample] = (),
     ) -> UpdateReport:
-        """At most one optimizer step; `reference` is the adapters the format is held to (None: pretrained)."""
+        """At most one optimizer step; `reference` is the adapters the format is held to (None:
+        pretrained); `anchors` are general-ability items held to the pretrained model."""
         ...
 
 

@@ -10,6 +10,7 @@ learner agree to float precision on the same weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -98,3 +99,12 @@ def reverse_kl(student_logp: torch.Tensor, other_logp: torch.Tensor, mask: torch
     Both log-prob tensors are (B, C, V) from `completion_log_softmax`; `mask` is (B, C)."""
     per_token = (student_logp.exp() * (student_logp - other_logp)).sum(-1)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def pretrained_kl(model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+    """KL(policy || pretrained model) over the whole vocabulary, averaged over the samples' target
+    tokens (the adapters switched off for the reference): the anchor that holds general ability."""
+    logp, _, mask = completion_log_softmax(model, samples, pad_id, temperature)
+    with torch.no_grad(), model.disable_adapter():
+        ref_logp, _, _ = completion_log_softmax(model, samples, pad_id, temperature)
+    return reverse_kl(logp, ref_logp, mask)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.learner import reward_batch
-from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
@@ -32,10 +32,15 @@ class SFTConfig:
     micro_batch: int = 16  # samples per forward/backward; bounds memory
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    # Weight of KL(policy || pretrained) on a batch's anchor items. 0 for the `sft` baseline (naive
+    # fine-tuning holds nothing); a server's corrections (`CorrectionNLL`) hold its anchor pool.
+    anchor_coef: float = 0.0
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}", "try 2e-4 for LoRA")
+        if self.anchor_coef < 0:
+            raise ConfigError("anchor_coef must be >= 0", "0 (the default) switches the anchor off")
         if self.micro_batch < 1:
             raise ConfigError("micro_batch must be >= 1", "the default is 16")
 
@@ -73,8 +78,8 @@ class SFTLearner:
         self.step = 0
 
     def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
-        """The successes as targets; SFT has no anchor term, so `anchors` are not used."""
-        return make_sft_batch(episodes)
+        """The successes as targets; `anchors` ride along (held when `anchor_coef` > 0)."""
+        return replace(make_sft_batch(episodes), anchors=tuple(anchors))
 
     def update(self, batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
         base = {"reward/mean": batch.reward_mean, "reward/std": batch.reward_std}
@@ -91,12 +96,17 @@ class SFTLearner:
             loss = -(logp * mask).sum() / total  # token mean over the whole batch
             loss.backward()
             nll += float(loss.detach())
+        held: dict[str, float] = {}
+        if batch.anchors and cfg.anchor_coef > 0:
+            anchor_kl = pretrained_kl(model, batch.anchors, self.policy.pad_id)
+            (cfg.anchor_coef * anchor_kl).backward()
+            held = {"anchor/kl": float(anchor_kl.detach())}
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
         model.eval()
         if self.refuse_nonfinite and not math.isfinite(grad_norm):
             return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         self.step += 1
-        metrics = {**base, "loss/nll": nll, "grad/norm": grad_norm, "batch/samples": float(len(batch.samples))}
+        metrics = {**base, "loss/nll": nll, "grad/norm": grad_norm, "batch/samples": float(len(batch.samples)), **held}
         return UpdateReport(self.step, True, metrics)
 
 
@@ -119,15 +129,20 @@ class CorrectionNLL:
         self.sft.step = value
 
     def update(
-        self, lessons: Sequence[Lesson], lr_scale: float = 1.0, reference: AdapterSnapshot | None = None
+        self,
+        lessons: Sequence[Lesson],
+        lr_scale: float = 1.0,
+        reference: AdapterSnapshot | None = None,
+        anchors: Sequence[Sample] = (),
     ) -> UpdateReport:
-        """One NLL step on every lesson's given replies (`reference` is unused: no anchor term)."""
+        """One NLL step on every lesson's given replies (`reference` is unused: the corrected text is
+        the target, not a distribution), holding `anchors` when the config's `anchor_coef` > 0."""
         samples = tuple(
             Sample(lesson.student_prompt, c.token_ids, c.logprobs, c.loss_mask, 1.0)
             for lesson in lessons
             for c in lesson.successes
             if sum(c.loss_mask)
         )
-        report = self.sft.update(Batch(samples, len(lessons), 0, 1.0, 0.0), lr_scale)
+        report = self.sft.update(Batch(samples, len(lessons), 0, 1.0, 0.0, tuple(anchors)), lr_scale)
         metrics = {k: v for k, v in report.metrics.items() if not k.startswith("reward/")}
         return UpdateReport(report.step, report.applied, metrics, report.reason)

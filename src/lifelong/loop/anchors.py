@@ -2,9 +2,11 @@
 
 The pool is distinct training items of general-ability tasks (a stream's `general` tasks, or a
 server's), never their probes, answered greedily by the pretrained model (adapters off). Every
-update takes the next `per_step` of them in turn and the GRPO learner holds its answers there
-(`anchor_coef`, learn/grpo.py): few anchored items protect only themselves, so the pool is large
-and rotates (dev/LOG.md).
+update takes the next `per_step` of them in turn and the learner holds its answers there
+(`anchor_coef`, learn/grpo.py, learn/distill.py): few anchored items protect only themselves, so
+the pool is large and rotates (dev/LOG.md). In plain chat, `shots` > 0 asks every other item after
+that many answered example turns: people chat in several turns, and what holds the answer to a
+lone question does not hold the one-word reply a conversation of one-word replies asks for.
 """
 
 from __future__ import annotations
@@ -13,9 +15,20 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 
+from lifelong.envs.base import Env
+from lifelong.errors import ConfigError
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import ProbeSet
 from lifelong.types import Sample
+
+
+def conversation(env: Env, seed: int, examples: Sequence[int]) -> list[dict[str, str]]:
+    """Item `seed` of `env` asked after answered turns of items `examples` (their reference answers)."""
+    turns = []
+    for s in examples:
+        question, info = env.reset(seed=s)
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": str(info["answer"])}]
+    return [*turns, {"role": "user", "content": env.reset(seed=seed)[0]}]
 
 
 class AnchorPool:
@@ -33,7 +46,10 @@ class AnchorPool:
         seed: int,
         generation: GenerationConfig,
         active: bool = True,
+        shots: int = 0,
     ) -> None:
+        if shots and generation.protocol:
+            raise ConfigError("anchor example turns (shots) are for plain chat", "use shots=0 with the protocol")
         self.policy = policy
         self.probes = list(probes)  # one per general task: its items outside the probes are the pool's
         self.items = items  # distinct items per task
@@ -41,6 +57,7 @@ class AnchorPool:
         self.seed = seed
         self.generation = replace(generation, temperature=0.0)
         self.active = active
+        self.shots = shots
         self._pool: list[Sample] | None = None
 
     def for_step(self, step: int) -> list[Sample]:
@@ -61,7 +78,12 @@ class AnchorPool:
                 rng = random.Random(f"{self.seed}:anchor:{probe.task.label}")
                 seeds = probe.training_seeds(rng, 8 * self.items)
                 distinct = list({env.item_key(s): s for s in seeds}.values())[: self.items]
-                prompts += [start(env.reset(seed=s)[0]) for s in distinct]
+                for j, s in enumerate(distinct):
+                    if self.shots and j % 2:
+                        examples = [distinct[(j + d) % len(distinct)] for d in range(1, self.shots + 1)]
+                        prompts.append(self.policy.chat_ids(conversation(env, s, examples), protocol=False))
+                    else:
+                        prompts.append(start(env.reset(seed=s)[0]))
         with self.policy.model.disable_adapter():
             answers = self.policy.respond(prompts, self.generation) if prompts else []
         samples = [
@@ -72,4 +94,4 @@ class AnchorPool:
         return self._pool
 
 
-__all__ = ["AnchorPool"]
+__all__ = ["AnchorPool", "conversation"]

@@ -129,7 +129,8 @@ def experience_from_feedback(
         completion = correction_completion(tokenizer, text, eos_id)
         fixed.append(_episode(req, f, completion, 1.0, f"correction:{f.id}", CORRECTION_ENV))
         teacher = tuple(teacher_prompt(req, CORRECTION_NOTE.format(correction=text.strip())))
-        lessons.append(Lesson(req.prompt_ids, teacher, (completion,)))
+        protocol = bool(req.generation.get("protocol", False))
+        lessons.append(Lesson(req.prompt_ids, teacher, (completion,), protocol=protocol))
     return Experience(tenant, tuple(f.id for f in items), tuple(rated), baselines, tuple(fixed), tuple(lessons))
 
 

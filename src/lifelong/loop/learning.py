@@ -157,16 +157,18 @@ class LearningCore:
         lessons: Sequence[Lesson],
         reference: AdapterSnapshot | None = None,
         undo_rejected: bool = False,
+        anchors: Sequence[Sample] = (),
     ) -> StepResult:
         """One self-distillation update on lessons (same guard path, `kind="distill"`): `reference`
         is the adapters the answer format is held to (None: the pretrained model; the runtime passes
-        `good_adapters`). `undo_rejected` puts the adapters of before back at once when the cheap
+        `good_adapters`); `anchors`: general-ability items held to the pretrained model.
+        `undo_rejected` puts the adapters of before back at once when the cheap
         checks reject (offline consolidation: nothing else changed since)."""
         if self.distiller is None:
             raise ConfigError("this run has no distiller: its weights do not learn", "use update_rule grpo or sft")
         before = AdapterSnapshot(self.policy) if undo_rejected else None
         lr_scale = self.guard.before_update(self.policy)
-        report = self.distiller.update(lessons, lr_scale, reference)
+        report = self.distiller.update(lessons, lr_scale, reference, anchors)
         if report.applied:
             self._new_version()
         verdict = self.guard.after_update(step, report, self.policy, kind="distill")

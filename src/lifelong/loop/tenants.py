@@ -9,10 +9,12 @@ detectors, rollback ring and learning-rate back-off, the same checkpoints, one s
   gates it as the pretrained reference) -> its pending feedback becomes episodes and lessons
   (loop/feedback.py), stored before learning -> rated replies make a policy-gradient update that
   also holds general-ability anchor items at the pretrained model's answers; corrections make a
-  self-distillation update (or plain NLL, `CorrectionRule.NLL`) -> the guard's cheap checks -> the
-  gate: greedy answers to general-ability probes (`facts`, `instruct`, in the plain chat format the
-  server answers in) held to the last good version and the pretrained model, KL drift, and the
-  likelihood of held-out corrections and the operator's probes -> kept: checkpoint, recorded live;
+  self-distillation update (or plain NLL, `CorrectionRule.NLL`) holding the same anchors -> the
+  guard's cheap checks -> the gate: greedy answers to general-ability probes (`facts`, `instruct`,
+  in the plain chat format the server answers in) held to the last good version and the pretrained
+  model, KL drift, and the likelihood of three groups of answers: the pretrained model's own replies
+  to the probes (alone and after example turns: general behaviour, its format included), held-out
+  corrections and the operator's probes -> kept: checkpoint, recorded live;
   rejected: rolled back, the learning rate backed off, recorded rejected.
 The feedback a round consumed is recorded with its version in one transaction, so a crash anywhere
 redoes the round, never loses or double-counts feedback. Rewards come only from people's ratings
@@ -35,13 +37,13 @@ import torch
 from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
-from lifelong.guard.gate import Guard, GuardConfig, Verdict
+from lifelong.guard.gate import GENERAL_ANSWERS, Guard, GuardConfig, Verdict
 from lifelong.learn.distill import DistillConfig, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner
 from lifelong.learn.learner import LessonLearner
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.learn.sft import CorrectionNLL, SFTConfig
-from lifelong.loop.anchors import AnchorPool
+from lifelong.loop.anchors import AnchorPool, conversation
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.memory.store import ExperienceStore
@@ -83,6 +85,9 @@ class TenantLearningConfig:
     anchor_items: int = 32  # general-ability items per task held to the pretrained answers
     anchor_per_step: int = 16
     answer_tokens: int = 24  # greedy reply budget of a probe
+    # Answered example turns before every other anchor item, and before the second reading of each
+    # probe in the gate's `general` likelihood: the multi-turn form people chat in (loop/anchors.py).
+    shots: int = 2
     seed: int = 0
     grpo: GRPOConfig = field(default_factory=_serve_grpo)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -92,8 +97,10 @@ class TenantLearningConfig:
         object.__setattr__(self, "correction_rule", CorrectionRule(self.correction_rule))
         if self.steps_per_round < 1 or self.checkpoints_kept < 1:
             raise ConfigError("steps_per_round and checkpoints_kept must be >= 1", "the defaults are 2 and 3")
-        if self.probe_items < 1 or self.anchor_items < 0 or self.anchor_per_step < 0:
-            raise ConfigError("probe_items must be >= 1, anchor_items and anchor_per_step >= 0", "defaults: 32, 32, 16")
+        if self.probe_items < 1 or self.anchor_items < 0 or self.anchor_per_step < 0 or self.shots < 0:
+            raise ConfigError(
+                "probe_items must be >= 1, anchor_items, anchor_per_step and shots >= 0", "defaults: 32, 32, 16, 2"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TenantLearningConfig:
@@ -198,8 +205,9 @@ class TenantLearner:
         # Shared by every tenant: the pretrained model's plain replies, built once.
         self.anchors = AnchorPool(
             policy, list(self.probes.values()), config.anchor_items, config.anchor_per_step, config.seed,
-            self.greedy, active=config.grpo.anchor_coef > 0,
+            self.greedy, active=config.grpo.anchor_coef > 0 or config.distill.anchor_coef > 0, shots=config.shots,
         )  # fmt: skip
+        self._general: list[Sample] | None = None
 
     # ---- the round --------------------------------------------------------------------------------
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
@@ -242,7 +250,8 @@ class TenantLearner:
         self, core: LearningCore, version: int, experience: Experience, metrics: dict[str, float]
     ) -> Verdict | None:
         """The round's updates; the first rejecting verdict stops them. None: nothing to learn."""
-        batch = rated_batch(experience, self.config.grpo.scale_rewards, self.anchors.for_step(version))
+        anchors = self.anchors.for_step(version)
+        batch = rated_batch(experience, self.config.grpo.scale_rewards, anchors)
         batch = replace(batch, samples=self._on_policy(batch.samples))
         if not batch.samples and not experience.lessons:
             return None
@@ -253,7 +262,7 @@ class TenantLearner:
                 if not result.keep:
                     return result.verdict
             if experience.lessons:
-                result = core.distil(version, experience.lessons, reference=core.good_adapters)
+                result = core.distil(version, experience.lessons, reference=core.good_adapters, anchors=anchors)
                 metrics |= {f"correction/{k}": v for k, v in result.report.metrics.items()}
                 if not result.keep:
                     return result.verdict
@@ -285,9 +294,9 @@ class TenantLearner:
         metrics: dict[str, float],
         items: Sequence[Feedback],
     ) -> AdapterRecord:
-        record = AdapterRecord(
-            tenant, version, status, None if path is None else str(path), time.time(), reason, metrics
-        )
+        # Relative to the adapters folder, so that a store folder can be moved or restored from a copy.
+        where = None if path is None else str(path.relative_to(self.folder))
+        record = AdapterRecord(tenant, version, status, where, time.time(), reason, metrics)
         self.store.record_adapter(record, [f.id for f in items])
         return record
 
@@ -297,6 +306,11 @@ class TenantLearner:
         return self._record(tenant, self.store.next_version(tenant), AdapterStatus.REJECTED, None, reason, {}, items)
 
     # ---- the tenant's core ------------------------------------------------------------------------
+    def bootstrap(self, tenant: str) -> None:
+        """Gate the initial adapter as the tenant's pretrained reference and save it as its good
+        step 0, unless done already (its first round does this otherwise)."""
+        self._core(tenant, self.store.next_version(tenant))
+
     def _core(self, tenant: str, version: int) -> LearningCore:
         """The tenant's learning core for the round that makes `version`, restored from its newest
         checkpoint; on its first round, the initial adapter gated as the pretrained reference and
@@ -306,8 +320,9 @@ class TenantLearner:
         drift = [p for _, _, p in self._probe_prompts[:: max(1, len(self._probe_prompts) // cfg.guard.drift_prompts)]]
         guard = Guard(cfg.guard, folder, drift, seed=cfg.seed)
         learner = GRPOLearner(self.policy, cfg.grpo)
+        nll = SFTConfig(cfg.distill.learning_rate, anchor_coef=cfg.distill.anchor_coef)
         lessons: LessonLearner = (
-            CorrectionNLL(self.policy, learner.optimizer, SFTConfig(learning_rate=cfg.distill.learning_rate))
+            CorrectionNLL(self.policy, learner.optimizer, nll)
             if cfg.correction_rule == CorrectionRule.NLL
             else SelfDistiller(self.policy, learner.optimizer, cfg.distill, torch.Generator().manual_seed(cfg.seed))
         )
@@ -339,9 +354,32 @@ class TenantLearner:
             env.reset(seed=seed)
             solved.setdefault(task.label, []).append(float(env.step(reply.answer).reward >= env.success_threshold))
         scores = {label: sum(v) / len(v) for label, v in solved.items()}
-        groups = {"holdout": self._holdout_samples(tenant), "operator": self._operator_samples(tenant)}
+        groups = {
+            GENERAL_ANSWERS: self._general_samples(),
+            "holdout": self._holdout_samples(tenant),
+            "operator": self._operator_samples(tenant),
+        }
         likelihoods = {name: reply_likelihood(self.policy, samples) for name, samples in groups.items() if samples}
         return scores, likelihoods
+
+    def _general_samples(self) -> list[Sample]:
+        """The pretrained model's greedy replies to every probe, asked alone and after `shots`
+        answered turns of the next probes of its task; built once. Their likelihood falls when an
+        adapter moves general behaviour, its format included (one word becoming a sentence), even
+        where the probes' greedy scores, which accept a short phrase, do not move."""
+        if self._general is None:
+            prompts = [p for _, _, p in self._probe_prompts]
+            if self.config.shots:
+                for task in GENERAL_TASKS:
+                    env, seeds = task.make(), self.probes[task].seeds
+                    for j, s in enumerate(seeds):
+                        examples = [seeds[(j + d) % len(seeds)] for d in range(1, self.config.shots + 1)]
+                        prompts.append(self.policy.chat_ids(conversation(env, s, examples), protocol=False))
+            with self.policy.model.disable_adapter():
+                replies = self.policy.chat(prompts, self.greedy)
+            samples = [reply_sample(self.policy, p, r.answer) for p, r in zip(prompts, replies, strict=True)]
+            self._general = [s for s in samples if s.completion_ids]
+        return self._general
 
     def _holdout_samples(self, tenant: str) -> list[Sample]:
         samples = []

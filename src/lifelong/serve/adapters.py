@@ -37,8 +37,9 @@ def read_adapter(folder: Path) -> Adapter:
 
 
 class AdapterBank:
-    def __init__(self, store: ExperienceStore, initial: Adapter) -> None:
+    def __init__(self, store: ExperienceStore, initial: Adapter, folder: Path) -> None:
         self.store = store
+        self.folder = folder  # the adapters folder the records' paths are relative to
         self.initial = LiveAdapter(0, initial, time.time())
         self._live: dict[str, LiveAdapter] = {}
         self._refresh_lock = threading.Lock()
@@ -59,7 +60,7 @@ class AdapterBank:
                     if rec.version <= have or rec.path is None:
                         break
                     try:
-                        tensors = read_adapter(Path(rec.path))
+                        tensors = read_adapter(self.folder / rec.path)  # an absolute path stays as it is
                     except (OSError, CheckpointError):
                         continue
                     self._live[tenant] = LiveAdapter(rec.version, tensors, time.time())

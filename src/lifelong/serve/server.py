@@ -100,7 +100,7 @@ class Server:
             say(f"carried {sum(rows.values())} rows of {old} into {self.store.location} (kept as {old.name}.migrated)")
         self.store.claim_model(name)
         initial = ensure_initial_adapter(self.policy, adapters_folder(config))
-        self.bank = AdapterBank(self.store, initial)
+        self.bank = AdapterBank(self.store, initial, adapters_folder(config))
         for tenant, version in self.bank.refresh():  # restart resumes with the last good adapters
             say(f"tenant {tenant}: adapter version {version}")
         self.service = ChatService(config, self.policy, self.store, self.bank, model_id_for(name))
