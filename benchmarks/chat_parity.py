@@ -199,6 +199,17 @@ def teach(
     return live, f"only {live} adapter versions went live in {timeout:.0f}s (wanted {want_versions})"
 
 
+def rounds(client: openai.OpenAI) -> list[dict[str, Any]]:
+    """Each learning round's verdict and what the gate read (probe scores, answer likelihoods)."""
+    records = client.get("/adapters", cast_to=object)["data"]  # type: ignore[index]
+    keep = ("probe/", "likelihood/", "time/")
+    return [
+        {"version": r["version"], "status": r["status"], "reason": r["reason"]}
+        | {k: round(v, 4) for k, v in r.get("metrics", {}).items() if k.startswith(keep)}
+        for r in records
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-learning", action="store_true", help="bare, server and server_default only")
@@ -252,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         result["reason"] = reason
                     else:
                         replies["after_corrections"] = ask_all(client, model, "after_corrections", args.shots, **plain)
+                    result["rounds"] = rounds(client)
         finally:
             server.close()
     for name in ("bare", "server", "server_default", "after_corrections"):

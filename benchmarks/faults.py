@@ -33,8 +33,10 @@ one (fault, guard setting) pair (`TARGETS`); the control run, the comparison and
 `serve` is `lifelong serve`: a real server on loopback per run (its worker off) and, in this
 process, the tenants' learner on the same store, whose rounds run through `learn_once`, the
 worker's own function. Requests and feedback go over HTTP with the official `openai` client. Two
-tenants: `bystander` learns one round from good feedback first (its own live adapter), then the
-`victim` learns three rounds, the fault active in rounds 1-2:
+tenants. Every run starts from a copy of one start state, made once: `bystander` has learned one
+round from good feedback (its own live adapter), the victim's first gate (the pretrained reference)
+has passed, and the measures before the fault are taken. Then the `victim` learns three rounds,
+the fault active in rounds 1-2:
   flipped_ratings      the victim rates right answers down and wrong ones up (FACTS items that are
                        not the gate's probes, two sampled answers each)
   garbage_corrections  corrections made of random words

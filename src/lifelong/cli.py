@@ -5,6 +5,7 @@
   lifelong envs    list the environments
   lifelong play    play an environment yourself (the quickest way to see one is right)
   lifelong serve   an OpenAI-compatible server that learns from its users' feedback
+  lifelong teach   store documents into a serving store's memory, without a server
 
 Errors about input print one line (`error: <problem> -- <fix>`) and exit with code 2; `--debug`
 shows the traceback instead.
@@ -467,6 +468,47 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lifelong.memory.documents import document_files, teach_files
+    from lifelong.memory.store import ExperienceStore
+    from lifelong.serve.config import ServeConfig, check_tenant
+
+    check_tenant(args.tenant)
+    config = ServeConfig(store=Path(args.store), database=args.database)
+    files = document_files(args.paths)  # a missing path or unreadable file type fails before anything is stored
+    if not files:
+        raise ConfigError("no documents found in the given paths", "teach .txt, .md or .pdf files, or folders of them")
+    console = Console(stderr=True)
+    failed: list[str] = []
+    chunks = 0
+    columns = (TextColumn("teaching"), BarColumn(), MofNCompleteColumn(), TextColumn("files"), TimeRemainingColumn())
+    with (
+        ExperienceStore(config.database_location) as store,
+        Progress(*columns, console=console, disable=args.quiet) as bar,
+    ):
+        task = bar.add_task("teach", total=len(files))
+
+        def on_file(path: Path, doc: Any, why: str | None) -> None:
+            nonlocal chunks
+            if why is not None:
+                failed.append(f"{path}: {why}")
+                bar.console.print(f"[yellow]skipped[/yellow] {path}: {why}", highlight=False)
+            else:
+                chunks += doc.chunks
+            bar.advance(task)
+
+        taught = teach_files(store, args.tenant, files, config.max_document_bytes, on_file)
+    summary = {"documents": len(taught), "chunks": chunks, "skipped": len(failed), "tenant": args.tenant}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        console.print(f"taught {len(taught)} documents ({chunks} chunks) to tenant {args.tenant}", highlight=False)
+    return 0 if taught or not failed else EXIT_BAD_INPUT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifelong", description="An LM agent that keeps learning while it works.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -587,6 +629,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="torch threads for answering (default: 2)")
     serve.add_argument("--config", help="JSON file of further ServeConfig settings (learner, learning, lora, limits)")
     serve.set_defaults(func=cmd_serve)
+
+    teach = sub.add_parser("teach", help="store documents into a serving store's memory (no server needed)")
+    teach.add_argument("paths", nargs="+", metavar="PATH", help="documents (.txt, .md, .pdf) or folders of them")
+    teach.add_argument(
+        "--store", default="serve-data", help="the folder `lifelong serve --store` uses (default: serve-data)"
+    )
+    teach.add_argument(
+        "--database", help="a postgresql:// URL, if the server uses one (default: <store>/experience.sqlite)"
+    )
+    teach.add_argument("--tenant", required=True, help="whose memory the documents go into")
+    teach.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    teach.add_argument("--quiet", action="store_true", help="no progress output")
+    teach.set_defaults(func=cmd_teach)
     return parser
 
 

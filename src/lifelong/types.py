@@ -122,16 +122,30 @@ class UpdateReport:
     reason: str = ""
 
 
+class MemoryKind(enum.StrEnum):
+    """What a memory item was made from."""
+
+    LESSON = "lesson"  # the run path: a failure and the correction it received
+    EXAMPLE = "example"  # the run path: a success
+    CORRECTION = "correction"  # a person's correction of a served answer (key: the normalised question)
+    RATED_ANSWER = "rated_answer"  # a served answer a person rated up (key: the normalised question)
+    DOCUMENT = "document"  # a chunk of a taught document (key: the document's name)
+
+
 @dataclass(frozen=True)
 class MemoryItem:
-    """One item of the fast-path memory: a lesson from a failure or an example of a success.
+    """One item of the fast-path memory, with its provenance.
 
-    `key` is the question it is about (for retrieval), `text` what goes into the context,
-    `provenance` the ids of the episodes it was made from.
+    `key` is what it is about (the question, or a document's name), `text` what goes into the
+    context, `provenance` the ids it was made from: episode ids (lessons, examples), (request id,
+    feedback id) for served feedback, (document id,) for a chunk, which starts at character
+    `offset` of its document. An item is never rewritten: a newer one `superseded_by` it, a person
+    `deleted` it (a tombstone: never retrieved or consolidated again), and `consolidated_version`
+    is the adapter version it was consolidated into (None until then).
     """
 
     id: str
-    kind: str  # "lesson" or "example"
+    kind: str  # a MemoryKind
     task: str
     key: str
     text: str
@@ -139,6 +153,26 @@ class MemoryItem:
     created: float
     uses: int = 0
     wins: int = 0
+    tenant: str = ""
+    offset: int | None = None
+    superseded_by: str | None = None
+    deleted: bool = False
+    consolidated_version: int | None = None
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A taught document: its chunks are memory items of kind `document` (provenance: this id)."""
+
+    id: str
+    tenant: str
+    name: str
+    media_type: str
+    chars: int
+    chunks: int
+    created: float
+    superseded_by: str | None = None  # a newer document of the same name
+    deleted: bool = False
 
 
 # ---- serving records: what a person sent and what the server answered --------------------------

@@ -143,7 +143,7 @@ def test_distilled_corrections_move_the_bare_prompt_towards_the_teacher_with_the
     req = store.request("r0")
     assert req is not None
     reply = reply_sample(serve_policy, req.prompt_ids, "blue")
-    teacher = replace(reply, prompt_ids=tuple(learner._teacher_prompt(req, CORRECTION_NOTE.format(correction="blue"))))
+    teacher = replace(reply, prompt_ids=tuple(learner.prompt(req, CORRECTION_NOTE.format(correction="blue"))))
 
     def distance() -> float:
         with torch.no_grad():

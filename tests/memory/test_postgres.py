@@ -68,3 +68,37 @@ def test_serving_rows_and_an_old_serving_store_on_postgresql(fresh_url: str, tmp
         assert [r.path for r in store.live_versions()["alice"]] == ["/q", "/a/step-000001"]
         assert [f.id for f in store.pending_feedback("alice")] == [2]
         assert store.request("r3").choices[1].answer == "red"  # type: ignore[union-attr]
+
+
+def test_memory_search_supersede_and_delete_on_postgresql(fresh_url: str) -> None:
+    from tests.memory.test_memory_items import doc, fact, ids
+
+    with ExperienceStore(fresh_url) as store:
+        store.add_memory(fact("office", "Where is the Zorbel office?", "On Plinth street"))
+        store.add_memory(fact("lead", "Who leads team Quarn?", "Ada Mbeki"))
+        store.add_memory(fact("bobs", "Where is the Zorbel office?", "Elsewhere", tenant="bob"))
+        assert ids(store.search_memory("alice", "where's the zorbel office", 3)) == ["office"]
+        assert ids(store.search_memory("alice", "Quarn team leader", 3)) == ["lead"]
+        store.add_memory(fact("new", "where is the zorbel office", "Vell road"))
+        assert ids(store.search_memory("alice", "Zorbel office", 3)) == ["new"]
+        assert store.delete_memory("bob", "new") is None and store.delete_memory("alice", "new") is not None
+        assert store.search_memory("alice", "Zorbel office", 3) == []
+        store.add_document(doc("d1"), [(0, "The canteen opens at noon.")])
+        assert store.add_document(doc("d2"), [(0, "The canteen opens at eleven.")]) == ["d1"]
+        assert ids(store.search_memory("alice", "canteen", 3)) == ["d2-0"]
+
+
+def test_recall_gates_by_relevance_on_postgresql(fresh_url: str) -> None:
+    from tests.memory.test_memory_items import capitals, doc, fact, recalled
+
+    with ExperienceStore(fresh_url) as store:
+        capitals(store)
+        store.add_memory(fact("zorbia", "Who founded Zorbia?", "Quentin Marl"))
+        store.add_memory(fact("kessaly", "Who founded Kessaly?", "Ivo Dran"))
+        store.add_document(doc("d1"), [(0, "The Quillmarsh protocol needs two signatures.")])
+        assert recalled(store, "What is the capital of the Netherlands?") == []
+        assert recalled(store, "What is the capital of Ireland?") == ["ireland"]
+        assert recalled(store, "Zorbia was founded by whom?") == ["zorbia"]
+        assert recalled(store, "How many signatures does the Quillmarsh protocol need?") == ["d1-0"]
+        # "not" is a stopword of PostgreSQL's index, not a rare word: it must not outweigh "Ireland"
+        assert recalled(store, "Ireland's capital, or not?") == ["ireland"]

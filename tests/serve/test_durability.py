@@ -75,6 +75,7 @@ def serve_process(tmp_path: Path, serve_model_dir: Path, keys_file: Path) -> Ite
         "lora": {"rank": 4, "alpha": 8},
         "learner": {**asdict(LEARNING), "min_feedback": 4},
         "learning": asdict(NLL_LEARNING),
+        "memory": {"enabled": False},  # what the weights learnt is under test (see test_learning.WEIGHTS_ONLY)
     }
     (tmp_path / "serve.json").write_text(json.dumps(settings))
     args = ["--model", str(serve_model_dir), "--keys", str(keys_file), "--store", str(tmp_path / "store")]

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from lifelong.loop.tenants import CorrectionRule
+from lifelong.memory.recall import RecallConfig
 from lifelong.serve import ServeConfig
 from tests.conftest import FAST_LEARNING, SKY
 from tests.serve.conftest import LEARNING, ask, client, http, write_probes
@@ -30,6 +31,10 @@ NLL_LEARNING = replace(
     correction_rule=CorrectionRule.NLL,
     guard=replace(FAST_LEARNING.guard, kl_drift_budget=100.0, entropy_margin=100.0, answer_likelihood_budget=0.3),
 )
+
+# These tests measure what the weights learnt. Memory would put a tenant's earlier corrections into
+# its prompts (tests/serve/test_memory_api.py), changing its answers by design, so it is off here.
+WEIGHTS_ONLY = RecallConfig(enabled=False)
 
 TRAIN = [f"Name a primary color. (item {i})" for i in range(8)]
 HELD_OUT = [f"Name a primary color. (item {i})" for i in range(100, 106)]
@@ -56,7 +61,7 @@ def version_of(c: openai.OpenAI) -> int:
     return int((c.models.list().data[0].model_extra or {})["adapter_version"])
 
 
-def wait_for_version(c: openai.OpenAI, version: int, timeout: float = 30.0) -> None:
+def wait_for_version(c: openai.OpenAI, version: int, timeout: float = 120.0) -> None:
     """Wait until the server has hot-loaded this adapter version for the client's tenant."""
     deadline = time.time() + timeout
     while version_of(c) < version:
@@ -102,6 +107,7 @@ def feedback_round(
         lora=LoraSettings(rank=4, alpha=8),
         learner=replace(LEARNING, min_feedback=7),  # one round, once all of alice's corrections are in
         learning=NLL_LEARNING,
+        memory=WEIGHTS_ONLY,
     )
     with ExitStack() as stack:
         server = Server(config)
@@ -154,6 +160,7 @@ def test_flipped_feedback_is_refused_by_the_gate_and_harms_no_other_tenant(
         probes_file=write_probes(tmp_path / "probes.jsonl", [(SKY.format(300 + i), "blue") for i in range(6)]),
         learner=replace(LEARNING, min_feedback=4),
         learning=NLL_LEARNING,
+        memory=WEIGHTS_ONLY,
     )
     alice, bob, carol = (client(url, t) for t in ("alice", "bob", "carol"))
     before = {t: [ask(c, model, q) for q in held_out] for t, c in (("alice", alice), ("bob", bob), ("carol", carol))}

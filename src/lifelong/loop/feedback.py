@@ -42,8 +42,10 @@ CORRECTION_ENV = "serve:correction"
 # How a correction is quoted to the teacher: as data about the reply, never as an instruction.
 CORRECTION_NOTE = 'A trusted reviewer wrote the correct reply to the last message, quoted: "{correction}"'
 
-# (request, the note to quote) -> the prompt ids of the same conversation with the note in context.
-TeacherPrompt = Callable[[ServedRequest, str], list[int]]
+# (request, a note to quote or None) -> the prompt ids of its conversation as the learner sees it:
+# the person's messages without what the server recalled from memory for the answer (the student
+# learns without notes), and with the note in context when one is given (the teacher).
+PromptFn = Callable[[ServedRequest, str | None], list[int]]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def experience_from_feedback(
     items: Sequence[Feedback],
     tokenizer: PreTrainedTokenizerBase,
     eos_id: int,
-    teacher_prompt: TeacherPrompt,
+    prompt: PromptFn,
     baseline_window: int = 64,
 ) -> Experience:
     """Turn a tenant's feedback items into episodes (stored by the caller before learning) and lessons."""
@@ -103,6 +105,7 @@ def experience_from_feedback(
             corrections.append(f)
         elif f.reward is not None:
             latest[(f.request_id, f.index)] = f  # a later rating of the same choice replaces an earlier one
+    bare = {rid: tuple(prompt(req, None)) for rid, req in requests.items()}
     rated_by_request: dict[str, list[Feedback]] = defaultdict(list)
     for (rid, _), f in latest.items():
         rated_by_request[rid].append(f)
@@ -115,11 +118,11 @@ def experience_from_feedback(
         if len(fs) > 1:  # choices of one request rated together: a group of their own
             group = f"request:{rid}"
         else:  # a lone rating: earlier rated samples of the same prompt, else the running baseline
-            group = prompt_group(req.prompt_ids)
+            group = prompt_group(bare[rid])
             earlier = [e.reward for e in store.episodes(tenant=tenant, group=group) if e.env == CHAT_ENV]
             baselines[group] = sum(earlier) / len(earlier) if earlier else running
         for f in fs:
-            rated.append(_episode(req, f, req.choices[f.index], float(f.reward or 0.0), group, CHAT_ENV))
+            rated.append(_episode(req, bare[rid], f, req.choices[f.index], float(f.reward or 0.0), group, CHAT_ENV))
 
     fixed: list[Episode] = []
     lessons: list[Lesson] = []
@@ -127,10 +130,10 @@ def experience_from_feedback(
         req = requests[f.request_id]
         text = str(f.correction)
         completion = correction_completion(tokenizer, text, eos_id)
-        fixed.append(_episode(req, f, completion, 1.0, f"correction:{f.id}", CORRECTION_ENV))
-        teacher = tuple(teacher_prompt(req, CORRECTION_NOTE.format(correction=text.strip())))
+        fixed.append(_episode(req, bare[req.id], f, completion, 1.0, f"correction:{f.id}", CORRECTION_ENV))
+        teacher = tuple(prompt(req, CORRECTION_NOTE.format(correction=text.strip())))
         protocol = bool(req.generation.get("protocol", False))
-        lessons.append(Lesson(req.prompt_ids, teacher, (completion,), protocol=protocol))
+        lessons.append(Lesson(bare[req.id], teacher, (completion,), protocol=protocol))
     return Experience(tenant, tuple(f.id for f in items), tuple(rated), baselines, tuple(fixed), tuple(lessons))
 
 
@@ -156,8 +159,16 @@ def rated_batch(experience: Experience, scale_rewards: bool = True, anchors: Seq
     return Batch(batch.samples + tuple(lone), groups, dropped, mean, std, tuple(anchors))
 
 
-def _episode(req: ServedRequest, f: Feedback, completion: Completion, reward: float, group: str, env: str) -> Episode:
-    turn = Turn(req.prompt_ids, completion, last_user_text(req), reward)
+def _episode(
+    req: ServedRequest,
+    prompt_ids: Sequence[int],
+    f: Feedback,
+    completion: Completion,
+    reward: float,
+    group: str,
+    env: str,
+) -> Episode:
+    turn = Turn(tuple(prompt_ids), completion, last_user_text(req), reward)
     return Episode(
         id=f"{req.id}:{f.index}:feedback-{f.id}",
         env=env,

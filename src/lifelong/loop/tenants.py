@@ -217,7 +217,7 @@ class TenantLearner:
         core = self._core(tenant, version)
         tokenizer = self.policy.tokenizer
         experience = experience_from_feedback(
-            self.store, tenant, items, tokenizer, int(tokenizer.eos_token_id), self._teacher_prompt,
+            self.store, tenant, items, tokenizer, int(tokenizer.eos_token_id), self.prompt,
             self.config.baseline_window,
         )  # fmt: skip
         self.store.add(experience.episodes, run_id=run_id(tenant), step=version, model=self.policy.name,
@@ -386,16 +386,18 @@ class TenantLearner:
         for f in self.store.holdout_feedback(tenant):
             req = self.store.request(f.request_id)
             if req is not None and req.tenant == tenant and f.correction:
-                samples.append(reply_sample(self.policy, req.prompt_ids, f.correction))
+                samples.append(reply_sample(self.policy, self.prompt(req), f.correction))
         return samples
 
     def _operator_samples(self, tenant: str) -> list[Sample]:
         mine = [p for p in self.operator_probes if p.tenant in (None, tenant)]
         return [reply_sample(self.policy, self.policy.chat_start(p.prompt), p.answer) for p in mine]
 
-    def _teacher_prompt(self, req: ServedRequest, note: str) -> list[int]:
-        """The request's conversation with `note` quoted in a system message before it."""
-        messages = [{"role": "system", "content": note}, *req.body.get("messages", [])]
+    def prompt(self, req: ServedRequest, note: str | None = None) -> list[int]:
+        """The request's conversation as the person wrote it (`loop/feedback.PromptFn`): without the
+        notes the server recalled for its answer, and with `note` quoted in a system message before
+        it when given (the teacher's context)."""
+        messages = [*([{"role": "system", "content": note}] if note else []), *req.body.get("messages", [])]
         return self.policy.chat_ids(messages, protocol=bool(req.generation.get("protocol", False)))
 
 

@@ -11,17 +11,23 @@ is versioned; opening a store migrates an older one in place and refuses one wri
 lifelong with a clear error. `import_serve_store` carries a serving store of the old separate schema
 (`serve.sqlite`) into this one without losing a row. Safe to share between threads (one lock) and
 processes (the database's own locking).
+
+Memory items carry their tenant and provenance and are full-text indexed (`search_memory`). They are
+never rewritten: a newer item supersedes an older one by a simple rule (below, `add_memory` and
+`add_document`), a deletion leaves a tombstone, so a deleted item is neither retrieved nor consolidated
+again while the store still knows it existed and whether it had been consolidated.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +36,30 @@ from lifelong.types import (
     AdapterRecord,
     AdapterStatus,
     Completion,
+    DocumentRecord,
     Episode,
     Feedback,
     FeedbackKind,
     Flag,
     MemoryItem,
+    MemoryKind,
     RequestStatus,
     ServedRequest,
     StopReason,
     Turn,
 )
 
-__all__ = ["ExperienceStore", "StoreError", "episode_summary", "import_serve_store", "is_database_url"]
+__all__ = [
+    "ExperienceStore",
+    "StoreError",
+    "TermCounts",
+    "episode_summary",
+    "import_serve_store",
+    "is_database_url",
+    "query_terms",
+]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -153,7 +169,68 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX flags_tenant ON flags (tenant, id);
     """,
+    # Memory with provenance for serving: a chunk's offset in its document, supersession, tombstones,
+    # the adapter version an item was consolidated into, taught documents; and a full-text index
+    # (created by the backend after these statements: FTS5 on SQLite, a GIN index on PostgreSQL).
+    4: """
+    ALTER TABLE memory_items ADD COLUMN char_offset INTEGER;
+    ALTER TABLE memory_items ADD COLUMN superseded_by TEXT;
+    ALTER TABLE memory_items ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE memory_items ADD COLUMN consolidated_version INTEGER;
+    CREATE INDEX memory_items_tenant ON memory_items (tenant, kind, key);
+    CREATE TABLE documents (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        chars INTEGER NOT NULL,
+        chunks INTEGER NOT NULL,
+        created REAL NOT NULL,
+        superseded_by TEXT,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX documents_tenant ON documents (tenant, name);
+    """,
 }
+
+# What a migration needs beyond its statements, per backend.
+_AFTER_MIGRATION: dict[int, Callable[[Backend], None]] = {4: lambda db: db.create_text_index()}
+
+# Feedback items supersede older feedback items of the same question (see add_memory).
+_FEEDBACK_KINDS = (MemoryKind.CORRECTION.value, MemoryKind.RATED_ANSWER.value)
+
+# Words too common to say what a question is about; left out of search queries so that a query
+# matches an item only through the words that carry its meaning. The question fillers ("how many",
+# "what does it say about") matter to recall's relevance gate too: a word no item contains weighs
+# most there, so a filler left in would count as the question's subject.
+_STOPWORD_TEXT = (
+    "a about an and any are as at be but by can could did do does for from had has have how i if in into is "
+    "it its many me much my of on or our please say should so some tell than that the their them then "
+    "there these they this to us was we were what when where which who whom why will with would you your"
+)
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"[^\W_]+")
+
+
+def query_terms(text: str, limit: int = 32) -> list[str]:
+    """The distinct searchable words of a query, lowercased, in order: letters and digits only, so a
+    query can never be read as search syntax."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in _STOPWORDS and word.isascii() and word.isalnum() and (len(word) > 1 or word.isdigit()):
+            seen.setdefault(word, None)
+    return list(seen)[:limit]
+
+
+@dataclass(frozen=True)
+class TermCounts:
+    """How common each searchable word of a query is among a tenant's live items (for `recall`'s
+    relevance gate): `items` live items in all, `df[word]` of them contain the word (as the index
+    stems it), and `found_in[word]` are those of the asked-about items that contain it."""
+
+    items: int
+    df: dict[str, int]
+    found_in: dict[str, frozenset[str]]
 
 
 def completion_to_json(c: Completion) -> dict[str, Any]:
@@ -191,6 +268,11 @@ def _turn_from_json(d: dict[str, Any]) -> Turn:
     return Turn(tuple(d["prompt_ids"]), completion_from_json(d["completion"]), d["observation"], d["reward"])
 
 
+_MEMORY_COLUMNS = (
+    "id, kind, task, key, text, provenance, created, uses, wins, tenant, char_offset, superseded_by, deleted, "
+    "consolidated_version"
+)
+_DOCUMENT_COLUMNS = "id, tenant, name, media_type, chars, chunks, created, superseded_by, deleted"
 _FEEDBACK_COLUMNS = "id, request_id, idx, tenant, kind, reward, correction, holdout, received, consumed_version"
 _ADAPTER_COLUMNS = "tenant, version, status, path, created, reason, metrics"
 _REQUEST_COLUMNS = "id, tenant, model, received, body, prompt_ids, generation, status, adapter_version"
@@ -198,6 +280,16 @@ _REQUEST_COLUMNS = "id, tenant, model, received, body, prompt_ids, generation, s
 
 def _feedback(r: Sequence[Any]) -> Feedback:
     return Feedback(r[0], r[1], r[2], r[3], FeedbackKind(r[4]), r[5], r[6], bool(r[7]), r[8], r[9])
+
+
+def _memory(r: Sequence[Any]) -> MemoryItem:
+    return MemoryItem(
+        r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8], r[9], r[10], r[11], bool(r[12]), r[13]
+    )
+
+
+def _document(r: Sequence[Any]) -> DocumentRecord:
+    return DocumentRecord(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], bool(r[8]))
 
 
 def _adapter(r: Sequence[Any]) -> AdapterRecord:
@@ -232,6 +324,8 @@ class ExperienceStore:
             with self._tx() as db:
                 for statement in filter(str.strip, _MIGRATIONS[v].split(";")):
                     db.execute(db.ddl(statement))
+                if v in _AFTER_MIGRATION:
+                    _AFTER_MIGRATION[v](db)
                 db.set_version(v)
 
     def close(self) -> None:
@@ -373,27 +467,84 @@ class ExperienceStore:
             )
 
     # ---- memory items -------------------------------------------------------------------------
-    def add_memory(self, item: MemoryItem) -> None:
-        self._transaction(
-            [
-                (
-                    "INSERT INTO memory_items (id, kind, task, key, text, provenance, created, uses, wins) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
-                    (item.id, item.kind, item.task, item.key, item.text, json.dumps(list(item.provenance)),
-                     item.created, item.uses, item.wins),
-                ),
-                _edit("add", item.id, {"kind": item.kind, "task": item.task, "key": item.key}),
-            ]
+    def add_memory(self, item: MemoryItem) -> MemoryItem:
+        """Store and index one item, in one transaction. The supersede rule: a correction or an
+        up-rated answer (its key is the normalised question) supersedes the tenant's older live
+        correction or rated answer of the same question: what a person said last is what they want."""
+        with self._tx() as db:
+            self._insert_memory(db, item)
+        return item
+
+    def _insert_memory(self, db: Backend, item: MemoryItem) -> None:
+        db.execute(
+            "INSERT INTO memory_items (id, kind, task, key, text, provenance, created, uses, wins, tenant, "
+            "char_offset, superseded_by, deleted, consolidated_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (item.id, str(item.kind), item.task, item.key, item.text, json.dumps(list(item.provenance)), item.created,
+             item.uses, item.wins, item.tenant, item.offset, item.superseded_by, int(item.deleted),
+             item.consolidated_version),
         )  # fmt: skip
+        db.execute(*_edit("add", item.id, {"kind": str(item.kind), "task": item.task, "key": item.key}))
+        if item.deleted or item.superseded_by is not None:
+            return
+        db.index_text(item.id, item.text)
+        if item.kind in _FEEDBACK_KINDS and item.key:
+            older = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM memory_items WHERE tenant = ? AND key = ? AND kind IN (?, ?) AND id <> ? "
+                    "AND deleted = 0 AND superseded_by IS NULL",
+                    (item.tenant, item.key, *_FEEDBACK_KINDS, item.id),
+                ).fetchall()
+            ]
+            self._supersede(db, older, item.id)
+
+    @staticmethod
+    def _supersede(db: Backend, item_ids: Sequence[str], by: str) -> None:
+        if not item_ids:
+            return
+        db.executemany("UPDATE memory_items SET superseded_by = ? WHERE id = ?", [(by, i) for i in item_ids])
+        db.unindex_text(item_ids)
+        for i in item_ids:
+            db.execute(*_edit("supersede", i, {"by": by}))
 
     def forget_memory(self, item_id: str, reason: str) -> bool:
-        """Delete one item (explicit forgetting); returns False if it did not exist."""
+        """Delete one item (explicit forgetting): a tombstone, never retrieved or consolidated again.
+        Returns False if there is no such live item."""
         with self._tx() as db:
-            if not db.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
-                return False
-            db.execute("DELETE FROM memory_items WHERE id = ?", (item_id,))
-            db.execute(*_edit("forget", item_id, {"reason": reason}))
-        return True
+            return self._tombstone(db, [item_id], reason) == 1
+
+    @staticmethod
+    def _tombstone(db: Backend, item_ids: Sequence[str], reason: str) -> int:
+        live = [
+            i
+            for i in item_ids
+            if db.execute("SELECT 1 FROM memory_items WHERE id = ? AND deleted = 0", (i,)).fetchone()
+        ]
+        if live:
+            db.executemany("UPDATE memory_items SET deleted = 1 WHERE id = ?", [(i,) for i in live])
+            db.unindex_text(live)
+            for i in live:
+                db.execute(*_edit("forget", i, {"reason": reason}))
+        return len(live)
+
+    def delete_memory(self, tenant: str, item_id: str) -> MemoryItem | None:
+        """A tenant deletes one of its items; returns it as it was (with `consolidated_version`),
+        or None if the tenant has no such live item (another tenant's id is not found either)."""
+        with self._tx() as db:
+            found = self._memory_rows(db, " WHERE id = ? AND tenant = ? AND deleted = 0", [item_id, tenant])
+            if not found:
+                return None
+            self._tombstone(db, [item_id], "deleted by its tenant")
+        return found[0]
+
+    def mark_consolidated(self, item_ids: Sequence[str], version: int) -> None:
+        """Record that these items were consolidated into adapter `version` (consolidation's job)."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE memory_items SET consolidated_version = ? WHERE id = ?", [(version, i) for i in item_ids]
+            )
+            for i in item_ids:
+                db.execute(*_edit("consolidate", i, {"version": version}))
 
     def record_memory_use(self, item_id: str, won: bool) -> None:
         self._transaction(
@@ -403,11 +554,143 @@ class ExperienceStore:
             ]
         )
 
-    def memory_items(self, task: str | None = None) -> list[MemoryItem]:
-        sql, args = self._where(task=task)
-        columns = "id, kind, task, key, text, provenance, created, uses, wins"
-        rows = self._query(f"SELECT {columns} FROM memory_items{sql} ORDER BY created, id", args)
-        return [MemoryItem(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8]) for r in rows]
+    def memory_items(
+        self,
+        task: str | None = None,
+        *,
+        tenant: str | None = None,
+        kind: str | None = None,
+        include_deleted: bool = False,
+    ) -> list[MemoryItem]:
+        """Items oldest first; deleted ones only when asked (superseded ones are listed: they are
+        kept, and say what superseded them)."""
+        sql, args = self._where(task=task, tenant=tenant, kind=None if kind is None else str(kind))
+        if not include_deleted:
+            sql = (sql + " AND" if sql else " WHERE") + " deleted = 0"
+        with self._lock:
+            return self._memory_rows(self._b, sql, args)
+
+    def memory_item(self, item_id: str) -> MemoryItem | None:
+        """One item by id, deleted or not."""
+        with self._lock:
+            found = self._memory_rows(self._b, " WHERE id = ?", [item_id])
+        return found[0] if found else None
+
+    def search_memory(self, tenant: str, query: str, k: int = 3) -> list[tuple[MemoryItem, float]]:
+        """The tenant's live items (never deleted or superseded ones, never another tenant's) that
+        share a meaningful word with `query`, best first, with their scores (higher is better:
+        BM25 on SQLite, ts_rank on PostgreSQL; scores of the two backends are not comparable)."""
+        terms = query_terms(query)
+        if not terms or k < 1:
+            return []
+        columns = ", ".join(f"m.{c}" for c in _MEMORY_COLUMNS.split(", "))
+        with self._lock:
+            sql, args = self._b.search_sql(columns, terms)
+            rows = self._b.execute(sql, [*args, tenant, k]).fetchall()
+        return [(_memory(r), float(r[-1])) for r in rows]
+
+    def term_counts(self, tenant: str, query: str, item_ids: Sequence[str]) -> TermCounts:
+        """For each searchable word of `query` (the words `search_memory` searches by), how many of the
+        tenant's live items contain it, and which of `item_ids` do: two indexed queries per word."""
+        marks = ",".join("?" * len(item_ids))
+        df: dict[str, int] = {}
+        found_in: dict[str, frozenset[str]] = {}
+        with self._lock:
+            (items,) = self._b.execute(
+                "SELECT COUNT(*) FROM memory_items WHERE tenant = ? AND deleted = 0 AND superseded_by IS NULL",
+                (tenant,),
+            ).fetchone()
+            for term in self._b.indexed_terms(query_terms(query)):
+                sql, args = self._b.term_sql(term)
+                df[term] = int(self._b.execute(f"SELECT COUNT(*) {sql}", [*args, tenant]).fetchone()[0])
+                found_in[term] = frozenset()
+                if item_ids:
+                    rows = self._b.execute(f"SELECT m.id {sql} AND m.id IN ({marks})", [*args, tenant, *item_ids])
+                    found_in[term] = frozenset(r[0] for r in rows.fetchall())
+        return TermCounts(int(items), df, found_in)
+
+    @staticmethod
+    def _memory_rows(db: Backend, where: str, args: Sequence[Any]) -> list[MemoryItem]:
+        rows = db.execute(f"SELECT {_MEMORY_COLUMNS} FROM memory_items{where} ORDER BY created, id", args).fetchall()
+        return [_memory(r) for r in rows]
+
+    # ---- documents --------------------------------------------------------------------------
+    def add_document(self, document: DocumentRecord, chunks: Sequence[tuple[int, str]]) -> list[str]:
+        """A document and its chunks ((offset, text) pairs) as memory items, in one transaction:
+        stored whole or not at all. A document of the same name the tenant taught before is
+        superseded, with its chunks. Returns the ids of the documents it superseded."""
+        with self._tx() as db:
+            older = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM documents WHERE tenant = ? AND name = ? AND deleted = 0 AND superseded_by IS NULL",
+                    (document.tenant, document.name),
+                ).fetchall()
+            ]
+            db.execute(
+                "INSERT INTO documents (id, tenant, name, media_type, chars, chunks, created, superseded_by, deleted) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+                (document.id, document.tenant, document.name, document.media_type, document.chars, len(chunks),
+                 document.created),
+            )  # fmt: skip
+            for old in older:
+                db.execute("UPDATE documents SET superseded_by = ? WHERE id = ?", (document.id, old))
+                self._supersede(db, self._chunk_ids(db, old), document.id)
+            for n, (offset, text) in enumerate(chunks):
+                item = MemoryItem(
+                    f"{document.id}-{n}", MemoryKind.DOCUMENT, "document", document.name, text, (document.id,),
+                    document.created, tenant=document.tenant, offset=offset,
+                )  # fmt: skip
+                self._insert_memory(db, item)
+        return older
+
+    @staticmethod
+    def _chunk_ids(db: Backend, document_id: str) -> list[str]:
+        rows = db.execute(
+            "SELECT id FROM memory_items WHERE kind = ? AND provenance = ?",
+            (MemoryKind.DOCUMENT.value, json.dumps([document_id])),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def documents(self, tenant: str, include_superseded: bool = False) -> list[DocumentRecord]:
+        """The tenant's documents that are not deleted, oldest first."""
+        sql = " WHERE tenant = ? AND deleted = 0" + ("" if include_superseded else " AND superseded_by IS NULL")
+        return [
+            _document(r)
+            for r in self._query(f"SELECT {_DOCUMENT_COLUMNS} FROM documents{sql} ORDER BY created, id", (tenant,))
+        ]
+
+    def document(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        """One of the tenant's documents that is not deleted; None for an unknown id or another tenant's."""
+        rows = self._query(
+            f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE id = ? AND tenant = ? AND deleted = 0",
+            (document_id, tenant),
+        )
+        return _document(rows[0]) if rows else None
+
+    def document_chunks(self, document_id: str) -> list[MemoryItem]:
+        with self._lock:
+            items = self._memory_rows(
+                self._b, " WHERE kind = ? AND provenance = ?", [MemoryKind.DOCUMENT.value, json.dumps([document_id])]
+            )
+        return sorted(items, key=lambda i: i.offset or 0)
+
+    def delete_document(self, tenant: str, document_id: str) -> tuple[DocumentRecord, list[MemoryItem]] | None:
+        """A tenant deletes one of its documents and every chunk of it (tombstones); returns the
+        document and its chunks as they were, or None if the tenant has no such document."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE id = ? AND tenant = ? AND deleted = 0",
+                (document_id, tenant),
+            ).fetchall()
+            if not rows:
+                return None
+            chunks = self._memory_rows(
+                db, " WHERE kind = ? AND provenance = ?", [MemoryKind.DOCUMENT.value, json.dumps([document_id])]
+            )
+            db.execute("UPDATE documents SET deleted = 1 WHERE id = ?", (document_id,))
+            self._tombstone(db, [c.id for c in chunks], "document deleted by its tenant")
+        return _document(rows[0]), chunks
 
     def memory_edits(self) -> list[tuple[str, str, dict[str, Any]]]:
         rows = self._query("SELECT op, item_id, detail FROM memory_edits ORDER BY seq")
@@ -508,8 +791,11 @@ class ExperienceStore:
         reward: float | None = None,
         correction: str | None = None,
         holdout_every: int = 0,
+        memory: MemoryItem | None = None,
     ) -> Feedback:
-        """Store one feedback item. Every `holdout_every`-th correction of a tenant is held out."""
+        """Store one feedback item. Every `holdout_every`-th correction of a tenant is held out.
+        `memory`: the memory item it makes, stored in the same transaction with its provenance set
+        to (request id, "fb-<feedback id>")."""
         now = time.time()
         with self._tx() as db:
             holdout = False
@@ -524,6 +810,8 @@ class ExperienceStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (request_id, index, tenant, FeedbackKind(kind).value, reward, correction, int(holdout), now),
             ).fetchall()[0]  # fetch all: SQLite cannot commit while a RETURNING statement is open
+            if memory is not None:
+                self._insert_memory(db, replace(memory, provenance=(request_id, f"fb-{fid}")))
         return Feedback(int(fid), request_id, index, tenant, FeedbackKind(kind), reward, correction, holdout, now)
 
     def pending_feedback(self, tenant: str, limit: int = 1000) -> list[Feedback]:

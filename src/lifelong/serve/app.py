@@ -6,6 +6,12 @@
   POST /v1/feedback                {"completion_id", "choice"?, one of "rating" | "score" | "correction"}
   GET  /v1/adapters                the caller's adapter versions and the gate's verdicts (operators: all)
   GET  /v1/monitor/flags           the reasoning monitor's flags (operator keys only)
+  POST /v1/documents               teach a document: JSON {"name", "text"}, or a multipart form with a
+                                   "file" (.txt, .md, .pdf) and optionally a "name"
+  GET  /v1/documents[/{id}]        the caller's documents (one: with its chunks)
+  DELETE /v1/documents/{id}        delete a document and its chunks from memory
+  GET  /v1/memory                  the caller's memory items (corrections, rated answers, chunks)
+  DELETE /v1/memory/{id}           delete one item; says whether it was already consolidated
   GET  /health                     liveness, no key needed
 
 Authentication is `Authorization: Bearer <key>`; the key names the tenant. Bodies are parsed here
@@ -36,10 +42,15 @@ from lifelong.serve.protocol import (
     ApiError,
     ChatRequest,
     ChatResult,
+    DocumentRequest,
     FeedbackRequest,
     StreamHead,
     completion_body,
+    deleted_body,
+    document_body,
+    memory_body,
     model_body,
+    parse_form,
     parse_json,
     stream_end,
     stream_error,
@@ -74,11 +85,17 @@ def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = 
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         return found
 
-    async def body_of(request: Request) -> dict[str, Any]:
+    async def raw_of(request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise ApiError(413, f"request body is {length} bytes; the limit is {max_bytes}", code="request_too_large")
-        return parse_json(await request.body(), max_bytes)
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"request body is {length} bytes; the limit is {limit}", code="request_too_large")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limit}", code="request_too_large")
+        return raw
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        return parse_json(await raw_of(request, max_bytes), max_bytes)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -216,5 +233,63 @@ def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = 
             raise ApiError(403, "monitor flags are for operator keys only", "permission_error", code="not_operator")
         data = await run_in_threadpool(service.flags, after, min(max(limit, 1), 1000), tenant)
         return {"object": "list", "data": data}
+
+    # ---- memory and documents ---------------------------------------------------------------------
+    @app.post("/v1/documents")
+    async def add_document(request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        # room for JSON escapes and form framing; the document's own size is checked on its bytes
+        raw = await raw_of(request, 2 * service.config.max_document_bytes + 65536)
+        content_type = request.headers.get("content-type", "application/json")
+        if content_type.startswith("multipart/form-data"):
+            fields = parse_form(raw, content_type)
+            if "file" not in fields:
+                raise ApiError(400, "send the document as a form field named 'file'", param="file", code="missing_file")
+            filename, data = fields["file"]
+            name = fields["name"][1].decode("utf-8", "replace") if "name" in fields else filename or ""
+            doc, superseded = await run_in_threadpool(service.add_document, who.tenant, name, data)
+        elif content_type.startswith("application/json"):
+            try:
+                req = DocumentRequest.model_validate(parse_json(raw, len(raw)))
+            except ValidationError as exc:
+                raise validation_error(exc) from None
+            doc, superseded = await run_in_threadpool(service.add_document, who.tenant, req.name, None, req.text)
+        else:
+            raise ApiError(
+                415,
+                f"a document is sent as application/json or multipart/form-data, not {content_type.split(';')[0]}",
+                code="unsupported_media_type",
+            )
+        return document_body(doc, superseded)
+
+    @app.get("/v1/documents")
+    async def documents(request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        docs = await run_in_threadpool(service.store.documents, who.tenant)
+        return {"object": "list", "data": [document_body(d) for d in docs]}
+
+    @app.get("/v1/documents/{document_id}")
+    async def document(document_id: str, request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        doc, chunks = await run_in_threadpool(service.document, who.tenant, document_id)
+        return {**document_body(doc), "items": [memory_body(c) for c in chunks]}
+
+    @app.delete("/v1/documents/{document_id}")
+    async def delete_document(document_id: str, request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        doc, chunks = await run_in_threadpool(service.delete_document, who.tenant, document_id)
+        return deleted_body(doc.id, "document", any(c.consolidated_version is not None for c in chunks))
+
+    @app.get("/v1/memory")
+    async def memory(request: Request, kind: str | None = None) -> dict[str, Any]:
+        who = authenticate(request)
+        items = await run_in_threadpool(lambda: service.store.memory_items(tenant=who.tenant, kind=kind))
+        return {"object": "list", "data": [memory_body(i) for i in items]}
+
+    @app.delete("/v1/memory/{item_id}")
+    async def delete_memory(item_id: str, request: Request) -> dict[str, Any]:
+        who = authenticate(request)
+        item = await run_in_threadpool(service.delete_memory, who.tenant, item_id)
+        return deleted_body(item.id, "memory_item", item.consolidated_version is not None)
 
     return app

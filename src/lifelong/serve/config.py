@@ -17,6 +17,7 @@ from typing import Any
 
 from lifelong.errors import ConfigError
 from lifelong.loop.tenants import TenantLearningConfig
+from lifelong.memory.recall import RecallConfig
 from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings
 
 # Tenant names become folder names under <store>/adapters/; keep them boring.
@@ -66,12 +67,14 @@ class ServeConfig:
     max_answer_tokens: int = 256
     max_prompt_tokens: int = 2048
     max_body_bytes: int = 1 << 20
+    max_document_bytes: int = 2 << 20  # POST /v1/documents: a document's bytes (a file, or JSON text)
     max_n: int = 4
     threads: int = 2  # torch threads for answering
     probes_file: Path | None = None  # JSONL of {"prompt", "answer", "tenant"?}; None = built-in probes
     lora: LoraSettings = field(default_factory=LoraSettings)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
+    memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store", Path(self.store))
@@ -86,6 +89,8 @@ class ServeConfig:
                 "max_prompt_tokens >= 16, max_body_bytes >= 1024 and max_n >= 1 are required",
                 "the defaults are 2048, 1 MiB and 4",
             )
+        if self.max_document_bytes < 1024:
+            raise ConfigError("max_document_bytes must be >= 1024", "the default is 2 MiB")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range", "use a port in 1..65535 (0 = any free port)")
         if self.threads < 1:
@@ -119,6 +124,7 @@ class ServeConfig:
             )
         d["learner"] = LearnerConfig(**d.get("learner", {}))
         d["learning"] = TenantLearningConfig.from_dict(d.get("learning", {}))
+        d["memory"] = RecallConfig(**d.get("memory", {}))
         d["keys"] = tuple(tuple(k) for k in d.get("keys", ()))
         d["operator_keys"] = tuple(d.get("operator_keys", ()))
         for k in ("keys_file", "probes_file"):

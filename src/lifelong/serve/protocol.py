@@ -5,9 +5,10 @@ send many optional ones. Sampling parameters are checked against OpenAI's ranges
 top_p 0..1, penalties -2..2, up to 4 stop strings; `top_k`, vLLM's extension, -1 or 0 = off).
 Every error is `{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would
 use: 400 bad request, 401 bad key, 403 not allowed, 404 unknown model or id, 413 body too large,
-500 our fault.
+415 a document of a type that cannot be read, 500 our fault.
 
-Extensions, all optional: `reasoning: {"summary": "auto"}` in a request asks for a short summary
+Extensions, all optional: `memory: false` in a request leaves the tenant's memory (corrections and
+documents, recalled into the prompt) out of it. `reasoning: {"summary": "auto"}` in a request asks for a short summary
 of the private reasoning (`message.reasoning_summary`); with `--expose-reasoning` the raw chain is in
 `message.reasoning_content` (the field vLLM and DeepSeek use). Responses carry the tenant's adapter
 version in `adapter_version` and `system_fingerprint` ("adapter-v3").
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lifelong.types import Completion, FeedbackKind, StopReason
+from lifelong.types import Completion, DocumentRecord, FeedbackKind, MemoryItem, MemoryKind, StopReason
 
 # none = plain chat; minimal = the answer-line protocol with no thinking budget (OpenAI's "almost none")
 EFFORTS = ("none", "minimal", "low", "medium", "high")
@@ -122,6 +123,7 @@ class ChatRequest(_Open):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1)
     seed: int | None = None
+    memory: bool | None = None  # extension: false = no recalled memory in this request's prompt
 
     @field_validator("reasoning_effort")
     @classmethod
@@ -185,6 +187,13 @@ class FeedbackRequest(_Open):
         if self.rating is not None:
             return 1.0 if self.rating == "up" else 0.0
         return self.score
+
+
+class DocumentRequest(_Open):
+    """POST /v1/documents as JSON: a document's name (its suffix says Markdown or text) and its text."""
+
+    name: str = Field(min_length=1, max_length=256)
+    text: str
 
 
 # ---- responses -------------------------------------------------------------------------------------
@@ -341,3 +350,69 @@ def model_body(model: str, tenant: str, version: int, created: int, updated: flo
 
 def now() -> int:
     return int(time.time())
+
+
+# ---- memory and documents (lifelong's own endpoints) ------------------------------------------------
+def memory_source(item: MemoryItem) -> dict[str, Any]:
+    """Where an item came from: a document and offset, a request and its feedback, or episodes."""
+    if item.kind == MemoryKind.DOCUMENT:
+        return {"document_id": item.provenance[0] if item.provenance else None, "offset": item.offset}
+    if item.kind in (MemoryKind.CORRECTION, MemoryKind.RATED_ANSWER) and len(item.provenance) == 2:
+        return {"completion_id": item.provenance[0], "feedback_id": item.provenance[1]}
+    return {"episodes": list(item.provenance)}
+
+
+def memory_body(item: MemoryItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "object": "memory_item",
+        "kind": str(item.kind),
+        "text": item.text,
+        "source": memory_source(item),
+        "created": item.created,
+        "superseded_by": item.superseded_by,
+        "consolidated": item.consolidated_version is not None,
+        "consolidated_version": item.consolidated_version,
+    }
+
+
+def document_body(doc: DocumentRecord, superseded: Sequence[str] = ()) -> dict[str, Any]:
+    body = {
+        "id": doc.id,
+        "object": "document",
+        "name": doc.name,
+        "media_type": doc.media_type,
+        "chars": doc.chars,
+        "chunks": doc.chunks,
+        "created": doc.created,
+    }
+    if superseded:
+        body["superseded"] = list(superseded)
+    return body
+
+
+def deleted_body(id: str, object: str, consolidated: bool) -> dict[str, Any]:
+    """A deletion's answer; `consolidated`: it was already consolidated into the weights (a later
+    consolidation trains its absence)."""
+    return {"id": id, "object": object, "deleted": True, "consolidated": consolidated}
+
+
+def parse_form(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body: field name -> (file name or None, bytes), with the standard
+    library's MIME parser (no extra dependency)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        raise ApiError(400, "the multipart body could not be parsed (no parts found)", code="invalid_form")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields

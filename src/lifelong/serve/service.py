@@ -8,6 +8,12 @@ feedback for survives a kill -9 (a stream shows the id early, but feedback on it
 its choices are stored, and the stream ends only after that). Feedback is stored before it is
 acknowledged.
 
+Memory (memory/recall.py): the tenant's items that match the last user message are recalled into the
+prompt as quoted notes (none recalled: the prompt is exactly the one without memory), and the stored
+request's `generation` names them. A correction, or an answer rated at least
+`memory.remember_ratings_from`, becomes a memory item in the transaction that stores the feedback,
+so the next request can use it. Documents (POST /v1/documents) are chunked and indexed the same way.
+
 Two ways to answer. At reasoning effort none (the default) the request is plain chat: the client's
 messages through the model's own chat template, the reply as the model writes it (streamable token
 by token). At minimal/low/medium/high the reasoning protocol applies (policy.py): its system prompt
@@ -20,12 +26,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lifelong.guard.monitor import Monitor, TextMonitor, append_flags
+from lifelong.memory.documents import DocumentError, ingest, media_type_of, read_document
+from lifelong.memory.recall import normalise_question, recall, with_notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, Policy, TextFn
 from lifelong.serve.adapters import AdapterBank
@@ -33,7 +41,21 @@ from lifelong.serve.config import ServeConfig
 from lifelong.serve.engine import Engine
 from lifelong.serve.monitor import summarize_reasoning
 from lifelong.serve.protocol import ApiError, ChatRequest, ChatResult, Choice, FeedbackRequest, StreamHead
-from lifelong.types import Completion, Feedback, Flag, RequestStatus, StopReason
+from lifelong.types import (
+    Completion,
+    DocumentRecord,
+    Feedback,
+    FeedbackKind,
+    Flag,
+    MemoryItem,
+    MemoryKind,
+    RequestStatus,
+    ServedRequest,
+    StopReason,
+)
+
+# DocumentError.reason -> HTTP status
+_DOCUMENT_STATUS = {"unsupported": 415, "too_large": 413}
 
 
 @dataclass(frozen=True)
@@ -91,8 +113,8 @@ class ChatService:
                 param="model",
             )
 
-    def prepare(self, tenant: str, req: ChatRequest) -> tuple[list[int], GenerationConfig]:
-        """Everything that can reject a request, before anything is stored."""
+    def prepare(self, tenant: str, req: ChatRequest) -> tuple[list[int], GenerationConfig, list[MemoryItem]]:
+        """Everything that can reject a request, before anything is stored; and the recalled memory."""
         self.check_model(req.model)
         if req.n > self.config.max_n:
             raise ApiError(400, f"n={req.n} is more than this server's limit of {self.config.max_n}", param="n")
@@ -116,7 +138,11 @@ class ChatService:
             frequency_penalty=req.frequency_penalty or 0.0,
             stop=tuple(req.stop or ()),
         )
-        prompt_ids = self.encode(req, gen.protocol)
+        recalled = self.recall(tenant, req)
+        prompt_ids = self.encode(req, gen.protocol, recalled)
+        if len(prompt_ids) > self.config.max_prompt_tokens and recalled:
+            recalled = []  # memory must not make a request that fits fail: answer without it
+            prompt_ids = self.encode(req, gen.protocol)
         if len(prompt_ids) > self.config.max_prompt_tokens:
             raise ApiError(
                 400,
@@ -124,11 +150,19 @@ class ChatService:
                 code="context_length_exceeded",
                 param="messages",
             )
-        return prompt_ids, gen
+        return prompt_ids, gen, recalled
 
-    def encode(self, req: ChatRequest, protocol: bool = True) -> list[int]:
-        """The prompt's token ids (`Policy.chat_ids`): plain chat, or the reasoning protocol."""
-        return self.policy.chat_ids([{"role": m.role, "content": m.text()} for m in req.messages], protocol)
+    def recall(self, tenant: str, req: ChatRequest) -> list[MemoryItem]:
+        """The tenant's memory items for this request's last user message (none if memory is off)."""
+        if not self.config.memory.enabled or req.memory is False:
+            return []
+        return recall(self.store, tenant, req.messages[-1].text(), self.config.memory)
+
+    def encode(self, req: ChatRequest, protocol: bool = True, memory: Sequence[MemoryItem] = ()) -> list[int]:
+        """The prompt's token ids (`Policy.chat_ids`): plain chat, or the reasoning protocol, with
+        recalled memory as a quoted system message before the last user message."""
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return self.policy.chat_ids(with_notes(messages, memory), protocol)
 
     def chat(
         self,
@@ -141,10 +175,12 @@ class ChatService:
         """Answer and store. For streaming: `on_start(head)` once the request is stored and its
         adapter version known; `on_text(choice, piece)` as plain replies grow. Both are called
         before the choices are stored; the returned result means they are."""
-        prompt_ids, gen = self.prepare(tenant, req)
+        prompt_ids, gen, recalled = self.prepare(tenant, req)
         rid = "chatcmpl-" + uuid.uuid4().hex
         created = int(time.time())
         generation = {**asdict(gen), "think_budget": gen.think_budget, "seed": req.seed, "n": req.n}
+        if recalled:
+            generation["memory"] = [item.id for item in recalled]  # provenance: what was in context
         self.store.add_request(rid, tenant, self.model_id, body, prompt_ids, generation)
 
         def started(version: int) -> None:
@@ -211,7 +247,74 @@ class ChatService:
             reward=req.reward,
             correction=req.correction,
             holdout_every=self.config.learner.holdout_every,
+            memory=self._memory_of(served, req),
         )
+
+    def _memory_of(self, served: ServedRequest, req: FeedbackRequest) -> MemoryItem | None:
+        """The memory item a feedback makes: a correction, or a well-rated answer, of the request's
+        last user message (its normalised text is the key a newer item of the same question supersedes)."""
+        try:
+            question = ChatRequest.model_validate(served.body).messages[-1].text().strip()
+        except (ValueError, ApiError):  # stored bodies were validated once; an old store may differ
+            return None
+        if req.kind == FeedbackKind.CORRECTION and req.correction:
+            kind, answer = MemoryKind.CORRECTION, req.correction.strip()
+        elif req.reward is not None and req.reward >= self.config.memory.remember_ratings_from:
+            kind, answer = MemoryKind.RATED_ANSWER, served.choices[req.choice].answer.strip()
+        else:
+            return None
+        if not question or not answer:
+            return None
+        text = f"Q: {question}\nA: {answer}"
+        # provenance is set by the store to (request id, feedback id) once the feedback has its id
+        return MemoryItem(
+            uuid.uuid4().hex, kind, "chat", normalise_question(question), text, (), time.time(), tenant=served.tenant
+        )
+
+    # ---- memory and documents -----------------------------------------------------------------
+    def add_document(
+        self, tenant: str, name: str, data: bytes | None = None, text: str | None = None
+    ) -> tuple[DocumentRecord, list[str]]:
+        """Read (a file's `data`, by its name's suffix) or take (`text`), chunk and store one document
+        in one transaction; a bad document gets a 4xx and nothing is stored."""
+        limit = self.config.max_document_bytes
+        try:
+            size = len(data) if data is not None else len((text or "").encode())
+            if size > limit:
+                raise DocumentError(
+                    f"the document is {size} bytes; the limit is {limit}", "split it into parts", "too_large"
+                )
+            if not name.strip():
+                raise DocumentError("the document has no name", "give it a name such as notes.md", "bad_name")
+            if data is not None:
+                media_type, text = media_type_of(name), read_document(name, data)
+            else:
+                markdown = name.lower().endswith((".md", ".markdown"))
+                media_type = "text/markdown" if markdown else "text/plain"
+            return ingest(self.store, tenant, name, text or "", media_type)
+        except DocumentError as exc:
+            code = {"unsupported": "unsupported_media_type", "too_large": "document_too_large"}.get(
+                exc.reason, f"{exc.reason}_document"
+            )
+            raise ApiError(_DOCUMENT_STATUS.get(exc.reason, 400), f"{exc.problem}; {exc.fix}", code=code) from exc
+
+    def document(self, tenant: str, document_id: str) -> tuple[DocumentRecord, list[MemoryItem]]:
+        doc = self.store.document(tenant, document_id)
+        if doc is None:  # another tenant's id is reported as unknown: ids must not leak
+            raise ApiError(404, f"No document with id {document_id!r}", code="document_not_found")
+        return doc, self.store.document_chunks(doc.id)
+
+    def delete_document(self, tenant: str, document_id: str) -> tuple[DocumentRecord, list[MemoryItem]]:
+        found = self.store.delete_document(tenant, document_id)
+        if found is None:
+            raise ApiError(404, f"No document with id {document_id!r}", code="document_not_found")
+        return found
+
+    def delete_memory(self, tenant: str, item_id: str) -> MemoryItem:
+        item = self.store.delete_memory(tenant, item_id)
+        if item is None:
+            raise ApiError(404, f"No memory item with id {item_id!r}", code="memory_item_not_found")
+        return item
 
     # ---- models and operator views ------------------------------------------------------------------
     def adapter_of(self, tenant: str) -> tuple[int, float | None]:
