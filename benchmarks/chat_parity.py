@@ -6,7 +6,9 @@
   server_default     the same with no sampling parameters at all (the model's own defaults apply)
   after_corrections  the same as `server` once the tenant sent 20 corrections of OTHER questions, each 3
                      times, and at least 3 adapter versions went live (bounded by --learn-timeout; on
-                     timeout it is null and `reason` says what happened)
+                     timeout it is null and `reason` says what happened); memory on, as served
+  after_corrections_weights  the same with memory off for the request (`"memory": false`): what
+                     the weights alone learned and kept
 A reply scores when its first word, lower-cased and stripped of punctuation, is the expected word.
 Asked alone, the 135M model answers in a sentence ("The capital of France is Paris.": 0/40 for
 the bare model and the server alike), so by default each question follows three answered example
@@ -263,10 +265,13 @@ def main(argv: list[str] | None = None) -> int:
                         result["reason"] = reason
                     else:
                         replies["after_corrections"] = ask_all(client, model, "after_corrections", args.shots, **plain)
+                        replies["after_corrections_weights"] = ask_all(
+                            client, model, "weights only", args.shots, extra_body={"memory": False}, **plain
+                        )
                     result["rounds"] = rounds(client)
         finally:
             server.close()
-    for name in ("bare", "server", "server_default", "after_corrections"):
+    for name in ("bare", "server", "server_default", "after_corrections", "after_corrections_weights"):
         result[name] = score(replies[name]) if name in replies else None
     result["versions_live"] = live
     result["identical_to_bare"] = {
@@ -279,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         per_question = [{"question": q, "expected": want, **{k: v[i] for k, v in replies.items()}}
                         for i, (q, want) in enumerate(QUESTIONS)]  # fmt: skip
         Path(args.replies).write_text(json.dumps(per_question, indent=1))
-    for name in ("bare", "server", "server_default", "after_corrections"):
+    for name in ("bare", "server", "server_default", "after_corrections", "after_corrections_weights"):
         value = result[name]
-        print(f"{name:>18}: {'-' if value is None else f'{value:.3f}'}")
+        print(f"{name:>25}: {'-' if value is None else f'{value:.3f}'}")
     if "reason" in result:
         print(f"after_corrections: {result['reason']}")
     if args.json:

@@ -558,14 +558,7 @@ class ServeBench:
         folder = self.setup.work / "serve-start"
         shutil.rmtree(folder, ignore_errors=True)
         config = self.config(folder, guard=True)
-        with ExitStack() as stack:
-            server = Server(config)
-            stack.callback(server.close)
-            url = stack.enter_context(BackgroundServer(server))
-            model_id, tokens = server.service.model_id, self.setup.answer_tokens
-            victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
-            store = stack.enter_context(ExperienceStore(config.database_location))
-            learner = self.tenant_learner(config, store)
+        with self.live(config) as (victim, bystander, store, learner):
             q = self.setup.questions
             send_feedback(bystander, self.items[SERVE_ROUNDS * q :][:q], CONTROL, random.Random(1))
             learn_once(learner, config)
@@ -578,6 +571,18 @@ class ServeBench:
                 bystander.chats, bystander.acked,
             )  # fmt: skip
         return self.start
+
+    @contextmanager
+    def live(self, config: ServeConfig) -> Iterator[tuple[ServeClient, ServeClient, ExperienceStore, TenantLearner]]:
+        """A live server on `config`'s store: the two tenants' clients, the store, and the learner on it."""
+        with ExitStack() as stack:
+            server = Server(config)
+            stack.callback(server.close)
+            url = stack.enter_context(BackgroundServer(server))
+            model_id, tokens = server.service.model_id, self.setup.answer_tokens
+            victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+            store = stack.enter_context(ExperienceStore(config.database_location))
+            yield victim, bystander, store, self.tenant_learner(config, store)
 
     def begin(self, run_dir: Path) -> StartState:
         """A run's folder as a copy of the start state's."""
@@ -679,15 +684,8 @@ class ServeBench:
         config = self.config(run_dir, guard)
         rng = random.Random(0)
         q = self.setup.questions
-        with ExitStack() as stack:
-            server = Server(config)
-            stack.callback(server.close)
-            url = stack.enter_context(BackgroundServer(server))
-            model_id, tokens = server.service.model_id, self.setup.answer_tokens
-            victim, bystander = (ServeClient(url, t, model_id, tokens) for t in (VICTIM, BYSTANDER))
+        with self.live(config) as (victim, bystander, store, learner):
             bystander.chats, bystander.acked = list(start.chats), list(start.acked)
-            store = stack.enter_context(ExperienceStore(config.database_location))
-            learner = self.tenant_learner(config, store)
 
             def learn(active: bool) -> list[dict[str, Any]]:
                 with learner_fault(learner, fault, active):

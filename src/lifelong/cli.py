@@ -6,6 +6,7 @@
   lifelong play    play an environment yourself (the quickest way to see one is right)
   lifelong serve   an OpenAI-compatible server that learns from its users' feedback
   lifelong teach   store documents into a serving store's memory, without a server
+  lifelong consolidate  distil a run's memory (RUN_DIR) or a serving tenant's (--store, --tenant) into weights
 
 Errors about input print one line (`error: <problem> -- <fix>`) and exit with code 2; `--debug`
 shows the traceback instead.
@@ -449,6 +450,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     import torch
 
+    if args.store is not None or args.tenant is not None:
+        return _consolidate_tenant(args)
+    if args.run_dir is None:
+        raise ConfigError(
+            "consolidate needs a run folder or a serving tenant",
+            "pass RUN_DIR, or --store DIR --tenant NAME for a `lifelong serve` store",
+        )
     from lifelong.loop.consolidate import consolidate
     from lifelong.loop.runtime import RunConfig, Runtime
     from lifelong.model.loading import load_model
@@ -465,6 +473,67 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     report = consolidate(runtime, rounds=args.rounds)
     runtime.checkpoint(step, good=False)  # the gate judges the consolidated adapters at the next evaluation
     print(json.dumps(report.__dict__) if args.json else report)
+    return 0
+
+
+def _consolidate_tenant(args: argparse.Namespace) -> int:
+    """`lifelong consolidate --store DIR --tenant T`: one consolidation of the tenant's memory, with
+    the model and settings the server was started with (<store>/serve.json), as its worker would."""
+    import fcntl
+
+    import torch
+
+    from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
+    from lifelong.serve.config import ServeConfig, check_tenant
+    from lifelong.serve.worker import build_learner
+    from lifelong.types import AdapterStatus
+
+    if args.store is None or args.tenant is None or args.run_dir is not None:
+        raise ConfigError(
+            "consolidating a serving tenant takes --store and --tenant, and no RUN_DIR",
+            "e.g. lifelong consolidate --store serve-data --tenant alice",
+        )
+    tenant, folder = check_tenant(args.tenant), Path(args.store)
+    saved = folder / "serve.json"
+    settings: dict[str, Any] = {}
+    if saved.is_file():
+        try:
+            settings = json.loads(saved.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {saved} ({exc})", "restore it, or start `lifelong serve` once") from exc
+    elif args.database is None and not (folder / "experience.sqlite").is_file():
+        raise ConfigError(f"{folder} is not a serving store", "pass the folder `lifelong serve --store` uses")
+    settings |= {"store": str(folder), **({"database": args.database} if args.database else {})}
+    config = ServeConfig.from_dict(settings)
+    torch.set_num_threads(args.threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    # The worker's lock: two learners on one tenant's checkpoints would overwrite each other's.
+    lock = open(folder / "learner.lock", "w")  # noqa: SIM115 - held until this command ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise ConfigError(
+            f"a learning worker is running on {folder}",
+            "stop its server first, or let the worker consolidate: it does after new items or when the tenant is idle",
+        ) from exc
+    with lock, ExperienceStore(config.database_location) as store:
+        waiting = len(store.unconsolidated_memory(tenant))
+        record = None if waiting == 0 else build_learner(config, store).consolidate(tenant)
+    summary: dict[str, Any] = {"tenant": tenant, "waiting": waiting}
+    if record is not None:
+        summary |= {"version": record.version, "status": record.status.value, "reason": record.reason}
+        summary |= {"items": int(record.metrics.get(CONSOLIDATION_METRIC, 0))}
+    if args.json:
+        print(json.dumps(summary))
+    elif record is None:
+        print(f"tenant {tenant}: no memory items waiting for consolidation")
+    elif record.status == AdapterStatus.LIVE:
+        print(f"tenant {tenant}: {record.reason} into adapter version {record.version} (live)")
+    else:
+        print(
+            f"tenant {tenant}: consolidation rejected as version {record.version} ({record.reason}); "
+            "its items stay in memory and are tried again later"
+        )
     return 0
 
 
@@ -584,8 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
-    sleep = sub.add_parser("consolidate", help="distil a run's memory into its adapters, then prune memory")
-    sleep.add_argument("run_dir")
+    sleep = sub.add_parser(
+        "consolidate", help="distil a run's memory into its adapters, or a serving tenant's memory into its adapter"
+    )
+    sleep.add_argument("run_dir", nargs="?", help="a run folder: distil its memory, then prune memory")
+    sleep.add_argument("--store", help="instead of RUN_DIR: the folder `lifelong serve --store` uses")
+    sleep.add_argument("--tenant", help="with --store: whose memory to consolidate")
+    sleep.add_argument(
+        "--database", help="with --store: a postgresql:// URL, if the server uses one (default: its serve.json's)"
+    )
     sleep.add_argument("--rounds", type=int, default=3)
     sleep.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     sleep.add_argument("--json", action="store_true")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tests.conftest import FAST_LEARNING, SKY
 
 from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
-from lifelong.loop.feedback import CORRECTION_NOTE
+from lifelong.loop.feedback import CORRECTION_NOTE, experience_from_feedback
 from lifelong.loop.tenants import (
     CorrectionRule,
     OperatorProbe,
@@ -261,3 +261,28 @@ def test_a_round_cut_short_before_its_record_is_redone_once(
     assert len(store.episodes(tenant="t")) == 2  # stored once
     redone = load_file(learner.folder / (record.path or "") / "adapter_model.safetensors")
     assert all(torch.equal(crashed[k], redone[k]) for k in crashed)  # learned once, from the same start
+
+
+def test_the_learner_sees_the_conversation_never_the_recalled_notes(tmp_path: Path, serve_policy: Policy) -> None:
+    """A request answered with memory in context is stored with the prompt it was answered from;
+    its correction is learned on the conversation alone (the student learns without notes), and
+    the teacher gets the correction quoted, not the notes."""
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    messages = [{"role": "user", "content": "Name a color."}]
+    notes = [{"role": "system", "content": 'Notes (quoted data): "Q: Name a color. A: blue"'}, *messages]
+    answered = serve_policy.chat_ids(notes, protocol=False)  # what the server answered from
+    gen = GenerationConfig(answer_tokens=4, temperature=1.0, protocol=False)
+    store.add_request("r1", "t", "m", {"messages": messages}, answered, {"protocol": False})
+    store.complete_request("r1", serve_policy.chat([answered], gen, torch.Generator().manual_seed(0)), 0)
+    store.add_feedback("r1", 0, "t", CORRECTION, correction="green")
+    req = store.request("r1")
+    assert req is not None and list(req.prompt_ids) == answered
+    tokenizer = serve_policy.tokenizer
+    items = store.pending_feedback("t")
+    experience = experience_from_feedback(store, "t", items, tokenizer, int(tokenizer.eos_token_id), learner.prompt)
+    bare = serve_policy.chat_ids(messages, protocol=False)
+    (lesson,) = experience.lessons
+    assert list(lesson.student_prompt) == bare and list(experience.corrections[0].turns[0].prompt_ids) == bare
+    teacher = tokenizer.decode(lesson.teacher_prompt)
+    assert "green" in teacher and "Notes (quoted data)" not in teacher

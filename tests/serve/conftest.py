@@ -68,8 +68,13 @@ def serve_config(tmp_path: Path, serve_model_dir: Path, keys_file: Path) -> Serv
 
 # A worker that starts a round at the first feedback. nice=0: on a busy shared machine a nice-19
 # worker can wait minutes for a core, and these tests time learning, not politeness
-# (benchmarks/serve_load.py does).
-LEARNING = LearnerConfig(min_feedback=1, max_wait_s=0.0, poll_s=0.1, max_items_per_round=64, nice=0)
+# (benchmarks/serve_load.py does). Consolidation off: these tests count and compare the versions
+# feedback rounds make, and a consolidation would add versions of its own between them (its worker
+# trigger is tested in tests/loop/test_consolidation.py).
+LEARNING = LearnerConfig(
+    min_feedback=1, max_wait_s=0.0, poll_s=0.1, max_items_per_round=64, nice=0,
+    consolidate_after_items=0, consolidate_when_idle_s=0.0,
+)  # fmt: skip
 
 
 def learning_on(config: ServeConfig, **learning: Any) -> ServeConfig:

@@ -24,11 +24,14 @@ from tests.conftest import FAST_LEARNING, SKY
 from tests.serve.conftest import LEARNING, ask, client, http, write_probes
 
 # One round's learning for tiny models: NLL on corrections; the guard's drift and entropy budgets
-# wide enough for the large steps such tests need, so its verdicts are those under test.
+# wide enough for the large steps such tests need, so its verdicts are those under test. No anchor:
+# on a random tiny model it holds back as much as the corrections teach, and whether a round then
+# reaches every held-out prompt depends on the LoRA initialisation (the test order).
 NLL_LEARNING = replace(
     FAST_LEARNING,
     steps_per_round=10,
     correction_rule=CorrectionRule.NLL,
+    distill=replace(FAST_LEARNING.distill, anchor_coef=0.0),
     guard=replace(FAST_LEARNING.guard, kl_drift_budget=100.0, entropy_margin=100.0, answer_likelihood_budget=0.3),
 )
 

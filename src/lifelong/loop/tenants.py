@@ -19,6 +19,12 @@ detectors, rollback ring and learning-rate back-off, the same checkpoints, one s
 The feedback a round consumed is recorded with its version in one transaction, so a crash anywhere
 redoes the round, never loses or double-counts feedback. Rewards come only from people's ratings
 and corrections: nothing here reads the chain of thought.
+
+Consolidation (`consolidate`) is a round on the tenant's memory instead of its feedback: its
+unconsolidated items become self-distillation lessons (loop/memory_lessons.py: questions about each
+item, the teacher with the item quoted, the student without), learned, gated and recorded the same
+way; a kept version marks its items consolidated in the same transaction as its record, a rejected
+one leaves them for a later try.
 """
 
 from __future__ import annotations
@@ -46,11 +52,12 @@ from lifelong.learn.sft import CorrectionNLL, SFTConfig
 from lifelong.loop.anchors import AnchorPool, conversation
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
-from lifelong.memory.store import ExperienceStore
+from lifelong.loop.memory_lessons import memory_lessons
+from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import ProbeSet, Task
-from lifelong.types import AdapterRecord, AdapterStatus, Feedback, Sample, ServedRequest
+from lifelong.types import AdapterRecord, AdapterStatus, Feedback, Lesson, Sample, ServedRequest
 
 # General ability as the server's users meet it: the run path's general-ability tasks, asked in
 # the plain chat format. Their probes are the gate's; their other items are the anchor's.
@@ -88,6 +95,11 @@ class TenantLearningConfig:
     # Answered example turns before every other anchor item, and before the second reading of each
     # probe in the gate's `general` likelihood: the multi-turn form people chat in (loop/anchors.py).
     shots: int = 2
+    # Consolidation: memory items per consolidation round (oldest first; the rest wait for the next),
+    # and lessons per distillation step (each item makes 1 + paraphrases of them, loop/memory_lessons.py).
+    consolidate_max_items: int = 32
+    consolidate_lessons_per_step: int = 16
+    consolidate_paraphrases: int = 2
     seed: int = 0
     grpo: GRPOConfig = field(default_factory=_serve_grpo)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -100,6 +112,11 @@ class TenantLearningConfig:
         if self.probe_items < 1 or self.anchor_items < 0 or self.anchor_per_step < 0 or self.shots < 0:
             raise ConfigError(
                 "probe_items must be >= 1, anchor_items, anchor_per_step and shots >= 0", "defaults: 32, 32, 16, 2"
+            )
+        if self.consolidate_max_items < 1 or self.consolidate_lessons_per_step < 1 or self.consolidate_paraphrases < 0:
+            raise ConfigError(
+                "consolidate_max_items and consolidate_lessons_per_step must be >= 1, consolidate_paraphrases >= 0",
+                "defaults: 32, 16 and 2",
             )
 
     @classmethod
@@ -230,6 +247,47 @@ class TenantLearner:
         verdict = self._learn(core, version, experience, metrics)
         if verdict is None:  # nothing to learn: no new version, the feedback is still consumed
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, items)
+        return self._conclude(core, tenant, version, verdict, metrics, t0, "passed the guard", items)
+
+    def consolidate(self, tenant: str) -> AdapterRecord | None:
+        """Distil the tenant's unconsolidated memory items (at most `consolidate_max_items`, oldest
+        first) into its adapter, through the same update, guard and gate as a round; a kept version
+        marks them consolidated, a rejected one leaves them for a later try. None: nothing to do."""
+        cfg = self.config
+        items = self.store.unconsolidated_memory(tenant, limit=cfg.consolidate_max_items)
+        if not items:
+            return None
+        t0 = time.time()
+        version = self.store.next_version(tenant)
+        core = self._core(tenant, version)
+        lessons = [
+            lesson for item in items for lesson in memory_lessons(self.policy, item, cfg.consolidate_paraphrases)
+        ]
+        metrics: dict[str, float] = {
+            CONSOLIDATION_METRIC: float(len(items)),
+            "consolidate/lessons": float(len(lessons)),
+        }
+        experience = Experience(tenant, (), lessons=tuple(lessons))
+        verdict = self._learn(core, version, experience, metrics, cfg.consolidate_lessons_per_step, "consolidate")
+        if verdict is None:  # no lessons: cannot happen with items, but never mark what was not learned
+            return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, ())
+        kept = f"consolidated {len(items)} memory items"
+        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), [i.id for i in items])
+
+    def _conclude(
+        self,
+        core: LearningCore,
+        tenant: str,
+        version: int,
+        verdict: Verdict,
+        metrics: dict[str, float],
+        t0: float,
+        kept: str,
+        items: Sequence[Feedback],
+        consolidated: Sequence[str] = (),
+    ) -> AdapterRecord:
+        """After the updates: the gate, then keep (checkpoint, live) or roll back (rejected), recorded
+        with the feedback consumed and, when kept, the memory items consolidated."""
         if verdict.keep:
             scores, likelihoods = self.evaluate(tenant)
             metrics |= {f"probe/{k}": v for k, v in scores.items()}
@@ -241,29 +299,40 @@ class TenantLearner:
         if verdict.keep:
             core.mark_good(scores, likelihoods)
             path = core.checkpoint(version, good=True)
-            return self._record(tenant, version, AdapterStatus.LIVE, path, "passed the guard", metrics, items)
+            return self._record(tenant, version, AdapterStatus.LIVE, path, kept, metrics, items, consolidated)
         core.rollback(version, verdict)
         core.checkpoint(version, good=False)  # the good weights again, with the backed-off learning rate
         return self._record(tenant, version, AdapterStatus.REJECTED, None, verdict.reason, metrics, items)
 
     def _learn(
-        self, core: LearningCore, version: int, experience: Experience, metrics: dict[str, float]
+        self,
+        core: LearningCore,
+        version: int,
+        experience: Experience,
+        metrics: dict[str, float],
+        lessons_per_step: int | None = None,
+        lessons_as: str = "correction",
     ) -> Verdict | None:
-        """The round's updates; the first rejecting verdict stops them. None: nothing to learn."""
+        """The round's updates; the first rejecting verdict stops them. None: nothing to learn.
+        Lessons are distilled `lessons_per_step` at a time (all at once by default), every one of
+        them in each of the `steps_per_round` steps; their metrics are keyed `<lessons_as>/...`."""
         anchors = self.anchors.for_step(version)
         batch = rated_batch(experience, self.config.grpo.scale_rewards, anchors)
         batch = replace(batch, samples=self._on_policy(batch.samples))
         if not batch.samples and not experience.lessons:
             return None
+        lessons = experience.lessons
+        size = lessons_per_step or max(1, len(lessons))
+        chunks: list[Sequence[Lesson]] = [lessons[i : i + size] for i in range(0, len(lessons), size)]
         for _ in range(self.config.steps_per_round):
             if batch.samples:
                 result = core.update(version, batch)
                 metrics |= {f"rated/{k}": v for k, v in result.report.metrics.items()}
                 if not result.keep:
                     return result.verdict
-            if experience.lessons:
-                result = core.distil(version, experience.lessons, reference=core.good_adapters, anchors=anchors)
-                metrics |= {f"correction/{k}": v for k, v in result.report.metrics.items()}
+            for chunk in chunks:
+                result = core.distil(version, chunk, reference=core.good_adapters, anchors=anchors)
+                metrics |= {f"{lessons_as}/{k}": v for k, v in result.report.metrics.items()}
                 if not result.keep:
                     return result.verdict
         return Verdict(True)
@@ -293,17 +362,22 @@ class TenantLearner:
         reason: str,
         metrics: dict[str, float],
         items: Sequence[Feedback],
+        consolidated: Sequence[str] = (),
     ) -> AdapterRecord:
         # Relative to the adapters folder, so that a store folder can be moved or restored from a copy.
         where = None if path is None else str(path.relative_to(self.folder))
         record = AdapterRecord(tenant, version, status, where, time.time(), reason, metrics)
-        self.store.record_adapter(record, [f.id for f in items])
+        self.store.record_adapter(record, [f.id for f in items], consolidated)
         return record
 
-    def fail(self, tenant: str, items: Sequence[Feedback], reason: str) -> AdapterRecord:
+    def fail(
+        self, tenant: str, items: Sequence[Feedback], reason: str, metrics: dict[str, float] | None = None
+    ) -> AdapterRecord:
         """Record a round that raised as rejected and consume its feedback, so one poisonous item
-        cannot wedge the learner in a loop."""
-        return self._record(tenant, self.store.next_version(tenant), AdapterStatus.REJECTED, None, reason, {}, items)
+        cannot wedge the learner in a loop (a consolidation that raised: `metrics` says so, and its
+        items wait for the next trigger rather than the next poll)."""
+        version = self.store.next_version(tenant)
+        return self._record(tenant, version, AdapterStatus.REJECTED, None, reason, dict(metrics or {}), items)
 
     # ---- the tenant's core ------------------------------------------------------------------------
     def bootstrap(self, tenant: str) -> None:

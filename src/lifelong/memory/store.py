@@ -50,6 +50,8 @@ from lifelong.types import (
 )
 
 __all__ = [
+    "CONSOLIDATION_METRIC",
+    "ConsolidationBacklog",
     "ExperienceStore",
     "StoreError",
     "TermCounts",
@@ -231,6 +233,33 @@ class TermCounts:
     items: int
     df: dict[str, int]
     found_in: dict[str, frozenset[str]]
+
+
+# The metric every consolidation's adapter record carries (kept or rejected): how many items it took.
+# The store finds a tenant's last rejected consolidation by it (`consolidation_backlog`).
+CONSOLIDATION_METRIC = "consolidate/items"
+
+# A tenant's memory items that consolidation still has to move into the weights: served kinds only
+# (a run's lessons and examples are `lifelong consolidate RUN_DIR`'s), live (not deleted, not
+# superseded), not consolidated yet, and not made from a held-out correction: those are the gate's
+# probes of what learning generalises to, and training on them would void the probe. Provenance of a
+# feedback item is ["<request id>", "fb-<feedback id>"] (`add_feedback`).
+_UNCONSOLIDATED = (
+    "m.tenant <> '' AND m.kind IN (?, ?, ?) AND m.deleted = 0 AND m.superseded_by IS NULL "
+    "AND m.consolidated_version IS NULL AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.tenant = m.tenant "
+    "AND f.holdout = 1 AND m.provenance LIKE ? || CAST(f.id AS TEXT) || ?)"
+)
+# Its parameters; the LIKE pattern goes as parameters, as a literal '%' would be a placeholder to psycopg.
+_UNCONSOLIDATED_ARGS = (*_FEEDBACK_KINDS, MemoryKind.DOCUMENT.value, '%"fb-', '"]')
+
+
+@dataclass(frozen=True)
+class ConsolidationBacklog:
+    """What one tenant has waiting for consolidation (the learning worker's trigger reads it)."""
+
+    items: int  # unconsolidated items (see `unconsolidated_memory`)
+    new: int  # of them, created after the tenant's last rejected consolidation (all of them if none was)
+    last_activity: float  # newest of: an item created, an adapter version recorded (any round)
 
 
 def completion_to_json(c: Completion) -> dict[str, Any]:
@@ -538,13 +567,45 @@ class ExperienceStore:
         return found[0]
 
     def mark_consolidated(self, item_ids: Sequence[str], version: int) -> None:
-        """Record that these items were consolidated into adapter `version` (consolidation's job)."""
+        """Record that these items were consolidated into adapter `version` (consolidation records
+        this with the version itself: `record_adapter(..., consolidated=...)`)."""
         with self._tx() as db:
-            db.executemany(
-                "UPDATE memory_items SET consolidated_version = ? WHERE id = ?", [(version, i) for i in item_ids]
-            )
-            for i in item_ids:
-                db.execute(*_edit("consolidate", i, {"version": version}))
+            self._mark_consolidated(db, item_ids, version)
+
+    @staticmethod
+    def _mark_consolidated(db: Backend, item_ids: Sequence[str], version: int) -> None:
+        if not item_ids:
+            return
+        db.executemany(
+            "UPDATE memory_items SET consolidated_version = ? WHERE id = ?", [(version, i) for i in item_ids]
+        )
+        for i in item_ids:
+            db.execute(*_edit("consolidate", i, {"version": version}))
+
+    def unconsolidated_memory(self, tenant: str, limit: int | None = None) -> list[MemoryItem]:
+        """The tenant's items consolidation has still to move into the weights, oldest first, at most
+        `limit`: corrections, up-rated answers and document chunks that are live (never deleted or
+        superseded ones), not consolidated yet and not made from a held-out correction."""
+        columns = ", ".join(f"m.{c}" for c in _MEMORY_COLUMNS.split(", "))
+        sql = f"SELECT {columns} FROM memory_items m WHERE m.tenant = ? AND {_UNCONSOLIDATED} ORDER BY m.created, m.id"
+        args: list[Any] = [tenant, *_UNCONSOLIDATED_ARGS]
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, limit]
+        return [_memory(r) for r in self._query(sql, args)]
+
+    def consolidation_backlog(self) -> dict[str, ConsolidationBacklog]:
+        """tenant -> its backlog, for every tenant with unconsolidated items."""
+        last = (
+            "COALESCE((SELECT MAX(a.created) FROM adapter_versions a WHERE a.tenant = m.tenant "
+            "AND a.status = ? AND a.metrics LIKE ?), 0)"
+        )
+        rows = self._query(
+            f"SELECT m.tenant, COUNT(*), SUM(CASE WHEN m.created > {last} THEN 1 ELSE 0 END), MAX(m.created), "
+            "COALESCE((SELECT MAX(a.created) FROM adapter_versions a WHERE a.tenant = m.tenant), 0) "
+            f"FROM memory_items m WHERE {_UNCONSOLIDATED} GROUP BY m.tenant",
+            (AdapterStatus.REJECTED.value, f'%"{CONSOLIDATION_METRIC}"%', *_UNCONSOLIDATED_ARGS),
+        )
+        return {r[0]: ConsolidationBacklog(int(r[1]), int(r[2]), max(float(r[3]), float(r[4]))) for r in rows}
 
     def record_memory_use(self, item_id: str, won: bool) -> None:
         self._transaction(
@@ -853,9 +914,10 @@ class ExperienceStore:
         return (prior + sum(rewards)) / (1 + len(rewards))
 
     # ---- adapter versions ---------------------------------------------------------------------
-    def record_adapter(self, record: AdapterRecord, consumed: Sequence[int]) -> None:
-        """A candidate version and the guard's verdict, and the feedback it consumed, in one transaction:
-        a crash between the two can neither lose nor double-count feedback."""
+    def record_adapter(self, record: AdapterRecord, consumed: Sequence[int], consolidated: Sequence[str] = ()) -> None:
+        """A candidate version and the guard's verdict, the feedback it consumed and the memory items
+        it consolidated, in one transaction: a crash between them can neither lose nor double-count
+        feedback, nor mark items consolidated into a version the store does not know."""
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO adapter_versions ({_ADAPTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -869,6 +931,7 @@ class ExperienceStore:
                     "UPDATE feedback SET consumed_version = ? WHERE id = ? AND tenant = ?",
                     [(record.version, i, record.tenant) for i in consumed],
                 )
+            self._mark_consolidated(db, consolidated, record.version)
 
     def adapters(self, tenant: str | None = None, status: AdapterStatus | None = None) -> list[AdapterRecord]:
         """Adapter versions, oldest first."""

@@ -37,8 +37,20 @@ class LearnerConfig:
     threads: int = 1  # torch threads of the worker process; the server keeps the rest
     nice: int = 19  # lowest CPU priority: answers first, learning in the gaps
     poll_s: float = 0.5
+    # Consolidation of a tenant's memory into its weights (TenantLearner.consolidate), after its
+    # feedback rounds: once it has this many unconsolidated items (after a rejected consolidation,
+    # this many new ones: a rejection is not retried at every poll) (0 = never by count)...
+    consolidate_after_items: int = 8
+    # ...or once it has been idle this long (no pending feedback, no new item, no round) with items
+    # left unconsolidated (0 = never when idle). A rejected consolidation is retried on these triggers.
+    consolidate_when_idle_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.consolidate_after_items < 0 or self.consolidate_when_idle_s < 0:
+            raise ConfigError(
+                "learner.consolidate_after_items and learner.consolidate_when_idle_s must be >= 0",
+                "0 turns that trigger off; the defaults are 8 items and 300 seconds",
+            )
         if self.min_feedback < 1 or self.max_items_per_round < self.min_feedback:
             raise ConfigError(
                 "learner.min_feedback must be >= 1 and <= max_items_per_round", "the defaults are 4 and 32"

@@ -3,8 +3,10 @@
 It holds its own copy of the model at the lowest CPU priority with few threads, so answers come
 first and learning takes the gaps. It polls the experience store for tenants with enough pending
 feedback (`LearnerConfig.min_feedback`, or any once the oldest has waited `max_wait_s`) and runs one
-round for each through `TenantLearner` (loop/tenants.py): what is learned and how it is guarded is
-the runtime's business, not serving's. One worker per store (a file lock), and it exits when the
+round for each through `TenantLearner` (loop/tenants.py); after the rounds, it consolidates the memory
+of tenants that have `consolidate_after_items` new memory items or have been idle for
+`consolidate_when_idle_s` (`due_consolidations`). What is learned and how it is guarded is the
+runtime's business, not serving's. One worker per store (a file lock), and it exits when the
 server that started it does.
 
 Run as `python -m lifelong.serve.worker <serve folder>`.
@@ -24,9 +26,10 @@ from typing import Any
 import torch
 
 from lifelong.loop.tenants import TenantLearner, ensure_initial_adapter, load_operator_probes
-from lifelong.memory.store import ExperienceStore
+from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
 from lifelong.model.policy import Policy
 from lifelong.serve.config import ServeConfig, adapters_folder
+from lifelong.types import AdapterRecord
 
 
 def due_tenants(store: ExperienceStore, min_feedback: int, max_wait_s: float, now: float | None = None) -> list[str]:
@@ -39,9 +42,26 @@ def due_tenants(store: ExperienceStore, min_feedback: int, max_wait_s: float, no
     ]
 
 
+def due_consolidations(store: ExperienceStore, after_items: int, idle_s: float, now: float | None = None) -> list[str]:
+    """Tenants whose memory is due for consolidation: `after_items` unconsolidated items (after a
+    rejected consolidation: that many that arrived since, so a rejection is not retried at every
+    poll), or idle for `idle_s` (no pending feedback, and no item or round for that long) with items
+    left; 0 turns a trigger off. A tenant with feedback waiting for its round is consolidated after
+    it, not before."""
+    now = time.time() if now is None else now
+    pending = store.pending_summary()
+    return [
+        tenant
+        for tenant, backlog in sorted(store.consolidation_backlog().items())
+        if tenant not in pending
+        and ((after_items and backlog.new >= after_items) or (idle_s and now - backlog.last_activity >= idle_s))
+    ]
+
+
 def learn_once(learner: TenantLearner, config: ServeConfig, log: Path | None = None) -> list[dict[str, Any]]:
-    """One round for every tenant that is due; returns what each round recorded."""
-    rounds = []
+    """One round for every tenant that is due, then one consolidation for every tenant whose memory
+    is due; returns what each recorded."""
+    done = []
     for tenant in due_tenants(learner.store, config.learner.min_feedback, config.learner.max_wait_s):
         items = learner.store.pending_feedback(tenant, limit=config.learner.max_items_per_round)
         if not items:
@@ -50,13 +70,26 @@ def learn_once(learner: TenantLearner, config: ServeConfig, log: Path | None = N
             record = learner.round(tenant, items)
         except Exception as exc:  # one bad round must not stop learning for every tenant
             record = learner.fail(tenant, items, f"error: {type(exc).__name__}: {str(exc)[:200]}")
-        entry = {"event": "round", "tenant": tenant, "version": record.version, "status": record.status.value,
-                 "reason": record.reason, **record.metrics}  # fmt: skip
-        rounds.append(entry)
-        if log is not None:
-            with open(log, "a") as f:
-                f.write(json.dumps({"time": time.time(), **entry}) + "\n")
-    return rounds
+        done.append(_logged(log, "round", tenant, record))
+    cfg = config.learner
+    for tenant in due_consolidations(learner.store, cfg.consolidate_after_items, cfg.consolidate_when_idle_s):
+        try:
+            consolidated = learner.consolidate(tenant)
+        except Exception as exc:  # recorded as a consolidation, so that it waits for the next trigger
+            why = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            consolidated = learner.fail(tenant, (), why, {CONSOLIDATION_METRIC: 0.0})
+        if consolidated is not None:
+            done.append(_logged(log, "consolidate", tenant, consolidated))
+    return done
+
+
+def _logged(log: Path | None, event: str, tenant: str, record: AdapterRecord) -> dict[str, Any]:
+    entry = {"event": event, "tenant": tenant, "version": record.version, "status": record.status.value,
+             "reason": record.reason, **record.metrics}  # fmt: skip
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(json.dumps({"time": time.time(), **entry}) + "\n")
+    return entry
 
 
 def build_learner(config: ServeConfig, store: ExperienceStore) -> TenantLearner:
