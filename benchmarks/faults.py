@@ -53,9 +53,10 @@ detected is a guard finding in the victim's guard_events.jsonl during the fault 
 round refused; episodes_lost counts acknowledged completions and feedback missing from the store
 and consumed feedback without its episode; bystander_identical says whether the bystander's greedy
 and seeded sampled answers were the same tokens after the victim's rounds as before.
-Measured (2026-11-30) on the embedded model, --threads 1, 2 cores shared with another real-model
-benchmark: a round takes 1.2-3 minutes, a (fault, guard) run 7.5-11.5 minutes, so the full serve
-target (12 runs) takes about 2 hours there; choose faults with --faults (the control always runs).
+Measured (2026-11-30) on the embedded model, --threads 1, 2 cores shared with other real-model
+benchmarks: a round takes 2-3.5 minutes, a (fault, guard) run 6-14 minutes after the start state,
+so the full serve target (12 runs) takes about 2 hours on one process; --faults splits it (the
+control always runs) and two processes with their own --workdir halve the wall time.
 
     python benchmarks/faults.py [--target run|serve] [--faults a,b] [--model FOLDER] [--json]
 """
