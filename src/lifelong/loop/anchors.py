@@ -31,6 +31,12 @@ def conversation(env: Env, seed: int, examples: Sequence[int]) -> list[dict[str,
     return [*turns, {"role": "user", "content": env.reset(seed=seed)[0]}]
 
 
+def asked_after_examples(policy: Policy, env: Env, seeds: Sequence[int], j: int, shots: int) -> list[int]:
+    """Plain chat prompt of item `seeds[j]` after `shots` answered turns of the items that follow it."""
+    examples = [seeds[(j + d) % len(seeds)] for d in range(1, shots + 1)]
+    return policy.chat_ids(conversation(env, seeds[j], examples), protocol=False)
+
+
 class AnchorPool:
     """Anchor items: distinct training items of general-ability tasks (never their probes) with the
     pretrained model's greedy replies, asked as `generation` asks (the run's reasoning protocol, or
@@ -80,8 +86,7 @@ class AnchorPool:
                 distinct = list({env.item_key(s): s for s in seeds}.values())[: self.items]
                 for j, s in enumerate(distinct):
                     if self.shots and j % 2:
-                        examples = [distinct[(j + d) % len(distinct)] for d in range(1, self.shots + 1)]
-                        prompts.append(self.policy.chat_ids(conversation(env, s, examples), protocol=False))
+                        prompts.append(asked_after_examples(self.policy, env, distinct, j, self.shots))
                     else:
                         prompts.append(start(env.reset(seed=s)[0]))
         with self.policy.model.disable_adapter():
@@ -94,4 +99,4 @@ class AnchorPool:
         return self._pool
 
 
-__all__ = ["AnchorPool", "conversation"]
+__all__ = ["AnchorPool", "asked_after_examples", "conversation"]

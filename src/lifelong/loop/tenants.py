@@ -49,7 +49,7 @@ from lifelong.learn.grpo import GRPOConfig, GRPOLearner
 from lifelong.learn.learner import LessonLearner
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.learn.sft import CorrectionNLL, SFTConfig
-from lifelong.loop.anchors import AnchorPool, conversation
+from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.memory_lessons import memory_lessons
@@ -445,10 +445,8 @@ class TenantLearner:
             prompts = [p for _, _, p in self._probe_prompts]
             if self.config.shots:
                 for task in GENERAL_TASKS:
-                    env, seeds = task.make(), self.probes[task].seeds
-                    for j, s in enumerate(seeds):
-                        examples = [seeds[(j + d) % len(seeds)] for d in range(1, self.config.shots + 1)]
-                        prompts.append(self.policy.chat_ids(conversation(env, s, examples), protocol=False))
+                    env, seeds, k = task.make(), self.probes[task].seeds, self.config.shots
+                    prompts += [asked_after_examples(self.policy, env, seeds, j, k) for j in range(len(seeds))]
             with self.policy.model.disable_adapter():
                 replies = self.policy.chat(prompts, self.greedy)
             samples = [reply_sample(self.policy, p, r.answer) for p, r in zip(prompts, replies, strict=True)]
