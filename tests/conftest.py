@@ -162,8 +162,9 @@ def knowing_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTr
 
 
 # Learning settings for tiny models: few probes, strong steps. A random tiny model's replies are
-# near-uniform (about -8.6 nats/token) and a round at these rates moves them about 0.4: the
-# general-likelihood budget is wide open (the tests that check it set their own).
+# near-uniform (about -8.6 nats/token) and a round at these rates moves them about 0.4, and changes
+# most of its greedy first words: the general-likelihood and changed-answer budgets are wide open
+# (the tests that check them set their own).
 FAST_LEARNING = TenantLearningConfig(
     steps_per_round=4,
     probe_items=4,
@@ -172,5 +173,5 @@ FAST_LEARNING = TenantLearningConfig(
     answer_tokens=4,
     grpo=GRPOConfig(learning_rate=1e-2, group_size=2, kl_coef=0.02, temperature=1.0),
     distill=DistillConfig(learning_rate=1e-2),
-    guard=GuardConfig(confirm_items=0, drift_prompts=2, general_likelihood_budget=100.0),
+    guard=GuardConfig(confirm_items=0, drift_prompts=2, general_likelihood_budget=100.0, general_changed_budget=1.0),
 )

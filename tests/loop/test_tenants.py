@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import FAST_LEARNING, SKY
 
+from lifelong.guard.detectors import ChangedAnswers
 from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
 from lifelong.loop.feedback import CORRECTION_NOTE, experience_from_feedback
 from lifelong.loop.tenants import (
@@ -197,6 +198,37 @@ def test_the_guard_rolls_back_a_round_that_moves_general_behaviour(tmp_path: Pat
         store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction="red")
     record = learner.round("t", store.pending_feedback("t"))
     assert record.status == AdapterStatus.REJECTED and record.reason.startswith("general answers fell"), record.reason
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.0])
+def test_a_round_that_changes_general_answers_is_held_to_the_changed_budget(
+    tmp_path: Path, knowing_model_dir: Path, budget: float
+) -> None:
+    """The gate counts the general prompts (probes alone and after example turns) whose greedy first
+    word differs from the pretrained model's: a round that changes any is rolled back at budget 0
+    and kept at 1 (off), every other budget wide open, so that the count alone decides."""
+    policy = load_policy(knowing_model_dir)
+    guard = replace(FAST.guard, kl_drift_budget=100.0, entropy_margin=100.0, general_changed_budget=budget)
+    # 8 steps of NLL on "red" change most of the general answers (all "blue" before; 14 of 16 when
+    # written), not just the one or two that 4 steps change, so the outcome does not hang on a near-tie
+    config = replace(FAST, steps_per_round=8, correction_rule=CorrectionRule.NLL, guard=guard)
+    learner = learner_for(tmp_path, policy, config)
+    asked = 2 * sum(len(p.seeds) for p in learner.probes.values())  # alone and with 2 shots
+    assert learner.evaluate("t")[2] == ChangedAnswers(0, asked)  # the initial adapter is the pretrained model
+    store = learner.store
+    for i in range(4):
+        serve_request(store, policy, f"r{i}", SKY.format(i))
+        store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction="red")
+    record = learner.round("t", store.pending_feedback("t"))
+    changed = int(record.metrics["general/changed_answers"])
+    assert changed > 0 and record.metrics["general/changed"] == changed / asked
+    if budget == 0.0:
+        assert record.status == AdapterStatus.REJECTED and "t" not in store.live_versions()
+        assert record.reason.startswith(f"{changed} of {asked} general answers changed"), record.reason
+        events = (tmp_path / "adapters" / "t" / "guard_events.jsonl").read_text()
+        assert '"general_changed"' in events and '"rollback"' in events
+    else:
+        assert record.status == AdapterStatus.LIVE, record.reason
 
 
 def test_non_finite_weights_are_rolled_back_by_the_guard(tmp_path: Path, serve_policy: Policy) -> None:

@@ -3,8 +3,8 @@
 Two grades, as in Gymnasium's passive checker and Lightning's spike detection:
   * cheap, on every update: non-finite values, update-size spikes, entropy bounds, reward
     consistency within a group, reward saturation against the probes;
-  * thorough, at evaluation points (the gate): KL drift on probe prompts, probe regressions, and
-    the likelihood of answers a healthy model should keep giving.
+  * thorough, at evaluation points (the gate): KL drift on probe prompts, probe regressions, the
+    likelihood of answers a healthy model should keep giving, and how many general answers changed.
 Each has its own warm-up, window and tolerance. A finding's `reject` says whether the update must
 be undone; flags are logged and acted on (e.g. quarantining a reward source) without a rollback.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +197,52 @@ class AnswerLikelihoodDrop:
             )
             + f" (budget {self.budget}{''.join(f', {g} {b}' for g, b in self.budgets.items())})",
             {"now": now, "last_good": last_good, "pretrained": pretrained},
+        )
+
+
+@dataclass(frozen=True)
+class ChangedAnswers:
+    """How many of `asked` prompts' greedy answers differ from a reference's (the pretrained model's),
+    with a few of the differences as evidence."""
+
+    changed: int
+    asked: int
+    examples: tuple[tuple[str, str], ...] = ()  # (reference, now) answers of the first few changed
+
+    @property
+    def share(self) -> float:
+        return self.changed / self.asked if self.asked else math.nan
+
+    @classmethod
+    def between(cls, reference: Sequence[str], now: Sequence[str], examples: int = 8) -> ChangedAnswers:
+        """Compare two equally long lists of answers (already reduced to what counts, e.g. first words)."""
+        pairs = [(r, n) for r, n in zip(reference, now, strict=True) if r != n]
+        return cls(len(pairs), len(reference), tuple(pairs[:examples]))
+
+
+@dataclass(frozen=True)
+class GeneralAnswersChanged:
+    """More than `budget` (a share) of the general prompts' greedy answers differ from the pretrained
+    model's. The mean likelihood of the pretrained replies moved 0.01 nats while 1-2 of 40 unrelated
+    questions got another answer (issue 18): a mean over all tokens dilutes a flip of a few answers,
+    so the flips are counted. Compared with the pretrained model, not the last good version, so
+    that changes cannot add up a few per version."""
+
+    budget: float = 0.03
+
+    def check(self, reading: ChangedAnswers | None) -> Finding | None:
+        if reading is None or not reading.asked:
+            return None  # not measured (the run path), or nothing was asked
+        if reading.share <= self.budget:
+            return None
+        allowed = math.floor(self.budget * reading.asked + 1e-9)
+        shown = ", ".join(f"{r!r} -> {n!r}" for r, n in reading.examples)
+        return Finding(
+            "general_changed",
+            True,
+            f"{reading.changed} of {reading.asked} general answers changed from the pretrained model's"
+            f" (budget {self.budget:g}: {allowed} of {reading.asked}){f'; e.g. {shown}' if shown else ''}",
+            {"changed": reading.changed, "asked": reading.asked, "examples": reading.examples, "budget": self.budget},
         )
 
 

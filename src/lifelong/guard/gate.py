@@ -7,8 +7,10 @@ Per step the learning core (loop/learning.py) asks the guard four things:
      (backed off after rollbacks); the core hands that scale to the learner;
   3. `after_update(...)`: cheap checks on the update just made (finite, size, entropy);
   4. at evaluation points, `gate(...)`: thorough checks (KL drift on probe prompts, regressions
-     of general-ability and already-learned tasks against the last good version). A probe drop
-     over budget is re-measured on fresh items before it can reject (`confirm_items`).
+     of general-ability and already-learned tasks against the last good version; when the caller
+     measured them, the likelihood of answers to keep and how many general answers changed from
+     the pretrained model's). A probe drop over budget is re-measured on fresh items before it can
+     reject (`confirm_items`).
 The guard only returns values (episodes, a scale, a `Verdict`). On a rejected verdict the core
 restores the last good checkpoint and tells the guard (`rolled_back`), which backs off the learning
 rate; a passed gate marks the current adapters good (`mark_good`). Every finding is appended to
@@ -30,8 +32,10 @@ from typing import Any
 from lifelong.errors import ConfigError
 from lifelong.guard.detectors import (
     AnswerLikelihoodDrop,
+    ChangedAnswers,
     EntropyBounds,
     Finding,
+    GeneralAnswersChanged,
     KLDriftGuard,
     NonFiniteCheck,
     ProbeRegression,
@@ -77,6 +81,10 @@ class GuardConfig:
     # The same for the `general` group (GENERAL_ANSWERS): the pretrained model's own replies to
     # general-ability prompts, whose likelihood is behaviour kept, its format included.
     general_likelihood_budget: float = 0.3
+    # Share of the general prompts whose greedy answer (its first word) may differ from the
+    # pretrained model's, when the caller counts them (`lifelong serve`: 64 probes asked alone and
+    # after 2 turns). 0.03 of 128 allows 3 changes (2.3%), the nearest to chat_parity's 1 in 40.
+    general_changed_budget: float = 0.03
     drift_prompts: int = 8
     drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
@@ -101,6 +109,11 @@ class GuardConfig:
             raise ConfigError("confirm_items must be >= 0", "64 re-measures a suspect drop; 0 trusts the probes alone")
         if self.answer_likelihood_budget < 0 or self.general_likelihood_budget < 0:
             raise ConfigError("likelihood budgets must be >= 0", "0.3 nats/token is the default")
+        if not 0 <= self.general_changed_budget <= 1:
+            raise ConfigError(
+                f"general_changed_budget must be a share in [0, 1], not {self.general_changed_budget}",
+                "0.03 lets 3 of 128 general answers differ from the pretrained model's; 1 turns the check off",
+            )
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -164,6 +177,7 @@ class Guard:
         self.likelihood = AnswerLikelihoodDrop(
             config.answer_likelihood_budget, {GENERAL_ANSWERS: config.general_likelihood_budget}
         )
+        self.changed = GeneralAnswersChanged(config.general_changed_budget)
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
         self.drift = ProbeDrift(
@@ -238,6 +252,7 @@ class Guard:
         rescore: Rescorer | None = None,
         probe_items: int = 0,
         likelihoods: dict[str, float] | None = None,
+        changed: ChangedAnswers | None = None,
     ) -> Verdict:
         """Thorough check at an evaluation point. `scores`: held-out success per task now, on
         `probe_items` items each; `guarded`: tasks that must not regress (general probes and tasks
@@ -246,7 +261,9 @@ class Guard:
         `rescore`: re-measures a drop over budget on fresh items (none: the probes decide);
         `likelihoods`: per probe group, the mean per-token log-prob of answers it should keep
         giving (held-out corrections, an operator's probes), held to the better of the last good
-        and the first good version (`answer_likelihood_budget`)."""
+        and the first good version (`answer_likelihood_budget`); `changed`: how many general
+        prompts' greedy answers differ from the pretrained model's (`general_changed_budget`; None:
+        not measured, as in the run path)."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -279,8 +296,15 @@ class Guard:
             finding = self.likelihood.check(likelihoods, state.reference_likelihoods, state.base_likelihoods)
             if finding is not None:
                 findings.append(finding)
-        extra = {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores}
-        self._log(step, findings, {**extra, "likelihoods": likelihoods} if likelihoods else extra)
+        finding = self.changed.check(changed)
+        if finding is not None:
+            findings.append(finding)
+        extra: dict[str, Any] = {"kl_drift": reading.kl, "probe_entropy": reading.entropy, "scores": scores}
+        if likelihoods:
+            extra["likelihoods"] = likelihoods
+        if changed is not None:
+            extra["general_changed"] = {"changed": changed.changed, "asked": changed.asked}
+        self._log(step, findings, extra)
         self.last_drift, self._gated_version = reading, policy.version
         return Verdict(not any(f.reject for f in findings), tuple(findings))
 

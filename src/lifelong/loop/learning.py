@@ -38,6 +38,7 @@ from typing import Any
 
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.guard.detectors import ChangedAnswers
 from lifelong.guard.gate import Guard, Rescorer, Verdict
 from lifelong.learn.learner import Learner, LessonLearner
 from lifelong.model.adapters import AdapterSnapshot
@@ -194,9 +195,12 @@ class LearningCore:
         rescore: Rescorer | None = None,
         probe_items: int = 0,
         likelihoods: dict[str, float] | None = None,
+        changed: ChangedAnswers | None = None,
     ) -> Verdict:
         """The guard's thorough checks at an evaluation point; the arguments are `Guard.gate`'s."""
-        return self.guard.gate(step, self.policy, scores, guarded, general, trained, rescore, probe_items, likelihoods)
+        return self.guard.gate(
+            step, self.policy, scores, guarded, general, trained, rescore, probe_items, likelihoods, changed
+        )
 
     def mark_good(self, scores: dict[str, float], likelihoods: dict[str, float] | None = None) -> None:
         """The live adapters passed the gate with `scores`: they become the guard's reference (and

@@ -12,9 +12,10 @@ detectors, rollback ring and learning-rate back-off, the same checkpoints, one s
   self-distillation update (or plain NLL, `CorrectionRule.NLL`) holding the same anchors -> the
   guard's cheap checks -> the gate: greedy answers to general-ability probes (`facts`, `instruct`,
   in the plain chat format the server answers in) held to the last good version and the pretrained
-  model, KL drift, and the likelihood of three groups of answers: the pretrained model's own replies
+  model, KL drift, the likelihood of three groups of answers: the pretrained model's own replies
   to the probes (alone and after example turns: general behaviour, its format included), held-out
-  corrections and the operator's probes -> kept: checkpoint, recorded live;
+  corrections and the operator's probes, and how many of those general prompts' greedy answers
+  differ from the pretrained model's -> kept: checkpoint, recorded live;
   rejected: rolled back, the learning rate backed off, recorded rejected.
 The feedback a round consumed is recorded with its version in one transaction, so a crash anywhere
 redoes the round, never loses or double-counts feedback. Rewards come only from people's ratings
@@ -32,6 +33,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import string
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +45,7 @@ import torch
 from lifelong.envs.base import Env
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
+from lifelong.guard.detectors import ChangedAnswers
 from lifelong.guard.gate import GENERAL_ANSWERS, Guard, GuardConfig, Verdict
 from lifelong.learn.distill import DistillConfig, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner
@@ -175,6 +178,22 @@ def reply_likelihood(policy: Policy, samples: Sequence[Sample], micro_batch: int
     return sum(scores) / len(scores) if scores else math.nan
 
 
+def first_word(text: str) -> str:
+    """The answer a reply gives, as benchmarks/chat_parity.py scores it: its first word, lower-cased
+    and stripped of punctuation (a reply that changes after its first word gives the same answer)."""
+    words = text.strip().split()
+    return words[0].strip(string.punctuation + "“”‘’").lower() if words else ""
+
+
+@dataclass(frozen=True)
+class PretrainedReplies:
+    """The pretrained model's greedy replies to the general prompts (the probes, then the probes
+    after example turns), as the gate reads them."""
+
+    samples: tuple[Sample, ...]  # teacher-forced, empty replies left out: the `general` likelihood group
+    first_words: tuple[str, ...]  # one per prompt, empty replies included: the answers counted as changed
+
+
 INITIAL = "_initial"  # folder of the initial adapter beside the tenants' (tenant names start alphanumeric)
 
 
@@ -224,7 +243,12 @@ class TenantLearner:
             policy, list(self.probes.values()), config.anchor_items, config.anchor_per_step, config.seed,
             self.greedy, active=config.grpo.anchor_coef > 0 or config.distill.anchor_coef > 0, shots=config.shots,
         )  # fmt: skip
-        self._general: list[Sample] | None = None
+        # Every probe again, after `shots` answered turns of the next probes of its task.
+        self._shot_prompts: list[list[int]] = []
+        for task in GENERAL_TASKS if config.shots else ():
+            env, seeds = task.make(), self.probes[task].seeds
+            self._shot_prompts += [asked_after_examples(policy, env, seeds, j, config.shots) for j in range(len(seeds))]
+        self._pretrained: PretrainedReplies | None = None  # built on first use
 
     # ---- the round --------------------------------------------------------------------------------
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
@@ -257,22 +281,40 @@ class TenantLearner:
         items = self.store.unconsolidated_memory(tenant, limit=cfg.consolidate_max_items)
         if not items:
             return None
-        t0 = time.time()
-        version = self.store.next_version(tenant)
-        core = self._core(tenant, version)
         lessons = [
             lesson for item in items for lesson in memory_lessons(self.policy, item, cfg.consolidate_paraphrases)
         ]
-        metrics: dict[str, float] = {
-            CONSOLIDATION_METRIC: float(len(items)),
-            "consolidate/lessons": float(len(lessons)),
-        }
+        return self.study(
+            tenant,
+            lessons,
+            f"consolidated {len(items)} memory items",
+            {CONSOLIDATION_METRIC: float(len(items))},
+            consolidated=[i.id for i in items],
+            lessons_as="consolidate",
+        )
+
+    def study(
+        self,
+        tenant: str,
+        lessons: Sequence[Lesson],
+        kept: str,
+        metrics: dict[str, float] | None = None,
+        consolidated: Sequence[str] = (),
+        lessons_as: str = "lesson",
+    ) -> AdapterRecord:
+        """A round on `lessons` alone (the tenant's learning rule: distillation, or NLL of their
+        successes), `consolidate_lessons_per_step` at a time, guarded and gated like any round; a
+        kept version records `consolidated` (memory item ids) as consolidated."""
+        t0 = time.time()
+        version = self.store.next_version(tenant)
+        core = self._core(tenant, version)
+        metrics = {**(metrics or {}), f"{lessons_as}/lessons": float(len(lessons))}
         experience = Experience(tenant, (), lessons=tuple(lessons))
-        verdict = self._learn(core, version, experience, metrics, cfg.consolidate_lessons_per_step, "consolidate")
-        if verdict is None:  # no lessons: cannot happen with items, but never mark what was not learned
+        per_step = self.config.consolidate_lessons_per_step
+        verdict = self._learn(core, version, experience, metrics, per_step, lessons_as)
+        if verdict is None:  # no lessons: never mark what was not learned
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, ())
-        kept = f"consolidated {len(items)} memory items"
-        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), [i.id for i in items])
+        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), consolidated)
 
     def _conclude(
         self,
@@ -289,12 +331,14 @@ class TenantLearner:
         """After the updates: the gate, then keep (checkpoint, live) or roll back (rejected), recorded
         with the feedback consumed and, when kept, the memory items consolidated."""
         if verdict.keep:
-            scores, likelihoods = self.evaluate(tenant)
+            scores, likelihoods, changed = self.evaluate(tenant)
             metrics |= {f"probe/{k}": v for k, v in scores.items()}
             metrics |= {f"likelihood/{k}": v for k, v in likelihoods.items()}
+            metrics |= {"general/changed": changed.share, "general/changed_answers": float(changed.changed)}
             verdict = core.gate(
-                version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods
-            )
+                version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods,
+                changed=changed,
+            )  # fmt: skip
         metrics["time/round_s"] = time.time() - t0
         if verdict.keep:
             core.mark_good(scores, likelihoods)
@@ -409,16 +453,18 @@ class TenantLearner:
         if core.restore() is None:
             folder.mkdir(parents=True, exist_ok=True)
             load_adapter(self.policy, self.initial)
-            scores, likelihoods = self.evaluate(tenant)
-            core.gate(0, scores, [], likelihoods=likelihoods)
+            scores, likelihoods, changed = self.evaluate(tenant)
+            core.gate(0, scores, [], likelihoods=likelihoods, changed=changed)
             core.mark_good(scores, likelihoods)
             core.checkpoint(0, good=True)
         return core
 
     # ---- what the gate measures -------------------------------------------------------------------
-    def evaluate(self, tenant: str) -> tuple[dict[str, float], dict[str, float]]:
-        """Greedy success on the general-ability probes (plain chat), and the likelihood of each
-        probe group's answers: the tenant's held-out corrections and the operator's probes."""
+    def evaluate(self, tenant: str) -> tuple[dict[str, float], dict[str, float], ChangedAnswers]:
+        """Greedy success on the general-ability probes (plain chat); the likelihood of each probe
+        group's answers: the pretrained model's general replies, the tenant's held-out corrections
+        and the operator's probes; and how many general prompts' greedy answers (first words) differ
+        from the pretrained model's."""
         prompts = [p for _, _, p in self._probe_prompts]
         replies = self.policy.chat(prompts, self.greedy)
         solved: dict[str, list[float]] = {}
@@ -434,24 +480,37 @@ class TenantLearner:
             "operator": self._operator_samples(tenant),
         }
         likelihoods = {name: reply_likelihood(self.policy, samples) for name, samples in groups.items() if samples}
-        return scores, likelihoods
+        # The mean likelihood above moved 0.01 nats while 1-2 of 40 unrelated answers changed (issue
+        # 18); counting changed answers sees that. The probes' replies are reused: the extra cost is
+        # one greedy batch of the shot prompts (64 at the defaults) of `answer_tokens` per gate.
+        shot = self.policy.chat(self._shot_prompts, self.greedy) if self._shot_prompts else []
+        now = [first_word(r.answer) for r in [*replies, *shot]]
+        changed = ChangedAnswers.between(self._pretrained_replies().first_words, now)
+        return scores, likelihoods, changed
 
     def _general_samples(self) -> list[Sample]:
         """The pretrained model's greedy replies to every probe, asked alone and after `shots`
         answered turns of the next probes of its task; built once. Their likelihood falls when an
         adapter moves general behaviour, its format included (one word becoming a sentence), even
         where the probes' greedy scores, which accept a short phrase, do not move."""
-        if self._general is None:
+        return list(self._pretrained_replies().samples)
+
+    def _pretrained_replies(self) -> PretrainedReplies:
+        """The pretrained model asked the probes and the shot prompts once, in the same two batches
+        `evaluate` asks the adapter in: batch composition shifts a padded forward pass slightly, and
+        a near-tie decided otherwise must not count as a changed answer."""
+        if self._pretrained is None:
             prompts = [p for _, _, p in self._probe_prompts]
-            if self.config.shots:
-                for task in GENERAL_TASKS:
-                    env, seeds, k = task.make(), self.probes[task].seeds, self.config.shots
-                    prompts += [asked_after_examples(self.policy, env, seeds, j, k) for j in range(len(seeds))]
             with self.policy.model.disable_adapter():
                 replies = self.policy.chat(prompts, self.greedy)
+                if self._shot_prompts:
+                    replies += self.policy.chat(self._shot_prompts, self.greedy)
+            prompts += self._shot_prompts
             samples = [reply_sample(self.policy, p, r.answer) for p, r in zip(prompts, replies, strict=True)]
-            self._general = [s for s in samples if s.completion_ids]
-        return self._general
+            self._pretrained = PretrainedReplies(
+                tuple(s for s in samples if s.completion_ids), tuple(first_word(r.answer) for r in replies)
+            )
+        return self._pretrained
 
     def _holdout_samples(self, tenant: str) -> list[Sample]:
         samples = []
