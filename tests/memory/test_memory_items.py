@@ -1,6 +1,6 @@
 """Memory items with provenance in the experience store: full-text search (ranks, tenants kept apart),
 supersession, tombstones, documents stored whole, the feedback item in the feedback's transaction,
-and the migration of a schema-3 store."""
+deleted items whose absence is still to be trained, and the migrations of schema-3 and schema-4 stores."""
 
 from __future__ import annotations
 
@@ -13,9 +13,18 @@ from typing import Any
 import pytest
 
 from lifelong.errors import ConfigError
-from lifelong.memory.recall import RecallConfig, normalise_question, notes_text, recall, with_notes
+from lifelong.memory import store as store_module
+from lifelong.memory.recall import (
+    RecallConfig,
+    named_words,
+    normalise_question,
+    notes_text,
+    recall,
+    taught_names,
+    with_notes,
+)
 from lifelong.memory.store import _MIGRATIONS, SCHEMA_VERSION, ExperienceStore, query_terms
-from lifelong.types import DocumentRecord, FeedbackKind, MemoryItem, MemoryKind
+from lifelong.types import AdapterRecord, AdapterStatus, DocumentRecord, FeedbackKind, MemoryItem, MemoryKind
 from tests.memory.test_store_serving import served
 
 
@@ -74,6 +83,55 @@ def test_a_deleted_item_is_never_retrieved_and_says_whether_it_was_consolidated(
         tombstones = store.memory_items(tenant="alice", include_deleted=True)
         assert {(i.id, i.deleted) for i in tombstones} == {("a", True), ("b", True)}
         assert ("forget", "a") in [(op, item) for op, item, _ in store.memory_edits()]
+
+
+def test_deleted_items_still_in_the_weights_are_listed_until_a_version_trains_their_absence(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with ExperienceStore(path) as store:
+        for item_id in ("live", "never", "gone"):
+            store.add_memory(fact(item_id, f"Where is {item_id}?", "Here"))
+        store.add_memory(fact("old", "Where is Zorbel?", "There"))  # superseded by "zorbel" below
+        store.add_memory(fact("bobs", "Where is Zorbel?", "Elsewhere", tenant="bob"))
+        store.mark_consolidated(["live", "gone", "old", "bobs"], 3)
+        store.add_memory(fact("zorbel", "Where is Zorbel?", "Plinth street"))
+        for tenant, item_id in [("alice", "never"), ("alice", "gone"), ("alice", "old"), ("bob", "bobs")]:
+            store.delete_memory(tenant, item_id)
+        # not "live" (not deleted), "never" (not in the weights), "old" (its question is the newer item's)
+        assert [i.id for i in store.unforgotten_memory("alice")] == ["gone"]
+        assert [i.id for i in store.unforgotten_memory("bob")] == ["bobs"]
+        assert store.unconsolidated_memory("bob") == [] and store.consolidation_backlog()["bob"].items == 1  # due
+        assert store.consolidation_backlog()["alice"].items == 2  # "gone", and "zorbel" to consolidate
+
+        record = AdapterRecord("alice", 4, AdapterStatus.LIVE, "p", time.time(), "ok", {})
+        store.record_adapter(record, [], [], forgotten=["gone"])
+        assert store.unforgotten_memory("alice") == [] and [i.id for i in store.unforgotten_memory("bob")] == ["bobs"]
+        assert ("unlearn", "gone", {"version": 4}) in store.memory_edits()
+    with ExperienceStore(path) as store:  # durable
+        gone = store.memory_item("gone")
+        assert gone is not None and (gone.consolidated_version, gone.forgotten_version) == (3, 4)
+        assert {t: b.items for t, b in store.consolidation_backlog().items()} == {"alice": 1, "bob": 1}
+
+
+def test_a_schema_4_store_migrates_and_its_consolidated_tombstones_wait_to_be_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.sqlite"
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "SCHEMA_VERSION", 4)
+        ExperienceStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO memory_items (id, kind, task, key, text, provenance, created, tenant, deleted, "
+        "consolidated_version) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("m1", "correction", "chat", "where is zorbel", "Q: Where is Zorbel?\nA: Here", '["r", "fb-1"]', 1.0,
+         "alice", 1, 2),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+    with ExperienceStore(path) as store:
+        (item,) = store.unforgotten_memory("alice")
+        assert (item.id, item.deleted, item.consolidated_version, item.forgotten_version) == ("m1", True, 2, None)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_a_newer_correction_of_the_same_question_supersedes_the_older(tmp_path: Path) -> None:
@@ -226,6 +284,44 @@ def test_a_document_chunk_naming_a_made_up_name_is_recalled(tmp_path: Path) -> N
         store.add_document(doc("d1"), chunks)
         assert recalled(store, "How many signatures does Quillmarsh need?")[0] == "d1-1"
         assert recalled(store, "What does the Quillmarsh protocol say?")[0] == "d1-1"
+
+
+def test_names_are_words_capitalised_inside_a_sentence_or_always_by_the_teacher() -> None:
+    assert named_words("Name the capital city of Zorbia. Answer in one word.") == {"zorbia"}
+    assert named_words("What is the capital of the Netherlands?") == {"netherlands"}
+    assert named_words("Zorbia was founded by whom?") == frozenset()  # first in its sentence: could be any word
+    assert named_words("what is the capital of the netherlands") == frozenset()
+    notes = [fact("z", "Who founded Zorbia? Give the name.", "Quentin"), fact("k", "Name the founder.", "Ivo")]
+    names = taught_names(notes)
+    assert {"zorbia", "quentin", "ivo"} <= names and not {"name", "founded", "founder", "the"} & names
+
+
+def test_an_untaught_common_word_does_not_hide_a_note_but_an_untaught_name_does(tmp_path: Path) -> None:
+    suffix = " Answer in one word."  # an instruction every note and question carries
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
+        for country, city in CAPITALS.items():
+            store.add_memory(fact(country.lower(), f"What is the capital of {country}?{suffix}", city))
+        store.add_memory(fact("zorbia", f"Who founded Zorbia?{suffix}", "Quentin"))
+        assert recalled(store, f"Name the capital city of Ireland.{suffix}")[0] == "ireland"  # "city": untaught
+        assert recalled(store, f"Who started Zorbia?{suffix}") == ["zorbia"]  # "started": untaught
+        assert recalled(store, f"Zorbia was founded by whom?{suffix}") == ["zorbia"]
+        assert recalled(store, f"What is the capital of the Netherlands?{suffix}") == []  # an untaught name
+        assert recalled(store, f"what is the capital of the netherlands?{suffix}") == []  # no capitals: all count
+        assert recalled(store, f"What color is a ripe tomato?{suffix}") == []  # shares only the instruction
+
+
+def test_a_chunk_of_many_facts_is_recalled_by_a_name_that_starts_its_line(tmp_path: Path) -> None:
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
+        capitals(store)
+        lines = [
+            "- Fesaex was founded by Tovrin.",
+            "- The capital of Brell is Quastik.",
+            "- Nulolark has a dog named Pim.",
+        ]
+        store.add_document(doc("d1"), [(0, "\n".join(lines))])
+        assert recalled(store, "Fesaex was founded by whom? Answer in one word.")[0] == "d1-0"
+        assert recalled(store, "Nulolark owns a dog; what is its name?")[0] == "d1-0"
+        assert recalled(store, "Who founded Kessaly? Answer in one word.") == []
 
 
 def test_min_coverage_must_be_a_share() -> None:

@@ -25,16 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lifelong.errors import ConfigError
-from lifelong.memory.store import ExperienceStore, TermCounts
+from lifelong.memory.store import ExperienceStore, TermCounts, query_terms
 from lifelong.types import MemoryItem, MemoryKind
 
 __all__ = [
     "NOTES_HEADER",
     "RecallConfig",
     "coverage",
+    "named_words",
     "normalise_question",
     "notes_text",
     "recall",
+    "taught_names",
     "with_notes",
 ]
 
@@ -56,8 +58,9 @@ class RecallConfig:
     # whose only rare word (the Netherlands) no item contains never recalls a note that shares a
     # more common one (capital), however many items the tenant has, because a word no item contains
     # always weighs more than one some item contains; a paraphrase that keeps the rare name
-    # ("Zorbia was founded by whom?") still recalls its note. The price: one that swaps in a word no
-    # item has ("Who started Zorbia?") does not, as it looks like the Netherlands question. 0 turns the gate off.
+    # ("Zorbia was founded by whom?") still recalls its note, and so does one that swaps in a common
+    # word no item has ("Who started Zorbia?"): an untaught word weighs only when it is a name
+    # (`coverage`). 0 turns the gate off.
     min_coverage: float = 0.5
     max_chars: int = 2400  # quoted text of all recalled items together; an item that does not fit is left out
     remember_ratings_from: float = 0.75  # a rated answer becomes memory when its reward is at least this
@@ -78,6 +81,7 @@ class RecallConfig:
 
 
 _SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W_]+")
 _EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
 
 
@@ -91,13 +95,46 @@ def normalise_question(text: str) -> str:
 _CANDIDATES = 20
 
 
-def coverage(counts: TermCounts, item_id: str) -> float:
+def named_words(text: str) -> frozenset[str]:
+    """The words `text` capitalises inside a sentence, lower-cased: the names of what it asks about
+    ("the capital of the Netherlands", "Name the capital of Zorbia": netherlands, zorbia; "Name",
+    first in its sentence, is no name)."""
+    names = set()
+    for match in _WORD.finditer(text):
+        before = text[: match.start()].rstrip(" \t\"'“‘(*#>-")
+        if match.group()[0].isupper() and before and before[-1] not in ".!?:\n":
+            names.add(match.group().lower())
+    return frozenset(names)
+
+
+def taught_names(items: Sequence[MemoryItem]) -> frozenset[str]:
+    """Words the items always capitalise, lower-cased: names as the teacher wrote them, also where a
+    question starts its sentence with one ("Zorbia was founded by whom?")."""
+    capitalised: set[str] = set()
+    lower: set[str] = set()
+    for item in items:
+        for word in _WORD.findall(item.text):
+            (capitalised if word[0].isupper() else lower).add(word.lower())
+    return frozenset(capitalised - lower)
+
+
+def coverage(counts: TermCounts, item_id: str, names: frozenset[str] = frozenset()) -> float:
     """The share of the query's weight carried by the query words that item `item_id` contains, each
     word weighted by its inverse document frequency over the tenant's live items, log((N + 1) /
     (df + 0.5)) (BM25's IDF, kept positive): a word every item has ("capital" among ten capitals)
     weighs little, a word few or no items have ("Netherlands", "Zorbia") weighs most. 0.0 for a
-    query without searchable words."""
-    weight = {w: math.log((counts.items + 1) / (df + 0.5)) for w, df in counts.df.items()}
+    query without searchable words.
+
+    A word no item contains counts only when it is one of the query's `names`, or when the query
+    has none (it uses no capitals to tell names from other words): a name nobody taught (the
+    Netherlands) means the question is about something else, but a common word nobody happened to
+    use ("city" in "Name the capital city of Zorbia", "answer" in "... Answer in one word.") says
+    nothing about which item is meant, and questions are full of them. A word most items contain
+    ("Answer" opening every note's instruction) names nothing, capitalised or not."""
+    names = frozenset(w for w in names if 2 * counts.df.get(w, 0) <= counts.items)  # one most items share names nothing
+    weight = {
+        w: math.log((counts.items + 1) / (df + 0.5)) for w, df in counts.df.items() if df > 0 or not names or w in names
+    }
     total = sum(weight.values())
     if total <= 0.0:
         return 0.0
@@ -111,7 +148,8 @@ def recall(store: ExperienceStore, tenant: str, query: str, config: RecallConfig
     found = store.search_memory(tenant, query, max(config.k, _CANDIDATES))
     if found and config.min_coverage > 0.0:
         counts = store.term_counts(tenant, query, [item.id for item, _ in found])
-        found = [(item, score) for item, score in found if coverage(counts, item.id) >= config.min_coverage]
+        names = named_words(query) | (taught_names([item for item, _ in found]) & set(query_terms(query)))
+        found = [(item, s) for item, s in found if coverage(counts, item.id, names) >= config.min_coverage]
     chosen: list[MemoryItem] = []
     used = 0
     for item, score in found:
