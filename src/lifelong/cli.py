@@ -517,12 +517,14 @@ def _consolidate_tenant(args: argparse.Namespace) -> int:
             "stop its server first, or let the worker consolidate: it does after new items or when the tenant is idle",
         ) from exc
     with lock, ExperienceStore(config.database_location) as store:
-        waiting = len(store.unconsolidated_memory(tenant))
+        # deleted items still in the weights wait too: consolidation trains their absence
+        waiting = len(store.unconsolidated_memory(tenant)) + len(store.unforgotten_memory(tenant))
         record = None if waiting == 0 else build_learner(config, store).consolidate(tenant)
     summary: dict[str, Any] = {"tenant": tenant, "waiting": waiting}
     if record is not None:
         summary |= {"version": record.version, "status": record.status.value, "reason": record.reason}
         summary |= {"items": int(record.metrics.get(CONSOLIDATION_METRIC, 0))}
+        summary |= {"forgotten": int(record.metrics.get("consolidate/forgotten", 0))}
     if args.json:
         print(json.dumps(summary))
     elif record is None:

@@ -101,15 +101,24 @@ class Batch:
     anchors: tuple[Sample, ...] = ()
 
 
+class LessonTeacher(enum.StrEnum):
+    """Whose distribution on the teacher prompt a lesson distils into the student."""
+
+    POLICY = "policy"  # the policy itself, with the lesson in its context: to learn
+    PRETRAINED = "pretrained"  # the base model, adapters off: to unlearn (a deleted memory item)
+
+
 @dataclass(frozen=True)
 class Lesson:
     """One thing to consolidate: the same question with and without its lesson in context
-    (what self-distillation consumes, learn/distill.py)."""
+    (what self-distillation consumes, learn/distill.py). A lesson to unlearn has the pretrained
+    model as its teacher, on the bare question (loop/memory_lessons.absence_lessons)."""
 
     student_prompt: tuple[int, ...]
     teacher_prompt: tuple[int, ...]
     successes: tuple[Completion, ...] = ()  # the teacher's successful retries (or past successes)
     protocol: bool = True  # the student answers in the reasoning protocol (False: plain chat, a server's)
+    teacher: LessonTeacher = LessonTeacher.POLICY
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,10 @@ class MemoryItem:
     context, `provenance` the ids it was made from: episode ids (lessons, examples), (request id,
     feedback id) for served feedback, (document id,) for a chunk, which starts at character
     `offset` of its document. An item is never rewritten: a newer one `superseded_by` it, a person
-    `deleted` it (a tombstone: never retrieved or consolidated again), and `consolidated_version`
-    is the adapter version it was consolidated into (None until then).
+    `deleted` it (a tombstone: never retrieved or consolidated again), `consolidated_version` is
+    the adapter version it was consolidated into (None until then), and `forgotten_version` the
+    version that, after its deletion, trained its absence from the weights (None until then, and
+    for ever when it was never consolidated: then there is nothing to unlearn).
     """
 
     id: str
@@ -158,6 +169,7 @@ class MemoryItem:
     superseded_by: str | None = None
     deleted: bool = False
     consolidated_version: int | None = None
+    forgotten_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import make_learnable_model
+from transformers import PreTrainedTokenizerBase
 
 from lifelong.learn.distill import DistillConfig, SelfDistiller
-from lifelong.learn.logprobs import pretrained_kl
+from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
 from lifelong.model.adapters import AdapterSnapshot, trainable
-from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Lesson, Sample
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
+from lifelong.types import Lesson, LessonTeacher, Sample
 
 
 def test_answer_start_is_after_the_marker(tiny_policy: Policy) -> None:
@@ -125,3 +127,45 @@ def test_anchor_items_are_held_to_the_pretrained_model(tiny_policy: Policy) -> N
         with torch.no_grad():
             held[coef] = float(pretrained_kl(tiny_policy.model, anchors, tiny_policy.pad_id))
     assert held[10.0] < 0.5 * held[0.0]
+
+
+def test_a_lesson_taught_by_the_pretrained_model_unlearns_what_the_adapters_learned(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """An absence lesson (the base model as teacher, on the bare question) pulls the policy back to
+    the base model on that question, though the reference it is held to still knows the answer (a
+    server holds lessons to its last good adapters); the same lesson with the policy as teacher has
+    nothing to teach. SGD: Adam would turn the latter's zero gradients' rounding noise into steps."""
+    torch.manual_seed(0)
+    policy = Policy(make_learnable_model(tokenizer), tokenizer, name="tiny", lora=LoraSettings(rank=4, alpha=8))
+    question = tuple(policy.chat_start("What is the code?"))
+    ids = tuple(tokenizer.encode("zebra", add_special_tokens=False))
+    taught = Sample(question, ids, (0.0,) * len(ids), (1,) * len(ids), 1.0)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    nll = torch.optim.AdamW(params, lr=0.05, weight_decay=0.0)
+    for _ in range(8):  # the adapters learn an answer
+        nll.zero_grad()
+        logp, _, mask = completion_logprobs(policy.model, [taught], policy.pad_id)
+        (-(logp * mask).sum() / mask.sum()).backward()
+        nll.step()
+    knowing = AdapterSnapshot(policy)
+
+    def kl_to_base() -> float:
+        with torch.no_grad():
+            return float(pretrained_kl(policy.model, [taught], policy.pad_id))
+
+    learned, after = kl_to_base(), {}
+    for teacher in LessonTeacher:
+        knowing.restore(policy)
+        config = DistillConfig(learning_rate=0.5, student_samples=4, answer_tokens=3)
+        distiller = SelfDistiller(policy, torch.optim.SGD(params, lr=0.5), config, torch.Generator().manual_seed(0))
+        lesson = Lesson(question, question, protocol=False, teacher=teacher)
+        for _ in range(10):
+            report = distiller.update([lesson], reference=knowing)
+            assert report.applied
+        after[teacher] = kl_to_base()
+    # unlearning is held to the base model, not to the reference that still knows the answer
+    assert report.metrics["distill/reference_kl"] == pytest.approx(report.metrics["distill/kl"])
+    assert learned > 5.0
+    assert after[LessonTeacher.PRETRAINED] < 0.5 * learned
+    assert after[LessonTeacher.POLICY] == pytest.approx(learned, rel=1e-3)  # its own teacher: no pull anywhere

@@ -1,6 +1,7 @@
 """Consolidation of a serving tenant's memory into its adapter: lessons from memory items (questions
 with and without the item), a guarded round that marks what it kept, the worker's triggers and the
-`lifelong consolidate --store --tenant` command.
+`lifelong consolidate --store --tenant` command; a consolidated item deleted, then unlearned by the
+next consolidation (the base model as teacher on its questions).
 
 A random tiny model reads nothing from a quoted note, so what the teacher knows cannot make an
 answer likelier here: the "answer got likelier" test learns by NLL on the item's known answer
@@ -24,6 +25,7 @@ from lifelong.errors import ConfigError
 from lifelong.loop.memory_lessons import (
     DOCUMENT_TEMPLATES,
     QUESTION_TEMPLATES,
+    absence_lessons,
     memory_lessons,
     paraphrases,
     salient_phrases,
@@ -34,7 +36,15 @@ from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.serve.config import LearnerConfig, ServeConfig
 from lifelong.serve.worker import due_consolidations, learn_once
-from lifelong.types import AdapterRecord, AdapterStatus, DocumentRecord, FeedbackKind, MemoryItem, MemoryKind
+from lifelong.types import (
+    AdapterRecord,
+    AdapterStatus,
+    DocumentRecord,
+    FeedbackKind,
+    LessonTeacher,
+    MemoryItem,
+    MemoryKind,
+)
 
 QUESTION, ANSWER = "Who founded the town of Zorbia?", "Quillan Marsh"
 CHUNK = "The Velmora Archive keeps the tide maps of Tarquin Bay. Velmora Archive opens at dawn."
@@ -84,6 +94,16 @@ def test_a_document_chunk_is_asked_about_its_salient_phrases(serve_policy: Polic
     assert len(bare) == 1 and "harbour.md" in decode(bare[0].student_prompt)
 
 
+def test_a_deleted_item_is_unlearned_by_the_questions_it_was_taught_by(serve_policy: Policy) -> None:
+    for item in (qa_item(), chunk_item()):
+        taught, absent = memory_lessons(serve_policy, item), absence_lessons(serve_policy, item)
+        assert [lesson.student_prompt for lesson in absent] == [lesson.student_prompt for lesson in taught]
+        for lesson in absent:  # the bare question for both, the base model teaching: nothing quoted, no target
+            assert lesson.teacher_prompt == lesson.student_prompt and lesson.teacher == LessonTeacher.PRETRAINED
+            assert lesson.successes == () and not lesson.protocol
+        assert all(lesson.teacher == LessonTeacher.POLICY for lesson in taught)
+
+
 def answer_likelihood(learner: TenantLearner, question: str, answer: str) -> float:
     policy = learner.policy
     return reply_likelihood(policy, [reply_sample(policy, policy.chat_start(question), answer)])
@@ -112,10 +132,15 @@ def test_a_rejected_consolidation_leaves_its_items_unconsolidated(tmp_path: Path
     broken = replace(FAST_LEARNING, distill=replace(FAST_LEARNING.distill, learning_rate=float("inf")))
     learner = learner_for(tmp_path, serve_policy, broken)
     item = learner.store.add_memory(qa_item())
+    gone = learner.store.add_memory(qa_item("Where does Brannoc live?", "Ostrel"))
+    learner.store.mark_consolidated([gone.id], 7)
+    learner.store.delete_memory("t", gone.id)
     record = learner.consolidate("t")
     assert record is not None and record.status == AdapterStatus.REJECTED and "non-finite" in record.reason
+    assert record.metrics["consolidate/forgotten"] == 1.0
     assert learner.store.memory_item(item.id).consolidated_version is None  # type: ignore[union-attr]
     assert [i.id for i in learner.store.unconsolidated_memory("t")] == [item.id]  # tried again later
+    assert [i.id for i in learner.store.unforgotten_memory("t")] == [gone.id]  # so is its absence
     assert "t" not in learner.store.live_versions()
 
 
@@ -146,6 +171,42 @@ def test_distilling_a_document_chunk_marks_it_and_never_touches_deleted_or_super
     assert marks == {old.id: None, new.id: record.version, gone.id: None, other.id: None}
     assert store.memory_item(chunk_id).consolidated_version == record.version  # type: ignore[union-attr]
     assert store.unconsolidated_memory("t") == [] and len(store.unconsolidated_memory("u")) == 1
+
+
+def test_a_consolidated_item_deleted_is_unlearned_by_the_next_one(tmp_path: Path, serve_policy: Policy) -> None:
+    learner = learner_for(tmp_path, serve_policy, NLL)  # taught by NLL: the answer gets likelier (see above)
+    store = learner.store
+    item = store.add_memory(qa_item())
+    before = answer_likelihood(learner, QUESTION, ANSWER)
+    taught = learner.consolidate("t")
+    assert taught is not None and taught.status == AdapterStatus.LIVE, taught
+    known = answer_likelihood(learner, QUESTION, ANSWER)
+    assert known > before + 0.5
+    bobs = store.add_memory(qa_item(tenant="u"))
+    store.mark_consolidated([bobs.id], 1)
+    for tenant, gone in (("t", item), ("u", bobs)):
+        store.delete_memory(tenant, gone.id)
+    assert due_consolidations(store, 1, 0) == ["t", "u"]  # a deletion alone is work to do
+    new = store.add_memory(qa_item("Where does Brannoc live?", "Ostrel"))
+
+    # Unlearned by self-distillation (NLL has no text to imitate; short samples and no paraphrases, for
+    # speed), in 12 steps: the round starts with the Adam moments the teaching round left (one
+    # optimizer state per tenant, restored every round), which carry its first ~6 steps on towards
+    # the answer.
+    short = replace(FAST_LEARNING.distill, student_samples=2, answer_tokens=4)
+    learner.config = replace(FAST_LEARNING, steps_per_round=12, consolidate_paraphrases=0, distill=short)
+    record = learner.consolidate("t")
+
+    assert record is not None and record.status == AdapterStatus.LIVE, record
+    assert record.reason == "consolidated 1 memory items, trained the absence of 1 deleted"
+    assert (record.metrics["consolidate/items"], record.metrics["consolidate/forgotten"]) == (1.0, 1.0)
+    assert answer_likelihood(learner, QUESTION, ANSWER) < known - 0.3  # the weights forget it too
+    mine, theirs = store.memory_item(item.id), store.memory_item(bobs.id)
+    assert mine is not None and (mine.consolidated_version, mine.forgotten_version) == (taught.version, record.version)
+    assert store.memory_item(new.id).consolidated_version == record.version  # type: ignore[union-attr]
+    assert theirs is not None and theirs.forgotten_version is None  # another tenant's waits for its own round
+    assert learner.consolidate("t") is None  # nothing left
+    assert due_consolidations(store, 1, 0) == ["u"]
 
 
 def test_the_worker_consolidates_after_n_new_items_and_backs_off_after_a_rejection(

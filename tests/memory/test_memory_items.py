@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +86,30 @@ def test_a_deleted_item_is_never_retrieved_and_says_whether_it_was_consolidated(
         assert ("forget", "a") in [(op, item) for op, item, _ in store.memory_edits()]
 
 
-def test_deleted_items_still_in_the_weights_are_listed_until_a_version_trains_their_absence(tmp_path: Path) -> None:
-    path = tmp_path / "s.sqlite"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_deleted_items_still_in_the_weights_are_listed_until_a_version_trains_their_absence(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    path: str | Path = tmp_path / "s.sqlite"
+    if backend == "postgres":  # the same SQL on both backends
+        psycopg = pytest.importorskip("psycopg")
+        url, name = request.getfixturevalue("pg_url"), f"t{uuid.uuid4().hex}"
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        path = url.rsplit("/", 1)[0] + f"/{name}"
     with ExperienceStore(path) as store:
         for item_id in ("live", "never", "gone"):
             store.add_memory(fact(item_id, f"Where is {item_id}?", "Here"))
-        store.add_memory(fact("old", "Where is Zorbel?", "There"))  # superseded by "zorbel" below
+        store.add_memory(fact("old", "Where is Zorbel?", "There"))
         store.add_memory(fact("bobs", "Where is Zorbel?", "Elsewhere", tenant="bob"))
         store.mark_consolidated(["live", "gone", "old", "bobs"], 3)
-        store.add_memory(fact("zorbel", "Where is Zorbel?", "Plinth street"))
         for tenant, item_id in [("alice", "never"), ("alice", "gone"), ("alice", "old"), ("bob", "bobs")]:
             store.delete_memory(tenant, item_id)
+        assert [i.id for i in store.unforgotten_memory("alice")] == ["gone", "old"]
+        store.add_memory(fact("zorbel", "Where is Zorbel?", "Plinth street"))  # answers it anew: supersedes "old"
         # not "live" (not deleted), "never" (not in the weights), "old" (its question is the newer item's)
         assert [i.id for i in store.unforgotten_memory("alice")] == ["gone"]
+        assert store.memory_item("old").superseded_by == "zorbel"  # type: ignore[union-attr]
         assert [i.id for i in store.unforgotten_memory("bob")] == ["bobs"]
         assert store.unconsolidated_memory("bob") == [] and store.consolidation_backlog()["bob"].items == 1  # due
         assert store.consolidation_backlog()["alice"].items == 2  # "gone", and "zorbel" to consolidate

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lifelong.memory.store import ExperienceStore
 from lifelong.serve import ServeConfig
-from lifelong.types import ServedRequest
+from lifelong.types import AdapterRecord, AdapterStatus, ServedRequest
 from tests.memory.test_documents import pdf_bytes
 from tests.serve.conftest import KEYS, Reply, client, http
 
@@ -103,8 +103,12 @@ def test_a_correction_is_used_at_once_by_its_tenant_only_until_deleted(
     gone = http("DELETE", f"{url}/memory/{item['id']}")
     assert gone.status == 200 and gone.json() == {
         "id": item["id"], "object": "memory_item", "deleted": True, "consolidated": False,
+        "consolidated_version": None,
     }  # fmt: skip
     assert http("DELETE", f"{url}/memory/{item['id']}").status == 404
+    assert http("GET", f"{url}/memory").json()["data"] == []
+    (tombstone,) = http("GET", f"{url}/memory?include_deleted=true").json()["data"]
+    assert (tombstone["id"], tombstone["deleted"], tombstone["forgotten_version"]) == (item["id"], True, None)
     assert ask(url, model_id, QUESTION).prompt_ids == first.prompt_ids  # deleted: no longer used
 
     # a newer correction of the same question supersedes the older; an answer rated up is remembered
@@ -116,7 +120,19 @@ def test_a_correction_is_used_at_once_by_its_tenant_only_until_deleted(
     assert "Quay road" in prompt(tokenizer, ask(url, model_id, QUESTION, tenant="bob"))
     rated = ask(url, model_id, "Name the Quarn team lead.", tenant="carol")
     http("POST", f"{url}/feedback", {"completion_id": rated.id, "rating": "up"}, tenant="carol")
-    assert [i["kind"] for i in http("GET", f"{url}/memory", tenant="carol").json()["data"]] == ["rated_answer"]
+    (liked,) = http("GET", f"{url}/memory", tenant="carol").json()["data"]
+    assert liked["kind"] == "rated_answer"
+
+    # deleted after it was consolidated: the answer says into which version; a later consolidation
+    # (the learner's, recorded here as it records it) trains its absence and the listing says which
+    with ExperienceStore(_STORES[url]) as store:
+        store.mark_consolidated([liked["id"]], 3)
+    gone = http("DELETE", f"{url}/memory/{liked['id']}", tenant="carol").json()
+    assert (gone["consolidated"], gone["consolidated_version"]) == (True, 3)
+    with ExperienceStore(_STORES[url]) as store:
+        store.record_adapter(AdapterRecord("carol", 4, AdapterStatus.LIVE, None, 0.0, "ok", {}), [], [], [liked["id"]])
+    (tombstone,) = http("GET", f"{url}/memory?include_deleted=true", tenant="carol").json()["data"]
+    assert (tombstone["deleted"], tombstone["consolidated_version"], tombstone["forgotten_version"]) == (True, 3, 4)
 
 
 def test_a_document_is_used_at_once_and_listed_read_and_deleted_per_tenant(
@@ -151,7 +167,9 @@ def test_a_document_is_used_at_once_and_listed_read_and_deleted_per_tenant(
     assert hidden.status == 404 and "canteen" not in hidden.text and "handbook" not in hidden.text
     assert http("DELETE", f"{url}/documents/{newer['id']}", tenant="bob").status == 404
     deleted = http("DELETE", f"{url}/documents/{newer['id']}")
-    assert deleted.json() == {"id": newer["id"], "object": "document", "deleted": True, "consolidated": False}
+    assert deleted.json() == {
+        "id": newer["id"], "object": "document", "deleted": True, "consolidated": False, "consolidated_version": None,
+    }  # fmt: skip
     assert "Notes" not in prompt(tokenizer, ask(url, model_id, "When does the canteen open?"))
     assert http("GET", f"{url}/documents/{newer['id']}").status == 404
 

@@ -11,13 +11,16 @@ it (GKD, Agarwal et al. 2024; "on-policy distillation", Thinking Machines 2025).
 Only answer tokens are targets: the chain of thought is never a distillation target.
 Replay: `Lesson`s (types.py) built from earlier successes (teacher prompt = student prompt) keep the
 student where it already is on them, so consolidating a new item does not overwrite old ones.
+Unlearning: a lesson whose teacher is `LessonTeacher.PRETRAINED` is scored by the base model (the
+adapters off) on the bare question, so the student's own answers move back to what the base model
+says there: a deleted memory item's absence is trained, not just its recall stopped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +30,7 @@ from lifelong.learn.logprobs import completion_log_softmax, pretrained_kl, rever
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Completion, Lesson, Sample, UpdateReport
+from lifelong.types import Completion, Lesson, LessonTeacher, Sample, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class SelfDistiller:
         if not lessons:
             return UpdateReport(self.step, False, {}, reason="no lessons")
         cfg, model = self.config, self.policy.model
-        pairs: list[tuple[Sample, Sample]] = []
+        pairs: list[tuple[Sample, Sample, LessonTeacher]] = []
         for lesson, sampled in zip(lessons, self._student_samples(lessons), strict=True):
             for c in [*sampled, *lesson.successes]:
                 answer_mask = self.policy.answer_mask(c)
@@ -100,6 +103,7 @@ class SelfDistiller:
                     (
                         Sample(lesson.student_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
                         Sample(lesson.teacher_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
+                        lesson.teacher,
                     )
                 )
         if not pairs:
@@ -107,15 +111,29 @@ class SelfDistiller:
         set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        students = [s for s, _ in pairs]
-        student_logp, _, mask = completion_log_softmax(model, students, self.policy.pad_id)
+        students = [s for s, _, _ in pairs]
+        student_logp, _, mask = completion_log_softmax(model, students, self.policy.pad_id)  # (B, C, V)
+        unlearn = [i for i, (_, _, teacher) in enumerate(pairs) if teacher == LessonTeacher.PRETRAINED]
         with torch.no_grad():
-            teacher_logp, _, _ = completion_log_softmax(model, [t for _, t in pairs], self.policy.pad_id)
+            # One forward per kind of teacher (the policy; the base model, adapters off), each as wide
+            # as its own longest reply: the zeros left past it are masked out.
+            teacher_logp = torch.zeros_like(student_logp)
+            for base in (False, True):
+                rows = [i for i, (_, _, teacher) in enumerate(pairs) if (teacher == LessonTeacher.PRETRAINED) == base]
+                if rows:
+                    with model.disable_adapter() if base else nullcontext():
+                        logp, _, _ = completion_log_softmax(model, [pairs[i][1] for i in rows], self.policy.pad_id)
+                    teacher_logp[rows, : logp.shape[1]] = logp
             anchor: AbstractContextManager[None] = (
                 model.disable_adapter() if reference is None else reference.loaded(self.policy)
             )
             with anchor:
                 reference_logp, _, _ = completion_log_softmax(model, students, self.policy.pad_id)
+            # Unlearning is held to the base model, not to `reference`: the earlier adapters still
+            # know the deleted item, and a geometric mix with them would keep half of it. The base
+            # model on the bare question has no lesson to colour its format, so nothing is lost.
+            if unlearn:
+                reference_logp[unlearn] = teacher_logp[unlearn]
         tokens = mask.sum().clamp(min=1)
         kl = reverse_kl(student_logp, teacher_logp, mask)
         anchored = reverse_kl(student_logp, reference_logp, mask)
@@ -162,4 +180,4 @@ class SelfDistiller:
         return out
 
 
-__all__ = ["DistillConfig", "Lesson", "SelfDistiller"]
+__all__ = ["DistillConfig", "Lesson", "LessonTeacher", "SelfDistiller"]

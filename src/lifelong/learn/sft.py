@@ -21,7 +21,7 @@ from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
-from lifelong.types import Batch, Episode, Lesson, Sample, UpdateReport
+from lifelong.types import Batch, Episode, Lesson, LessonTeacher, Sample, UpdateReport
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,9 @@ class CorrectionNLL:
     """Plain NLL on corrections, as a `LessonLearner`: each lesson's given replies (a person's
     corrected answer) are the targets after the bare prompt; the teacher's context is not used.
     The baseline that self-distillation (learn/distill.py) is compared against when a model is
-    taught by correction: imitation of fixed text, which moves the model off its own distribution."""
+    taught by correction: imitation of fixed text, which moves the model off its own distribution.
+    A lesson to unlearn (its teacher the pretrained model) has no text to imitate and is skipped:
+    NLL cannot train an absence."""
 
     def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, config: SFTConfig = SFTConfig()) -> None:
         self.sft = SFTLearner(policy, config, optimizer=optimizer)
@@ -140,6 +142,7 @@ class CorrectionNLL:
         samples = tuple(
             Sample(lesson.student_prompt, c.token_ids, c.logprobs, c.loss_mask, 1.0)
             for lesson in lessons
+            if lesson.teacher == LessonTeacher.POLICY
             for c in lesson.successes
             if sum(c.loss_mask)
         )

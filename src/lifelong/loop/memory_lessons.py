@@ -13,6 +13,10 @@ because a small model is too weak to write good ones about a text it was just gi
   places and things, what a made-up fact is about) through `DOCUMENT_TEMPLATES`; it has no fixed
   answer, so the teacher's own distribution on the student's samples is the target.
 
+A deleted item that was consolidated is unlearned by the same questions (`absence_lessons`): the
+teacher is the pretrained model on the bare question, so the student's answers go back to what the
+model said before it was ever taught the item.
+
 Everything is plain chat (the server's format): there is no chain of thought, so none is a target.
 The template families are this module's own; a benchmark that measures generalisation to
 paraphrases must ask with a different family, or it measures memorised templates.
@@ -29,12 +33,14 @@ from lifelong.loop.feedback import correction_completion
 from lifelong.memory.recall import with_notes
 from lifelong.memory.store import query_terms
 from lifelong.model.policy import Policy
-from lifelong.types import Completion, Lesson, MemoryItem, MemoryKind
+from lifelong.types import Completion, Lesson, LessonTeacher, MemoryItem, MemoryKind
 
 __all__ = [
     "DOCUMENT_TEMPLATES",
     "QUESTION_TEMPLATES",
+    "absence_lessons",
     "document_questions",
+    "item_questions",
     "memory_lessons",
     "paraphrases",
     "question_answer",
@@ -104,19 +110,35 @@ def document_questions(text: str, name: str, n: int) -> list[str]:
     return [DOCUMENT_TEMPLATES[i % len(DOCUMENT_TEMPLATES)].format(phrase=p) for i, p in enumerate(phrases)]
 
 
+def item_questions(item: MemoryItem, paraphrase_count: int = 2, questions: int = 3) -> list[str]:
+    """What consolidation asks about an item: a Q/A item's question and `paraphrase_count` rewordings
+    of it, or `questions` at most about a document chunk (`document_questions`)."""
+    qa = question_answer(item)
+    if qa is not None:
+        return [qa[0], *paraphrases(qa[0], paraphrase_count, item.id)]
+    return document_questions(item.text, item.key, questions)
+
+
 def memory_lessons(policy: Policy, item: MemoryItem, paraphrase_count: int = 2, questions: int = 3) -> list[Lesson]:
     """The lessons one memory item teaches: per question, the bare question (student) and the same
     with the item quoted before it (teacher), in plain chat; a Q/A item's answer as a fixed success."""
     qa = question_answer(item)
     successes: tuple[Completion, ...] = ()
     if qa is not None:
-        question, answer = qa
-        asked = [question, *paraphrases(question, paraphrase_count, item.id)]
         tokenizer = policy.tokenizer
-        successes = (correction_completion(tokenizer, answer, int(tokenizer.eos_token_id)),)
-    else:
-        asked = document_questions(item.text, item.key, questions)
-    return [_lesson(policy, q, item, successes) for q in asked]
+        successes = (correction_completion(tokenizer, qa[1], int(tokenizer.eos_token_id)),)
+    return [_lesson(policy, q, item, successes) for q in item_questions(item, paraphrase_count, questions)]
+
+
+def absence_lessons(policy: Policy, item: MemoryItem, paraphrase_count: int = 2, questions: int = 3) -> list[Lesson]:
+    """The lessons that unlearn a deleted item: the questions `memory_lessons` asks about it, each
+    bare for both student and teacher, the teacher being the pretrained model; no fixed success,
+    as the base model's own distribution on the student's answers is the target."""
+    out = []
+    for question in item_questions(item, paraphrase_count, questions):
+        bare = tuple(policy.chat_ids([{"role": "user", "content": question}], protocol=False))
+        out.append(Lesson(bare, bare, protocol=False, teacher=LessonTeacher.PRETRAINED))
+    return out
 
 
 def _lesson(policy: Policy, question: str, item: MemoryItem, successes: Sequence[Completion]) -> Lesson:

@@ -25,7 +25,9 @@ Consolidation (`consolidate`) is a round on the tenant's memory instead of its f
 unconsolidated items become self-distillation lessons (loop/memory_lessons.py: questions about each
 item, the teacher with the item quoted, the student without), learned, gated and recorded the same
 way; a kept version marks its items consolidated in the same transaction as its record, a rejected
-one leaves them for a later try.
+one leaves them for a later try. Items deleted after they were consolidated are unlearned in the same
+round (`absence_lessons`: the same questions, the pretrained model as the teacher) and marked
+forgotten the same way.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from lifelong.learn.sft import CorrectionNLL, SFTConfig
 from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
-from lifelong.loop.memory_lessons import memory_lessons
+from lifelong.loop.memory_lessons import absence_lessons, memory_lessons
 from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
@@ -274,22 +276,30 @@ class TenantLearner:
         return self._conclude(core, tenant, version, verdict, metrics, t0, "passed the guard", items)
 
     def consolidate(self, tenant: str) -> AdapterRecord | None:
-        """Distil the tenant's unconsolidated memory items (at most `consolidate_max_items`, oldest
-        first) into its adapter, through the same update, guard and gate as a round; a kept version
-        marks them consolidated, a rejected one leaves them for a later try. None: nothing to do."""
+        """Distil the tenant's unconsolidated memory items into its adapter and unlearn its deleted
+        items that were consolidated before (`consolidate_max_items` in all, oldest first, deleted
+        ones first: a person asked for them to be gone), through the same update, guard and gate as
+        a round; a kept version marks them consolidated and forgotten, a rejected one leaves them
+        for a later try. None: nothing to do."""
         cfg = self.config
-        items = self.store.unconsolidated_memory(tenant, limit=cfg.consolidate_max_items)
-        if not items:
+        gone = self.store.unforgotten_memory(tenant, limit=cfg.consolidate_max_items)
+        items = self.store.unconsolidated_memory(tenant, limit=cfg.consolidate_max_items - len(gone))
+        if not items and not gone:
             return None
-        lessons = [
-            lesson for item in items for lesson in memory_lessons(self.policy, item, cfg.consolidate_paraphrases)
-        ]
+        paraphrases = cfg.consolidate_paraphrases
+        lessons = [lesson for item in items for lesson in memory_lessons(self.policy, item, paraphrases)]
+        lessons += [lesson for item in gone for lesson in absence_lessons(self.policy, item, paraphrases)]
+        kept = f"consolidated {len(items)} memory items"
+        if gone:
+            absence = f"trained the absence of {len(gone)} deleted"
+            kept = f"{kept}, {absence}" if items else f"{absence} memory items"
         return self.study(
             tenant,
             lessons,
-            f"consolidated {len(items)} memory items",
-            {CONSOLIDATION_METRIC: float(len(items))},
+            kept,
+            {CONSOLIDATION_METRIC: float(len(items)), "consolidate/forgotten": float(len(gone))},
             consolidated=[i.id for i in items],
+            forgotten=[i.id for i in gone],
             lessons_as="consolidate",
         )
 
@@ -301,10 +311,12 @@ class TenantLearner:
         metrics: dict[str, float] | None = None,
         consolidated: Sequence[str] = (),
         lessons_as: str = "lesson",
+        forgotten: Sequence[str] = (),
     ) -> AdapterRecord:
         """A round on `lessons` alone (the tenant's learning rule: distillation, or NLL of their
         successes), `consolidate_lessons_per_step` at a time, guarded and gated like any round; a
-        kept version records `consolidated` (memory item ids) as consolidated."""
+        kept version records `consolidated` (memory item ids) as consolidated and `forgotten`
+        (deleted items whose absence the lessons trained) as forgotten."""
         t0 = time.time()
         version = self.store.next_version(tenant)
         core = self._core(tenant, version)
@@ -314,7 +326,7 @@ class TenantLearner:
         verdict = self._learn(core, version, experience, metrics, per_step, lessons_as)
         if verdict is None:  # no lessons: never mark what was not learned
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, ())
-        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), consolidated)
+        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), consolidated, forgotten)
 
     def _conclude(
         self,
@@ -327,9 +339,10 @@ class TenantLearner:
         kept: str,
         items: Sequence[Feedback],
         consolidated: Sequence[str] = (),
+        forgotten: Sequence[str] = (),
     ) -> AdapterRecord:
         """After the updates: the gate, then keep (checkpoint, live) or roll back (rejected), recorded
-        with the feedback consumed and, when kept, the memory items consolidated."""
+        with the feedback consumed and, when kept, the memory items consolidated and forgotten."""
         if verdict.keep:
             scores, likelihoods, changed = self.evaluate(tenant)
             metrics |= {f"probe/{k}": v for k, v in scores.items()}
@@ -343,7 +356,9 @@ class TenantLearner:
         if verdict.keep:
             core.mark_good(scores, likelihoods)
             path = core.checkpoint(version, good=True)
-            return self._record(tenant, version, AdapterStatus.LIVE, path, kept, metrics, items, consolidated)
+            return self._record(
+                tenant, version, AdapterStatus.LIVE, path, kept, metrics, items, consolidated, forgotten
+            )
         core.rollback(version, verdict)
         core.checkpoint(version, good=False)  # the good weights again, with the backed-off learning rate
         return self._record(tenant, version, AdapterStatus.REJECTED, None, verdict.reason, metrics, items)
@@ -407,11 +422,12 @@ class TenantLearner:
         metrics: dict[str, float],
         items: Sequence[Feedback],
         consolidated: Sequence[str] = (),
+        forgotten: Sequence[str] = (),
     ) -> AdapterRecord:
         # Relative to the adapters folder, so that a store folder can be moved or restored from a copy.
         where = None if path is None else str(path.relative_to(self.folder))
         record = AdapterRecord(tenant, version, status, where, time.time(), reason, metrics)
-        self.store.record_adapter(record, [f.id for f in items], consolidated)
+        self.store.record_adapter(record, [f.id for f in items], consolidated, forgotten)
         return record
 
     def fail(

@@ -15,7 +15,8 @@ processes (the database's own locking).
 Memory items carry their tenant and provenance and are full-text indexed (`search_memory`). They are
 never rewritten: a newer item supersedes an older one by a simple rule (below, `add_memory` and
 `add_document`), a deletion leaves a tombstone, so a deleted item is neither retrieved nor consolidated
-again while the store still knows it existed and whether it had been consolidated.
+again while the store still knows it existed, whether it had been consolidated, and whether a later
+consolidation has trained its absence since (`unforgotten_memory`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ __all__ = [
     "query_terms",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -193,6 +194,11 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX documents_tenant ON documents (tenant, name);
     """,
+    # The adapter version that trained a deleted item's absence (a consolidation after the deletion
+    # of an item that was consolidated before it).
+    5: """
+    ALTER TABLE memory_items ADD COLUMN forgotten_version INTEGER;
+    """,
 }
 
 # What a migration needs beyond its statements, per backend.
@@ -251,13 +257,20 @@ _UNCONSOLIDATED = (
 )
 # Its parameters; the LIKE pattern goes as parameters, as a literal '%' would be a placeholder to psycopg.
 _UNCONSOLIDATED_ARGS = (*_FEEDBACK_KINDS, MemoryKind.DOCUMENT.value, '%"fb-', '"]')
+# A tenant's deleted items that are still in its weights: consolidated before their deletion, and no
+# kept consolidation has trained their absence since. A superseded one is left out: its question is
+# the newer item's now, and unlearning it would unlearn the newer answer too.
+_UNFORGOTTEN = (
+    "m.tenant <> '' AND m.deleted = 1 AND m.superseded_by IS NULL AND m.consolidated_version IS NOT NULL "
+    "AND m.forgotten_version IS NULL"
+)
 
 
 @dataclass(frozen=True)
 class ConsolidationBacklog:
     """What one tenant has waiting for consolidation (the learning worker's trigger reads it)."""
 
-    items: int  # unconsolidated items (see `unconsolidated_memory`)
+    items: int  # unconsolidated items and deleted ones still in the weights (`unforgotten_memory`)
     new: int  # of them, created after the tenant's last rejected consolidation (all of them if none was)
     last_activity: float  # newest of: an item created, an adapter version recorded (any round)
 
@@ -299,7 +312,7 @@ def _turn_from_json(d: dict[str, Any]) -> Turn:
 
 _MEMORY_COLUMNS = (
     "id, kind, task, key, text, provenance, created, uses, wins, tenant, char_offset, superseded_by, deleted, "
-    "consolidated_version"
+    "consolidated_version, forgotten_version"
 )
 _DOCUMENT_COLUMNS = "id, tenant, name, media_type, chars, chunks, created, superseded_by, deleted"
 _FEEDBACK_COLUMNS = "id, request_id, idx, tenant, kind, reward, correction, holdout, received, consumed_version"
@@ -313,8 +326,9 @@ def _feedback(r: Sequence[Any]) -> Feedback:
 
 def _memory(r: Sequence[Any]) -> MemoryItem:
     return MemoryItem(
-        r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8], r[9], r[10], r[11], bool(r[12]), r[13]
-    )
+        r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8], r[9], r[10], r[11], bool(r[12]), r[13],
+        r[14],
+    )  # fmt: skip
 
 
 def _document(r: Sequence[Any]) -> DocumentRecord:
@@ -499,7 +513,9 @@ class ExperienceStore:
     def add_memory(self, item: MemoryItem) -> MemoryItem:
         """Store and index one item, in one transaction. The supersede rule: a correction or an
         up-rated answer (its key is the normalised question) supersedes the tenant's older live
-        correction or rated answer of the same question: what a person said last is what they want."""
+        correction or rated answer of the same question: what a person said last is what they want.
+        So does it a deleted one that is still in the weights: the newer answer replaces it there,
+        and training its absence as well would pull against the newer answer (`_UNFORGOTTEN`)."""
         with self._tx() as db:
             self._insert_memory(db, item)
         return item
@@ -507,10 +523,11 @@ class ExperienceStore:
     def _insert_memory(self, db: Backend, item: MemoryItem) -> None:
         db.execute(
             "INSERT INTO memory_items (id, kind, task, key, text, provenance, created, uses, wins, tenant, "
-            "char_offset, superseded_by, deleted, consolidated_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "char_offset, superseded_by, deleted, consolidated_version, forgotten_version) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (item.id, str(item.kind), item.task, item.key, item.text, json.dumps(list(item.provenance)), item.created,
              item.uses, item.wins, item.tenant, item.offset, item.superseded_by, int(item.deleted),
-             item.consolidated_version),
+             item.consolidated_version, item.forgotten_version),
         )  # fmt: skip
         db.execute(*_edit("add", item.id, {"kind": str(item.kind), "task": item.task, "key": item.key}))
         if item.deleted or item.superseded_by is not None:
@@ -521,7 +538,8 @@ class ExperienceStore:
                 r[0]
                 for r in db.execute(
                     "SELECT id FROM memory_items WHERE tenant = ? AND key = ? AND kind IN (?, ?) AND id <> ? "
-                    "AND deleted = 0 AND superseded_by IS NULL",
+                    "AND superseded_by IS NULL AND (deleted = 0 OR (consolidated_version IS NOT NULL "
+                    "AND forgotten_version IS NULL))",
                     (item.tenant, item.key, *_FEEDBACK_KINDS, item.id),
                 ).fetchall()
             ]
@@ -570,17 +588,16 @@ class ExperienceStore:
         """Record that these items were consolidated into adapter `version` (consolidation records
         this with the version itself: `record_adapter(..., consolidated=...)`)."""
         with self._tx() as db:
-            self._mark_consolidated(db, item_ids, version)
+            self._mark(db, "consolidated_version", "consolidate", item_ids, version)
 
     @staticmethod
-    def _mark_consolidated(db: Backend, item_ids: Sequence[str], version: int) -> None:
+    def _mark(db: Backend, column: str, op: str, item_ids: Sequence[str], version: int) -> None:
+        """Set `column` (consolidated_version or forgotten_version) of the items to `version`, logged as `op`."""
         if not item_ids:
             return
-        db.executemany(
-            "UPDATE memory_items SET consolidated_version = ? WHERE id = ?", [(version, i) for i in item_ids]
-        )
+        db.executemany(f"UPDATE memory_items SET {column} = ? WHERE id = ?", [(version, i) for i in item_ids])
         for i in item_ids:
-            db.execute(*_edit("consolidate", i, {"version": version}))
+            db.execute(*_edit(op, i, {"version": version}))
 
     def unconsolidated_memory(self, tenant: str, limit: int | None = None) -> list[MemoryItem]:
         """The tenant's items consolidation has still to move into the weights, oldest first, at most
@@ -593,8 +610,21 @@ class ExperienceStore:
             sql, args = sql + " LIMIT ?", [*args, limit]
         return [_memory(r) for r in self._query(sql, args)]
 
+    def unforgotten_memory(self, tenant: str, limit: int | None = None) -> list[MemoryItem]:
+        """The tenant's deleted items whose absence consolidation has still to train, oldest first, at
+        most `limit`: consolidated into an adapter before their deletion and not unlearned since
+        (`record_adapter(..., forgotten=...)`); superseded ones are left out (`_UNFORGOTTEN`)."""
+        columns = ", ".join(f"m.{c}" for c in _MEMORY_COLUMNS.split(", "))
+        sql = f"SELECT {columns} FROM memory_items m WHERE m.tenant = ? AND {_UNFORGOTTEN} ORDER BY m.created, m.id"
+        args: list[Any] = [tenant]
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, limit]
+        return [_memory(r) for r in self._query(sql, args)]
+
     def consolidation_backlog(self) -> dict[str, ConsolidationBacklog]:
-        """tenant -> its backlog, for every tenant with unconsolidated items."""
+        """tenant -> its backlog, for every tenant with unconsolidated items or deleted items still in
+        its weights. A deleted item counts from when it was created, like any item (the deletion
+        itself is no new item): after a rejected consolidation it waits like the rest."""
         last = (
             "COALESCE((SELECT MAX(a.created) FROM adapter_versions a WHERE a.tenant = m.tenant "
             "AND a.status = ? AND a.metrics LIKE ?), 0)"
@@ -602,7 +632,7 @@ class ExperienceStore:
         rows = self._query(
             f"SELECT m.tenant, COUNT(*), SUM(CASE WHEN m.created > {last} THEN 1 ELSE 0 END), MAX(m.created), "
             "COALESCE((SELECT MAX(a.created) FROM adapter_versions a WHERE a.tenant = m.tenant), 0) "
-            f"FROM memory_items m WHERE {_UNCONSOLIDATED} GROUP BY m.tenant",
+            f"FROM memory_items m WHERE ({_UNCONSOLIDATED}) OR ({_UNFORGOTTEN}) GROUP BY m.tenant",
             (AdapterStatus.REJECTED.value, f'%"{CONSOLIDATION_METRIC}"%', *_UNCONSOLIDATED_ARGS),
         )
         return {r[0]: ConsolidationBacklog(int(r[1]), int(r[2]), max(float(r[3]), float(r[4]))) for r in rows}
@@ -914,10 +944,17 @@ class ExperienceStore:
         return (prior + sum(rewards)) / (1 + len(rewards))
 
     # ---- adapter versions ---------------------------------------------------------------------
-    def record_adapter(self, record: AdapterRecord, consumed: Sequence[int], consolidated: Sequence[str] = ()) -> None:
-        """A candidate version and the guard's verdict, the feedback it consumed and the memory items
-        it consolidated, in one transaction: a crash between them can neither lose nor double-count
-        feedback, nor mark items consolidated into a version the store does not know."""
+    def record_adapter(
+        self,
+        record: AdapterRecord,
+        consumed: Sequence[int],
+        consolidated: Sequence[str] = (),
+        forgotten: Sequence[str] = (),
+    ) -> None:
+        """A candidate version and the guard's verdict, the feedback it consumed, the memory items it
+        consolidated and the deleted ones whose absence it trained, in one transaction: a crash
+        between them can neither lose nor double-count feedback, nor mark items consolidated into
+        (or unlearned by) a version the store does not know."""
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO adapter_versions ({_ADAPTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -931,7 +968,8 @@ class ExperienceStore:
                     "UPDATE feedback SET consumed_version = ? WHERE id = ? AND tenant = ?",
                     [(record.version, i, record.tenant) for i in consumed],
                 )
-            self._mark_consolidated(db, consolidated, record.version)
+            self._mark(db, "consolidated_version", "consolidate", consolidated, record.version)
+            self._mark(db, "forgotten_version", "unlearn", forgotten, record.version)
 
     def adapters(self, tenant: str | None = None, status: AdapterStatus | None = None) -> list[AdapterRecord]:
         """Adapter versions, oldest first."""

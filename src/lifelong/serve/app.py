@@ -10,7 +10,8 @@
                                    "file" (.txt, .md, .pdf) and optionally a "name"
   GET  /v1/documents[/{id}]        the caller's documents (one: with its chunks)
   DELETE /v1/documents/{id}        delete a document and its chunks from memory
-  GET  /v1/memory                  the caller's memory items (corrections, rated answers, chunks)
+  GET  /v1/memory                  the caller's memory items (corrections, rated answers, chunks);
+                                   ?include_deleted=true: deleted ones too, with `forgotten_version`
   DELETE /v1/memory/{id}           delete one item; says whether it was already consolidated
   GET  /health                     liveness, no key needed
 
@@ -278,18 +279,21 @@ def build_app(service: ChatService, keys: dict[str, TenantKey], lifespan: Any = 
     async def delete_document(document_id: str, request: Request) -> dict[str, Any]:
         who = authenticate(request)
         doc, chunks = await run_in_threadpool(service.delete_document, who.tenant, document_id)
-        return deleted_body(doc.id, "document", any(c.consolidated_version is not None for c in chunks))
+        versions = [c.consolidated_version for c in chunks if c.consolidated_version is not None]
+        return deleted_body(doc.id, "document", max(versions, default=None))
 
     @app.get("/v1/memory")
-    async def memory(request: Request, kind: str | None = None) -> dict[str, Any]:
+    async def memory(request: Request, kind: str | None = None, include_deleted: bool = False) -> dict[str, Any]:
         who = authenticate(request)
-        items = await run_in_threadpool(lambda: service.store.memory_items(tenant=who.tenant, kind=kind))
+        items = await run_in_threadpool(
+            lambda: service.store.memory_items(tenant=who.tenant, kind=kind, include_deleted=include_deleted)
+        )
         return {"object": "list", "data": [memory_body(i) for i in items]}
 
     @app.delete("/v1/memory/{item_id}")
     async def delete_memory(item_id: str, request: Request) -> dict[str, Any]:
         who = authenticate(request)
         item = await run_in_threadpool(service.delete_memory, who.tenant, item_id)
-        return deleted_body(item.id, "memory_item", item.consolidated_version is not None)
+        return deleted_body(item.id, "memory_item", item.consolidated_version)
 
     return app

@@ -373,6 +373,9 @@ def memory_body(item: MemoryItem) -> dict[str, Any]:
         "superseded_by": item.superseded_by,
         "consolidated": item.consolidated_version is not None,
         "consolidated_version": item.consolidated_version,
+        "deleted": item.deleted,
+        # Deleted after it was consolidated: the version whose consolidation trained its absence.
+        "forgotten_version": item.forgotten_version,
     }
 
 
@@ -391,10 +394,17 @@ def document_body(doc: DocumentRecord, superseded: Sequence[str] = ()) -> dict[s
     return body
 
 
-def deleted_body(id: str, object: str, consolidated: bool) -> dict[str, Any]:
-    """A deletion's answer; `consolidated`: it was already consolidated into the weights (a later
-    consolidation trains its absence)."""
-    return {"id": id, "object": object, "deleted": True, "consolidated": consolidated}
+def deleted_body(id: str, object: str, consolidated_version: int | None) -> dict[str, Any]:
+    """A deletion's answer: whether it was already consolidated into the weights, and into which
+    adapter version (a document: its newest chunk's). A later consolidation then trains its absence;
+    `GET /v1/memory?include_deleted=true` shows the version that did as `forgotten_version`."""
+    return {
+        "id": id,
+        "object": object,
+        "deleted": True,
+        "consolidated": consolidated_version is not None,
+        "consolidated_version": consolidated_version,
+    }
 
 
 def parse_form(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
