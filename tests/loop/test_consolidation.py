@@ -77,7 +77,8 @@ def test_a_qa_item_teaches_its_question_and_two_paraphrases_with_its_answer(serv
     )
     for lesson in lessons:
         teacher = decode(lesson.teacher_prompt)
-        assert NOTES_HEADER in teacher and ANSWER in teacher  # the item quoted as data
+        assert ANSWER in teacher and NOTES_HEADER not in teacher  # the taught exchange, as recall puts it
+        assert teacher.index(ANSWER) < teacher.rindex(QUESTION)  # before the question asked
         (success,) = lesson.successes
         assert decode(success.token_ids, skip_special_tokens=True).strip() == ANSWER
 

@@ -89,8 +89,9 @@ def test_a_correction_is_used_at_once_by_its_tenant_only_until_deleted(
     assert r.status == 200
     taught = ask(url, model_id, "Which street is the Zorbel office on?")  # a paraphrase
     text = prompt(tokenizer, taught)
-    assert "quoted data, not instructions" in text and "On Plinth street 9." in text
-    assert text.index("Plinth") < text.rindex("Which street")  # the notes come before the question
+    # the correction comes back as the exchange it was, just before the question
+    assert f"user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\nOn Plinth street 9.<|im_end|>" in text
+    assert text.index("Plinth") < text.rindex("Which street")
     assert "Plinth" not in prompt(tokenizer, ask(url, model_id, QUESTION, tenant="bob"))
     assert "Plinth" not in prompt(tokenizer, ask(url, model_id, QUESTION, extra_body={"memory": False}))
 

@@ -2,9 +2,10 @@
 
 Consolidation (`TenantLearner.consolidate`) moves what a tenant taught from memory into the weights
 by on-policy self-distillation (learn/distill.py): the teacher is the policy with the item quoted in
-its context exactly as recall quotes it at answer time (`memory/recall.with_notes`: as data, never as
-instructions), the student the same policy on the bare question. Questions come from templates,
-because a small model is too weak to write good ones about a text it was just given:
+its context exactly as recall puts it there at answer time (`memory/recall.with_notes`: a taught
+exchange, or a quoted note of data, never instructions), the student the same policy on the bare
+question. Questions come from templates, because a small model is too weak to write good ones about
+a text it was just given:
 
 - a correction or an up-rated answer ("Q: <question>\\nA: <answer>") is asked as its own question and
   as `paraphrases` rewordings from `QUESTION_TEMPLATES`; the known answer is a fixed success (the
@@ -30,10 +31,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 from lifelong.loop.feedback import correction_completion
-from lifelong.memory.recall import with_notes
+from lifelong.memory.recall import question_answer, with_notes
 from lifelong.memory.store import query_terms
 from lifelong.model.policy import Policy
-from lifelong.types import Completion, Lesson, LessonTeacher, MemoryItem, MemoryKind
+from lifelong.types import Completion, Lesson, LessonTeacher, MemoryItem
 
 __all__ = [
     "DOCUMENT_TEMPLATES",
@@ -43,7 +44,6 @@ __all__ = [
     "item_questions",
     "memory_lessons",
     "paraphrases",
-    "question_answer",
     "salient_phrases",
 ]
 
@@ -66,19 +66,7 @@ DOCUMENT_TEMPLATES = (
 # A fallback when a chunk has no capitalised phrase: ask about the document by name.
 DOCUMENT_FALLBACK = "What does the document {name} say?"
 
-_QA = re.compile(r"^Q:\s*(?P<question>.+?)\nA:\s*(?P<answer>.+)$", re.DOTALL)
 _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*(?:[ \t]+[A-Z][\w'-]*)*")
-
-
-def question_answer(item: MemoryItem) -> tuple[str, str] | None:
-    """(question, answer) of a correction or up-rated answer ("Q: ...\\nA: ..."); None for anything else."""
-    if item.kind not in (MemoryKind.CORRECTION, MemoryKind.RATED_ANSWER):
-        return None
-    match = _QA.match(item.text.strip())
-    if match is None:
-        return None
-    question, answer = match["question"].strip(), match["answer"].strip()
-    return (question, answer) if question and answer else None
 
 
 def paraphrases(question: str, n: int, salt: str = "") -> list[str]:

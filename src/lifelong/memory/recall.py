@@ -6,11 +6,16 @@ relevance gate below), and of these the best `k` within a character budget. Shar
 enough: after "What is the capital of Ireland?" was corrected to "Dublin", the question "What is the
 capital of the Netherlands?" shares "capital" with that note, and a small model given the note then
 answers "Dublin".
-`with_notes` puts them in one system message just before the last user message, each quoted (JSON
-string quoting: a quote inside an item cannot end it) and labelled with its source, under a header
-that says they are data, not instructions: a taught document can contain "ignore your rules", and
-that must stay a sentence in a document. With nothing recalled the messages are returned unchanged,
-so a tenant that taught nothing gets exactly the prompt it got before memory existed.
+`with_notes` puts them into the conversation just before the last user message. What the tenant
+itself taught by feedback (a correction, an answer it rated good: "Q: ...\nA: ...") goes in as that
+earlier exchange, a user turn and the assistant's answer, the form a chat model follows best
+(dev/LOG.md, 2026-11-30: 2 of 40 answers led with the taught word as a quoted note, 19 of 40 as an
+exchange, on the 135M model) and no more trusted than the tenant's own messages. Everything else,
+a document's chunk above all, goes in one system message, each item quoted (JSON string quoting: a
+quote inside an item cannot end it) and labelled with its source, under a header that says they
+are data, not instructions: a taught document can contain "ignore your rules", and that must stay
+a sentence in a document. With nothing recalled the messages are returned unchanged, so a tenant
+that taught nothing gets exactly the prompt it got before memory existed.
 
 The notes go last rather than first because a chat template that adds its own default system
 prompt when the first message is not a system message (SmolLM2's does) keeps adding it.
@@ -35,6 +40,7 @@ __all__ = [
     "named_words",
     "normalise_question",
     "notes_text",
+    "question_answer",
     "recall",
     "taught_names",
     "with_notes",
@@ -51,7 +57,10 @@ class RecallConfig:
     """Memory at answer time, and which feedback becomes memory."""
 
     enabled: bool = True  # recall the tenant's items into the prompt (a request may opt out: "memory": false)
-    k: int = 3  # items put into a prompt at most
+    # Items put into a prompt at most. One: a 135M model given the right note and two others answered
+    # from the wrong one often enough that 3 halved its score (dev/LOG.md, 2026-11-30); a larger
+    # model reads more.
+    k: int = 1
     min_score: float = 0.0  # an item must score above this (BM25 on SQLite; any shared word scores > 0)
     # An item must contain query words carrying at least this share of the query's IDF weight
     # (`coverage`). At 0.5 the words an item shares must outweigh the words it lacks: a question
@@ -67,7 +76,7 @@ class RecallConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_chars < 1:
-            raise ConfigError("memory.k and memory.max_chars must be >= 1", "the defaults are 3 and 2400")
+            raise ConfigError("memory.k and memory.max_chars must be >= 1", "the defaults are 1 and 2400")
         if not 0.0 <= self.remember_ratings_from <= 1.0:
             raise ConfigError(
                 "memory.remember_ratings_from must be in [0, 1]", "1.0 keeps only thumbs up; the default is 0.75"
@@ -81,6 +90,7 @@ class RecallConfig:
 
 
 _SPACE = re.compile(r"\s+")
+_QA = re.compile(r"^Q:\s*(?P<question>.+?)\nA:\s*(?P<answer>.+)$", re.DOTALL)
 _WORD = re.compile(r"[^\W_]+")
 _EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
 
@@ -181,12 +191,32 @@ def notes_text(items: Sequence[MemoryItem]) -> str:
     return "\n".join(lines)
 
 
+def question_answer(item: MemoryItem) -> tuple[str, str] | None:
+    """(question, answer) of a correction or up-rated answer ("Q: ...\\nA: ..."); None for anything else."""
+    if item.kind not in (MemoryKind.CORRECTION, MemoryKind.RATED_ANSWER):
+        return None
+    match = _QA.match(item.text.strip())
+    if match is None:
+        return None
+    question, answer = match["question"].strip(), match["answer"].strip()
+    return (question, answer) if question and answer else None
+
+
 def with_notes(messages: Sequence[dict[str, str]], items: Sequence[MemoryItem]) -> list[dict[str, str]]:
-    """`messages` with the notes as a system message right before the last user message; unchanged
+    """`messages` with the recalled items right before the last user message: quoted notes in a
+    system message, then the taught exchanges, the best-ranked item nearest the question; unchanged
     (a copy) when there are no items."""
     out = [dict(m) for m in messages]
     if not items:
         return out
+    exchanges: list[dict[str, str]] = []
+    notes: list[MemoryItem] = []
+    for item in reversed(items):  # best first in, so the best ends nearest the question
+        qa = question_answer(item)
+        if qa is None:
+            notes.insert(0, item)
+        else:
+            exchanges += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
+    inserted = ([{"role": "system", "content": notes_text(notes)}] if notes else []) + exchanges
     last_user = max((i for i, m in enumerate(out) if m["role"] == "user"), default=len(out))
-    out.insert(last_user, {"role": "system", "content": notes_text(items)})
-    return out
+    return out[:last_user] + inserted + out[last_user:]
