@@ -57,9 +57,9 @@ class RecallConfig:
     """Memory at answer time, and which feedback becomes memory."""
 
     enabled: bool = True  # recall the tenant's items into the prompt (a request may opt out: "memory": false)
-    # Items put into a prompt at most. One: a 135M model given the right note and two others answered
-    # from the wrong one often enough that 3 halved its score (dev/LOG.md, 2026-11-30); a larger
-    # model reads more.
+    # Items put into a prompt at most. One: a 135M model given the right note and two others answers
+    # from a wrong one often (led with the taught word 11 times in 40 with 3 items, 19 with 1;
+    # dev/LOG.md, 2026-11-30); a larger model may read more.
     k: int = 1
     min_score: float = 0.0  # an item must score above this (BM25 on SQLite; any shared word scores > 0)
     # An item must contain query words carrying at least this share of the query's IDF weight
