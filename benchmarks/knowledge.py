@@ -330,7 +330,6 @@ def learn(lab: Lab, method: str, channel: str, tenant: str, batch: int, facts: S
         instruction = "Rewrite this question in other words. Keep every name. Write only the question."
         variants = rewordings(lab, [f.teach for f in facts], [f.subject for f in facts], instruction, 3, seed + batch)
         pairs = [(q, f.answer) for f, more in zip(facts, variants, strict=True) for q in [f.teach, *more]]
-        store_consumed(store, tenant)
         return [learner.study(tenant, nll_lessons(lab, pairs, True), f"sft-augmented on {len(pairs)} questions")]
     chunks = [item for doc in store.documents(tenant) if doc.name == f"notes-{batch + 1}.md"
               for item in store.document_chunks(doc.id)]  # fmt: skip
@@ -344,20 +343,6 @@ def learn(lab: Lab, method: str, channel: str, tenant: str, batch: int, facts: S
         variants = rewordings(lab, [c.text for c in chunks], names, instruction, 3, seed + batch)
         pairs += [(question, v) for more in variants for v in more]
     return [lab.learners["nll"].study(tenant, nll_lessons(lab, pairs, False), f"{method} on {len(pairs)} texts")]
-
-
-def store_consumed(store: Any, tenant: str) -> None:
-    """sft-augmented learns from its own lessons, not from the server's round: the corrections it was
-    taught with are consumed by a record of that, so no later round learns them twice."""
-    pending = store.pending_feedback(tenant)
-    if pending:
-        from lifelong.types import AdapterRecord, AdapterStatus
-
-        version = store.next_version(tenant)
-        record = AdapterRecord(
-            tenant, version, AdapterStatus.REJECTED, None, time.time(), "learned as sft-augmented", {}
-        )
-        store.record_adapter(record, [f.id for f in pending])
 
 
 def consolidate_all(learner: Any, tenant: str) -> list[Any]:
