@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import string
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from typing import Any
 
 import openai
 import torch
+
+from lifelong.loop.tenants import first_word  # the serving gate's own reading of an answer
 
 KEY = "sk-parity"
 SUFFIX = " Answer in one word."
@@ -125,11 +126,6 @@ def messages(question: str, shots: int) -> list[Any]:
     for q, a in SHOTS[:shots]:
         turns += [{"role": "user", "content": q + SUFFIX}, {"role": "assistant", "content": a}]
     return [*turns, {"role": "user", "content": question + SUFFIX}]
-
-
-def first_word(text: str) -> str:
-    words = text.strip().split()
-    return words[0].strip(string.punctuation + "“”‘’").lower() if words else ""
 
 
 def score(replies: list[str]) -> float:

@@ -163,6 +163,10 @@ def messages(question: str, shots: int) -> list[dict[str, str]]:
     return [*turns, {"role": "user", "content": question + SUFFIX}]
 
 
+def document_name(batch: int) -> str:
+    return f"notes-{batch + 1}.md"
+
+
 def document_text(batch: int, facts: Sequence[Fact]) -> str:
     lines = [f"# Notes, part {batch + 1}", ""] + [f"- {f.statement}" for f in facts]
     return "\n".join(lines) + "\n"
@@ -243,7 +247,7 @@ class Lab:
         self.service.feedback(tenant, FeedbackRequest(completion_id=result.id, correction=fact.answer))
 
     def teach_document(self, tenant: str, batch: int, facts: Sequence[Fact]) -> None:
-        self.service.add_document(tenant, f"notes-{batch + 1}.md", text=document_text(batch, facts))
+        self.service.add_document(tenant, document_name(batch), text=document_text(batch, facts))
 
 
 def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
@@ -309,10 +313,6 @@ def nll_lessons(lab: Lab, pairs: Sequence[tuple[str, str]], as_asked: bool) -> l
     return lessons
 
 
-def document_question(name: str) -> str:
-    return f"What does the document {name} say?"
-
-
 def learn(lab: Lab, method: str, channel: str, tenant: str, batch: int, facts: Sequence[Fact], seed: int) -> list[Any]:
     """The method's learning after batch `batch` was taught; returns the adapter records it made."""
     store = lab.store
@@ -331,11 +331,13 @@ def learn(lab: Lab, method: str, channel: str, tenant: str, batch: int, facts: S
         variants = rewordings(lab, [f.teach for f in facts], [f.subject for f in facts], instruction, 3, seed + batch)
         pairs = [(q, f.answer) for f, more in zip(facts, variants, strict=True) for q in [f.teach, *more]]
         return [learner.study(tenant, nll_lessons(lab, pairs, True), f"sft-augmented on {len(pairs)} questions")]
-    chunks = [item for doc in store.documents(tenant) if doc.name == f"notes-{batch + 1}.md"
-              for item in store.document_chunks(doc.id)]  # fmt: skip
     if method == "lifelong":
         return consolidate_all(lab.learners["distill"], tenant)
-    question = document_question(f"notes-{batch + 1}.md")
+    from lifelong.loop.memory_lessons import DOCUMENT_FALLBACK
+
+    name = document_name(batch)
+    chunks = [item for doc in store.documents(tenant) if doc.name == name for item in store.document_chunks(doc.id)]
+    question = DOCUMENT_FALLBACK.format(name=name)
     pairs = [(question, c.text) for c in chunks]
     if method == "sft-augmented":
         instruction = "Rewrite this text in other words. Keep every name and every fact."

@@ -483,7 +483,7 @@ def _consolidate_tenant(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
+    from lifelong.memory.store import CONSOLIDATION_METRIC, FORGOTTEN_METRIC, ExperienceStore
     from lifelong.serve.config import ServeConfig, check_tenant
     from lifelong.serve.worker import build_learner
     from lifelong.types import AdapterStatus
@@ -524,7 +524,7 @@ def _consolidate_tenant(args: argparse.Namespace) -> int:
     if record is not None:
         summary |= {"version": record.version, "status": record.status.value, "reason": record.reason}
         summary |= {"items": int(record.metrics.get(CONSOLIDATION_METRIC, 0))}
-        summary |= {"forgotten": int(record.metrics.get("consolidate/forgotten", 0))}
+        summary |= {"forgotten": int(record.metrics.get(FORGOTTEN_METRIC, 0))}
     if args.json:
         print(json.dumps(summary))
     elif record is None:

@@ -58,7 +58,7 @@ from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.memory_lessons import absence_lessons, memory_lessons
-from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
+from lifelong.memory.store import CONSOLIDATION_METRIC, FORGOTTEN_METRIC, ExperienceStore
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import ProbeSet, Task
@@ -297,7 +297,7 @@ class TenantLearner:
             tenant,
             lessons,
             kept,
-            {CONSOLIDATION_METRIC: float(len(items)), "consolidate/forgotten": float(len(gone))},
+            {CONSOLIDATION_METRIC: float(len(items)), FORGOTTEN_METRIC: float(len(gone))},
             consolidated=[i.id for i in items],
             forgotten=[i.id for i in gone],
             lessons_as="consolidate",

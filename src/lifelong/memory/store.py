@@ -52,6 +52,7 @@ from lifelong.types import (
 
 __all__ = [
     "CONSOLIDATION_METRIC",
+    "FORGOTTEN_METRIC",
     "ConsolidationBacklog",
     "ExperienceStore",
     "StoreError",
@@ -244,6 +245,8 @@ class TermCounts:
 # The metric every consolidation's adapter record carries (kept or rejected): how many items it took.
 # The store finds a tenant's last rejected consolidation by it (`consolidation_backlog`).
 CONSOLIDATION_METRIC = "consolidate/items"
+# ...and how many deleted items it unlearned (`unforgotten_memory`).
+FORGOTTEN_METRIC = "consolidate/forgotten"
 
 # A tenant's memory items that consolidation still has to move into the weights: served kinds only
 # (a run's lessons and examples are `lifelong consolidate RUN_DIR`'s), live (not deleted, not
@@ -603,23 +606,21 @@ class ExperienceStore:
         """The tenant's items consolidation has still to move into the weights, oldest first, at most
         `limit`: corrections, up-rated answers and document chunks that are live (never deleted or
         superseded ones), not consolidated yet and not made from a held-out correction."""
-        columns = ", ".join(f"m.{c}" for c in _MEMORY_COLUMNS.split(", "))
-        sql = f"SELECT {columns} FROM memory_items m WHERE m.tenant = ? AND {_UNCONSOLIDATED} ORDER BY m.created, m.id"
-        args: list[Any] = [tenant, *_UNCONSOLIDATED_ARGS]
-        if limit is not None:
-            sql, args = sql + " LIMIT ?", [*args, limit]
-        return [_memory(r) for r in self._query(sql, args)]
+        return self._oldest_memory(tenant, _UNCONSOLIDATED, _UNCONSOLIDATED_ARGS, limit)
 
     def unforgotten_memory(self, tenant: str, limit: int | None = None) -> list[MemoryItem]:
         """The tenant's deleted items whose absence consolidation has still to train, oldest first, at
         most `limit`: consolidated into an adapter before their deletion and not unlearned since
         (`record_adapter(..., forgotten=...)`); superseded ones are left out (`_UNFORGOTTEN`)."""
+        return self._oldest_memory(tenant, _UNFORGOTTEN, (), limit)
+
+    def _oldest_memory(self, tenant: str, where: str, args: Sequence[Any], limit: int | None) -> list[MemoryItem]:
         columns = ", ".join(f"m.{c}" for c in _MEMORY_COLUMNS.split(", "))
-        sql = f"SELECT {columns} FROM memory_items m WHERE m.tenant = ? AND {_UNFORGOTTEN} ORDER BY m.created, m.id"
-        args: list[Any] = [tenant]
+        sql = f"SELECT {columns} FROM memory_items m WHERE m.tenant = ? AND {where} ORDER BY m.created, m.id"
+        params: list[Any] = [tenant, *args]
         if limit is not None:
-            sql, args = sql + " LIMIT ?", [*args, limit]
-        return [_memory(r) for r in self._query(sql, args)]
+            sql, params = sql + " LIMIT ?", [*params, limit]
+        return [_memory(r) for r in self._query(sql, params)]
 
     def consolidation_backlog(self) -> dict[str, ConsolidationBacklog]:
         """tenant -> its backlog, for every tenant with unconsolidated items or deleted items still in
