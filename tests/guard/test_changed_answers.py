@@ -1,5 +1,6 @@
 """The changed-answers check: how many general prompts' greedy answers (first words) differ from the
-pretrained model's, held to a share (`GuardConfig.general_changed_budget`)."""
+pretrained model's, and how many it got right are wrong now, each held to a share
+(`GuardConfig.general_changed_budget`, `general_lost_budget`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ def test_changed_answers_count_the_prompts_whose_answer_differs() -> None:
     assert reading.share == 0.5
     with pytest.raises(ValueError):  # answers of other prompts: a caller's bug, not a reading
         ChangedAnswers.between(["a"], ["a", "b"])
+    assert reading.lost == 0  # right and wrong not given: nothing counts as lost
+
+
+def test_a_lost_answer_is_one_that_was_right_and_is_wrong_now() -> None:
+    before, now = ["paris", "the", "44", "repeat"], ["paris", "a", "444", "milk"]
+    right_before, right_now = [True, False, True, False], [True, False, False, True]
+    reading = ChangedAnswers.between(before, now, right_before=right_before, right_now=right_now)
+    assert (reading.changed, reading.lost, reading.asked) == (3, 1, 4)  # 'the' -> 'a' was wrong either way
+
+
+def test_lost_answers_over_their_budget_reject_even_when_few_changed() -> None:
+    check = GeneralAnswersChanged(budget=0.08, lost_budget=0.02)
+    assert check.check(ChangedAnswers(10, 128, lost=2)) is None  # 10 changed, 2 lost: within both
+    lost = check.check(ChangedAnswers(3, 128, (("44", "444"),), lost=3))
+    assert lost is not None and lost.reject
+    assert lost.message.startswith("3 of 128 general answers the pretrained model got right are wrong now")
+    assert "budget 0.02: 2 of 128" in lost.message and lost.evidence["lost"] == 3
+    wide = check.check(ChangedAnswers(11, 128, lost=0))
+    assert wide is not None and wide.message.startswith("11 of 128 general answers changed")
 
 
 def test_changes_over_the_budget_reject_and_the_message_names_the_counts() -> None:
@@ -54,15 +74,22 @@ def test_the_budget_is_a_share() -> None:
             GuardConfig(general_changed_budget=bad)
     with pytest.raises(ConfigError, match="general_changed_budget"):
         TenantLearningConfig.from_dict({"guard": {"general_changed_budget": 3}})  # a count is not a share
-    assert GuardConfig().general_changed_budget == 0.03
+    with pytest.raises(ConfigError, match="general_lost_budget must be a share in"):
+        GuardConfig(general_lost_budget=2.0)
+    assert (GuardConfig().general_changed_budget, GuardConfig().general_lost_budget) == (0.08, 0.02)
 
 
 def test_the_gate_rejects_changed_answers_and_logs_them(tiny_policy: Policy, tmp_path: Path) -> None:
-    guard = Guard(GuardConfig(general_changed_budget=0.1), tmp_path, [tiny_policy.start("probe")])
+    guard = Guard(
+        GuardConfig(general_changed_budget=0.1, general_lost_budget=0.0), tmp_path, [tiny_policy.start("probe")]
+    )
     guard.mark_good(tiny_policy, {"t": 0.5})
     assert guard.gate(1, tiny_policy, {"t": 0.5}, guarded=["t"]).keep  # not measured: the run path
     assert guard.gate(2, tiny_policy, {"t": 0.5}, guarded=["t"], changed=ChangedAnswers(1, 10)).keep
     verdict = guard.gate(3, tiny_policy, {"t": 0.5}, guarded=["t"], changed=ChangedAnswers(2, 10))
     assert not verdict.keep and verdict.reason.startswith("2 of 10 general answers changed")
     (event,) = [json.loads(line) for line in (tmp_path / "guard_events.jsonl").read_text().splitlines()]
-    assert event["detector"] == "general_changed" and event["general_changed"] == {"changed": 2, "asked": 10}
+    assert event["detector"] == "general_changed"
+    assert event["general_changed"] == {"changed": 2, "lost": 0, "asked": 10}
+    lost = guard.gate(4, tiny_policy, {"t": 0.5}, guarded=["t"], changed=ChangedAnswers(1, 10, lost=1))
+    assert not lost.keep and "right are wrong now" in lost.reason

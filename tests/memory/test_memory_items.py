@@ -351,6 +351,26 @@ def test_a_chunk_of_many_facts_is_recalled_by_a_name_that_starts_its_line(tmp_pa
         assert recalled(store, "Who founded Kessaly? Answer in one word.") == []
 
 
+def test_a_recalled_chunk_is_quoted_as_the_statement_the_question_is_about(tmp_path: Path) -> None:
+    text = "# Notes\n\n- Fesaex was founded by Tovrin.\n- The capital of Brell is Quastik. It lies on a river.\n"
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
+        capitals(store)
+        store.add_document(doc("d1"), [(100, text)])
+        (item,) = recall(store, "alice", "What is the capital of Brell?", RecallConfig())
+        assert item.text == "- The capital of Brell is Quastik."
+        assert item.offset == 100 + text.index("- The capital")  # provenance: where the passage starts
+        (two,) = recall(store, "alice", "Brell: what is its capital?", RecallConfig(passage_sentences=2))
+        assert two.text == "- The capital of Brell is Quastik. It lies on a river."
+        (who,) = recall(store, "alice", "Who founded Fesaex?", RecallConfig())
+        assert who.text == "- Fesaex was founded by Tovrin."
+        (whole,) = recall(store, "alice", "Who founded Fesaex?", RecallConfig(passage_sentences=0))
+        assert whole.text == text and whole.offset == 100
+        # corrections are quoted whole: they are one exchange
+        assert recall(store, "alice", "What is the capital of Ireland?", RecallConfig())[0].text.endswith("A: Dublin")
+    with pytest.raises(ConfigError, match="passage_sentences"):
+        RecallConfig(passage_sentences=-1)
+
+
 def test_min_coverage_must_be_a_share() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="min_coverage must be in"):

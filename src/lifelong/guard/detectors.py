@@ -203,47 +203,85 @@ class AnswerLikelihoodDrop:
 @dataclass(frozen=True)
 class ChangedAnswers:
     """How many of `asked` prompts' greedy answers differ from a reference's (the pretrained model's),
-    with a few of the differences as evidence."""
+    with a few of the differences as evidence, and how many of them were right before and are
+    wrong now (`lost`; 0 where the caller cannot tell right from wrong)."""
 
     changed: int
     asked: int
     examples: tuple[tuple[str, str], ...] = ()  # (reference, now) answers of the first few changed
+    lost: int = 0
 
     @property
     def share(self) -> float:
         return self.changed / self.asked if self.asked else math.nan
 
+    @property
+    def lost_share(self) -> float:
+        return self.lost / self.asked if self.asked else math.nan
+
     @classmethod
-    def between(cls, reference: Sequence[str], now: Sequence[str], examples: int = 8) -> ChangedAnswers:
-        """Compare two equally long lists of answers (already reduced to what counts, e.g. first words)."""
+    def between(
+        cls,
+        reference: Sequence[str],
+        now: Sequence[str],
+        examples: int = 8,
+        right_before: Sequence[bool] | None = None,
+        right_now: Sequence[bool] | None = None,
+    ) -> ChangedAnswers:
+        """Compare two equally long lists of answers (already reduced to what counts, e.g. first
+        words), and, when given, whether each was right then and now."""
         pairs = [(r, n) for r, n in zip(reference, now, strict=True) if r != n]
-        return cls(len(pairs), len(reference), tuple(pairs[:examples]))
+        lost = 0
+        if right_before is not None and right_now is not None:
+            lost = sum(b and not n for b, n in zip(right_before, right_now, strict=True))
+        return cls(len(pairs), len(reference), tuple(pairs[:examples]), lost)
 
 
 @dataclass(frozen=True)
 class GeneralAnswersChanged:
-    """More than `budget` (a share) of the general prompts' greedy answers differ from the pretrained
-    model's. The mean likelihood of the pretrained replies moved 0.01 nats while 1-2 of 40 unrelated
-    questions got another answer (issue 18): a mean over all tokens dilutes a flip of a few answers,
-    so the flips are counted. Compared with the pretrained model, not the last good version, so
-    that changes cannot add up a few per version."""
+    """More than `lost_budget` (a share) of the general prompts' greedy answers that the pretrained
+    model got right are wrong now, or more than `budget` of them differ at all. The mean likelihood
+    of the pretrained replies moved 0.01 nats while 1-2 of 40 unrelated questions got another
+    answer (issue 18): a mean over all tokens dilutes a flip of a few answers, so the flips are
+    counted, and the lost ones apart: a step that teaches anything moves some near-tie answers the
+    pretrained model got wrong anyway (dev/LOG.md, stop 20), which costs a user nothing, while a
+    right answer turned wrong is what a user meets as a regression. Compared with the pretrained
+    model, not the last good version, so that changes cannot add up a few per version."""
 
-    budget: float = 0.03
+    budget: float = 0.08
+    lost_budget: float = 0.02
 
     def check(self, reading: ChangedAnswers | None) -> Finding | None:
         if reading is None or not reading.asked:
             return None  # not measured (the run path), or nothing was asked
-        if reading.share <= self.budget:
+        if reading.share <= self.budget and reading.lost_share <= self.lost_budget:
             return None
-        allowed = math.floor(self.budget * reading.asked + 1e-9)
+        asked = reading.asked
         shown = ", ".join(f"{r!r} -> {n!r}" for r, n in reading.examples)
+        message = (
+            f"{reading.lost} of {asked} general answers the pretrained model got right are wrong now"
+            f" (budget {self.lost_budget:g}: {_allowed(self.lost_budget, asked)} of {asked})"
+            if reading.lost_share > self.lost_budget
+            else f"{reading.changed} of {asked} general answers changed from the pretrained model's"
+            f" (budget {self.budget:g}: {_allowed(self.budget, asked)} of {asked})"
+        )
         return Finding(
             "general_changed",
             True,
-            f"{reading.changed} of {reading.asked} general answers changed from the pretrained model's"
-            f" (budget {self.budget:g}: {allowed} of {reading.asked}){f'; e.g. {shown}' if shown else ''}",
-            {"changed": reading.changed, "asked": reading.asked, "examples": reading.examples, "budget": self.budget},
+            f"{message}{f'; e.g. {shown}' if shown else ''}",
+            {
+                "changed": reading.changed,
+                "lost": reading.lost,
+                "asked": asked,
+                "examples": reading.examples,
+                "budget": self.budget,
+                "lost_budget": self.lost_budget,
+            },
         )
+
+
+def _allowed(budget: float, asked: int) -> int:
+    return math.floor(budget * asked + 1e-9)
 
 
 @dataclass(frozen=True)

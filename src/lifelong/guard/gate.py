@@ -81,10 +81,14 @@ class GuardConfig:
     # The same for the `general` group (GENERAL_ANSWERS): the pretrained model's own replies to
     # general-ability prompts, whose likelihood is behaviour kept, its format included.
     general_likelihood_budget: float = 0.3
-    # Share of the general prompts whose greedy answer (its first word) may differ from the
-    # pretrained model's, when the caller counts them (`lifelong serve`: 64 probes asked alone and
-    # after 2 turns). 0.03 of 128 allows 3 changes (2.3%), the nearest to chat_parity's 1 in 40.
-    general_changed_budget: float = 0.03
+    # Share of the general prompts the pretrained model answered right whose greedy answer may be
+    # wrong now, when the caller counts them (`lifelong serve`: 64 probes asked alone and after 2
+    # turns): 0.02 of 128 allows 2 (1.6%), under chat_parity's limit of 1 in 40 (2.5%)...
+    general_lost_budget: float = 0.02
+    # ...and the share whose answer (its first word) may differ from the pretrained model's at all,
+    # right or wrong: a wide change of behaviour. A correction round moves 5-7 of 128 near-tie
+    # answers whatever it teaches (dev/LOG.md, stop 20); 0.08 allows 10.
+    general_changed_budget: float = 0.08
     drift_prompts: int = 8
     drift_samples: int = 1  # sampled continuations per drift prompt (each is scored at every gate)
     saturation_window: int = 3
@@ -109,11 +113,12 @@ class GuardConfig:
             raise ConfigError("confirm_items must be >= 0", "64 re-measures a suspect drop; 0 trusts the probes alone")
         if self.answer_likelihood_budget < 0 or self.general_likelihood_budget < 0:
             raise ConfigError("likelihood budgets must be >= 0", "0.3 nats/token is the default")
-        if not 0 <= self.general_changed_budget <= 1:
-            raise ConfigError(
-                f"general_changed_budget must be a share in [0, 1], not {self.general_changed_budget}",
-                "0.03 lets 3 of 128 general answers differ from the pretrained model's; 1 turns the check off",
-            )
+        for name in ("general_changed_budget", "general_lost_budget"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(
+                    f"{name} must be a share in [0, 1], not {getattr(self, name)}",
+                    "0.08 and 0.02 let 10 and 2 of 128 general answers change and be lost; 1 turns a check off",
+                )
         if self.kl_drift_budget <= 0 or self.probe_drop_budget < 0 or self.general_drop_budget < 0:
             raise ConfigError(
                 "budgets must be positive", "the defaults are kl 1.0 nats/token, 10 points per gate, 8 below pretrained"
@@ -177,7 +182,7 @@ class Guard:
         self.likelihood = AnswerLikelihoodDrop(
             config.answer_likelihood_budget, {GENERAL_ANSWERS: config.general_likelihood_budget}
         )
-        self.changed = GeneralAnswersChanged(config.general_changed_budget)
+        self.changed = GeneralAnswersChanged(config.general_changed_budget, config.general_lost_budget)
         self.consistency = RewardConsistency()
         self.saturation = RewardSaturation(config.saturation_window, gap=config.saturation_gap)
         self.drift = ProbeDrift(
@@ -262,8 +267,9 @@ class Guard:
         `likelihoods`: per probe group, the mean per-token log-prob of answers it should keep
         giving (held-out corrections, an operator's probes), held to the better of the last good
         and the first good version (`answer_likelihood_budget`); `changed`: how many general
-        prompts' greedy answers differ from the pretrained model's (`general_changed_budget`; None:
-        not measured, as in the run path)."""
+        prompts' greedy answers differ from the pretrained model's and how many it got right are
+        wrong now (`general_changed_budget`, `general_lost_budget`; None: not measured, as in the
+        run path)."""
         self.state.latest_scores.update(scores)
         for task, score in scores.items():
             self.state.best_scores[task] = max(score, self.state.best_scores.get(task, 0.0))
@@ -303,7 +309,7 @@ class Guard:
         if likelihoods:
             extra["likelihoods"] = likelihoods
         if changed is not None:
-            extra["general_changed"] = {"changed": changed.changed, "asked": changed.asked}
+            extra["general_changed"] = {"changed": changed.changed, "lost": changed.lost, "asked": changed.asked}
         self._log(step, findings, extra)
         self.last_drift, self._gated_version = reading, policy.version
         return Verdict(not any(f.reject for f in findings), tuple(findings))

@@ -52,12 +52,16 @@ class DistillConfig:
     # term above holds only the lesson's own prompt; without this, corrections carry their style
     # (a sentence where a word was asked) to questions nobody corrected (dev/LOG.md, 2026-11-30).
     anchor_coef: float = 1.0
+    warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0 or self.student_samples < 0 or self.reference_kl < 0 or self.anchor_coef < 0:
+        if (
+            self.learning_rate <= 0
+            or min(self.student_samples, self.reference_kl, self.anchor_coef, self.warmup_steps) < 0
+        ):
             raise ConfigError(
-                "learning_rate must be > 0, student_samples, reference_kl and anchor_coef >= 0",
-                "defaults: 2e-4, 4, 1.0 and 1.0",
+                "learning_rate must be > 0, student_samples, reference_kl, anchor_coef and warmup_steps >= 0",
+                "defaults: 2e-4, 4, 1.0, 1.0 and 0",
             )
 
 
@@ -108,7 +112,7 @@ class SelfDistiller:
                 )
         if not pairs:
             return UpdateReport(self.step, False, {}, reason="no answer tokens to distil")
-        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
+        lr = set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale, cfg.warmup_steps)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         students = [s for s, _, _ in pairs]
@@ -158,6 +162,7 @@ class SelfDistiller:
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,
+                "optim/lr": lr,
                 **general,
             },
             reason="" if applied else "non-finite gradient",

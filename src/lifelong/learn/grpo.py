@@ -50,6 +50,7 @@ class GRPOConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0  # must match the sampler's
     anchor_coef: float = 1.0  # weight of the anchor KL (point 6 above); 0 = no anchor
+    warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -64,6 +65,8 @@ class GRPOConfig:
             raise ConfigError("kl_coef and anchor_coef must be >= 0", "use 0 to switch a KL term off")
         if self.epochs < 1 or self.micro_batch < 1:
             raise ConfigError("epochs and micro_batch must be >= 1", "the defaults are 1 and 16")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}", "0 (the default) switches it off")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -145,7 +148,7 @@ class GRPOLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no group had reward spread")
         total_tokens = sum(sum(s.loss_mask) for s in batch.samples)
-        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
+        lr = set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale, cfg.warmup_steps)
         model.train()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = 0.0
@@ -173,7 +176,7 @@ class GRPOLearner:
             "policy/sampler_mismatch": sums["policy/sampler_mismatch"] / denom,
             **({"anchor/kl": sums["anchor/kl"] / cfg.epochs} if anchors else {}),
             "grad/norm": grad_norm,
-            "optim/lr": cfg.learning_rate * lr_scale,
+            "optim/lr": lr,
             "batch/samples": float(len(batch.samples)),
             "batch/tokens": float(total_tokens),
         }

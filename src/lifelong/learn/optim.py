@@ -7,10 +7,23 @@ import math
 import torch
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
-    """The rate for the next step (learners scale their base rate as the guard backs off)."""
+def steps_taken(optimizer: torch.optim.Optimizer) -> int:
+    """Steps the optimizer's state has seen (0 for a fresh or freshly restored step-0 state)."""
+    return int(max((float(s["step"]) for s in optimizer.state.values() if "step" in s), default=0.0))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float, warmup_steps: int = 0) -> float:
+    """Set the rate for the next step (learners scale their base rate as the guard backs off) and
+    return it. With `warmup_steps`, the rate rises linearly over the optimizer's first steps: Adam's
+    first step divides each gradient by its own magnitude, so every weight moves by the full rate
+    whatever its gradient, and on LoRA that flips near-tie answers nothing taught touched
+    (dev/LOG.md, stop 20). The count is the optimizer's own, so a rollback to a fresh state warms up
+    again."""
+    if warmup_steps > 0:
+        rate *= min(1.0, (steps_taken(optimizer) + 1) / warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = rate
+    return rate
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, refuse_nonfinite: bool = True) -> float:

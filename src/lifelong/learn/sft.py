@@ -35,12 +35,13 @@ class SFTConfig:
     # Weight of KL(policy || pretrained) on a batch's anchor items. 0 for the `sft` baseline (naive
     # fine-tuning holds nothing); a server's corrections (`CorrectionNLL`) hold its anchor pool.
     anchor_coef: float = 0.0
+    warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}", "try 2e-4 for LoRA")
-        if self.anchor_coef < 0:
-            raise ConfigError("anchor_coef must be >= 0", "0 (the default) switches the anchor off")
+        if self.anchor_coef < 0 or self.warmup_steps < 0:
+            raise ConfigError("anchor_coef and warmup_steps must be >= 0", "0 (the default) switches either off")
         if self.micro_batch < 1:
             raise ConfigError("micro_batch must be >= 1", "the default is 16")
 
@@ -86,7 +87,7 @@ class SFTLearner:
         if not batch.samples:
             return UpdateReport(self.step, False, base, reason="no successful episode to imitate")
         cfg, model = self.config, self.policy.model
-        set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale)
+        lr = set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale, cfg.warmup_steps)
         total = sum(sum(s.loss_mask) for s in batch.samples)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -106,7 +107,14 @@ class SFTLearner:
         if self.refuse_nonfinite and not math.isfinite(grad_norm):
             return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         self.step += 1
-        metrics = {**base, "loss/nll": nll, "grad/norm": grad_norm, "batch/samples": float(len(batch.samples)), **held}
+        metrics = {
+            **base,
+            "loss/nll": nll,
+            "grad/norm": grad_norm,
+            "optim/lr": lr,
+            "batch/samples": float(len(batch.samples)),
+            **held,
+        }
         return UpdateReport(self.step, True, metrics)
 
 

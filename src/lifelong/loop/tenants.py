@@ -80,9 +80,19 @@ def _serve_guard() -> GuardConfig:
     return GuardConfig(confirm_items=0)
 
 
+# Adam's first steps move every adapter weight by about the full rate: a tenant's first correction
+# round changed 7 of 128 general answers at once, 1 with the rate warmed up over 10 steps (dev/LOG.md,
+# stop 20). The count is the optimizer's, so a tenant whose versions were all rolled back warms up again.
+SERVE_WARMUP_STEPS = 10
+
+
 def _serve_grpo() -> GRPOConfig:
     # Ratings are few and noisy: a small group, a modest KL to the base model, the anchor on.
-    return GRPOConfig(learning_rate=2e-4, group_size=2, kl_coef=0.02, temperature=1.0)
+    return GRPOConfig(learning_rate=2e-4, group_size=2, kl_coef=0.02, temperature=1.0, warmup_steps=SERVE_WARMUP_STEPS)
+
+
+def _serve_distill() -> DistillConfig:
+    return DistillConfig(warmup_steps=SERVE_WARMUP_STEPS)
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ class TenantLearningConfig:
     consolidate_paraphrases: int = 2
     seed: int = 0
     grpo: GRPOConfig = field(default_factory=_serve_grpo)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig = field(default_factory=_serve_distill)
     guard: GuardConfig = field(default_factory=_serve_guard)
 
     def __post_init__(self) -> None:
@@ -127,9 +137,10 @@ class TenantLearningConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TenantLearningConfig:
         d = dict(d)
-        d["grpo"] = GRPOConfig(**d.get("grpo", {}))
-        d["distill"] = DistillConfig(**d.get("distill", {}))
-        d["guard"] = GuardConfig(**d.get("guard", {}))
+        # A part the dict leaves out, or a field of one, keeps the server's default, not the class's.
+        d["grpo"] = replace(_serve_grpo(), **d.get("grpo", {}))
+        d["distill"] = replace(_serve_distill(), **d.get("distill", {}))
+        d["guard"] = replace(_serve_guard(), **d.get("guard", {}))
         return cls(**d)
 
 
@@ -194,6 +205,7 @@ class PretrainedReplies:
 
     samples: tuple[Sample, ...]  # teacher-forced, empty replies left out: the `general` likelihood group
     first_words: tuple[str, ...]  # one per prompt, empty replies included: the answers counted as changed
+    right: tuple[bool, ...]  # one per prompt: solved as its task scores it (a right one turned wrong is lost)
 
 
 INITIAL = "_initial"  # folder of the initial adapter beside the tenants' (tenant names start alphanumeric)
@@ -347,7 +359,11 @@ class TenantLearner:
             scores, likelihoods, changed = self.evaluate(tenant)
             metrics |= {f"probe/{k}": v for k, v in scores.items()}
             metrics |= {f"likelihood/{k}": v for k, v in likelihoods.items()}
-            metrics |= {"general/changed": changed.share, "general/changed_answers": float(changed.changed)}
+            metrics |= {
+                "general/changed": changed.share,
+                "general/changed_answers": float(changed.changed),
+                "general/lost_answers": float(changed.lost),
+            }
             verdict = core.gate(
                 version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods,
                 changed=changed,
@@ -454,7 +470,9 @@ class TenantLearner:
         drift = [p for _, _, p in self._probe_prompts[:: max(1, len(self._probe_prompts) // cfg.guard.drift_prompts)]]
         guard = Guard(cfg.guard, folder, drift, seed=cfg.seed)
         learner = GRPOLearner(self.policy, cfg.grpo)
-        nll = SFTConfig(cfg.distill.learning_rate, anchor_coef=cfg.distill.anchor_coef)
+        nll = SFTConfig(
+            cfg.distill.learning_rate, anchor_coef=cfg.distill.anchor_coef, warmup_steps=cfg.distill.warmup_steps
+        )
         lessons: LessonLearner = (
             CorrectionNLL(self.policy, learner.optimizer, nll)
             if cfg.correction_rule == CorrectionRule.NLL
@@ -483,12 +501,10 @@ class TenantLearner:
         from the pretrained model's."""
         prompts = [p for _, _, p in self._probe_prompts]
         replies = self.policy.chat(prompts, self.greedy)
+        right = self._right([r.answer for r in replies])
         solved: dict[str, list[float]] = {}
-        envs: dict[Task, Env] = {}
-        for (task, seed, _), reply in zip(self._probe_prompts, replies, strict=True):
-            env = envs.setdefault(task, task.make())
-            env.reset(seed=seed)
-            solved.setdefault(task.label, []).append(float(env.step(reply.answer).reward >= env.success_threshold))
+        for (task, _, _), ok in zip(self._probe_prompts, right, strict=True):
+            solved.setdefault(task.label, []).append(float(ok))
         scores = {label: sum(v) / len(v) for label, v in solved.items()}
         groups = {
             GENERAL_ANSWERS: self._general_samples(),
@@ -501,8 +517,23 @@ class TenantLearner:
         # one greedy batch of the shot prompts (64 at the defaults) of `answer_tokens` per gate.
         shot = self.policy.chat(self._shot_prompts, self.greedy) if self._shot_prompts else []
         now = [first_word(r.answer) for r in [*replies, *shot]]
-        changed = ChangedAnswers.between(self._pretrained_replies().first_words, now)
+        pretrained = self._pretrained_replies()
+        right_now = right + self._right([r.answer for r in shot])
+        changed = ChangedAnswers.between(
+            pretrained.first_words, now, right_before=pretrained.right, right_now=right_now
+        )
         return scores, likelihoods, changed
+
+    def _right(self, answers: Sequence[str]) -> list[bool]:
+        """Whether each answer solves its probe, the probes in order (`_probe_prompts`; the shot
+        prompts ask the same probes in the same order)."""
+        envs: dict[Task, Env] = {}
+        right = []
+        for (task, seed, _), answer in zip(self._probe_prompts, answers, strict=False):
+            env = envs.setdefault(task, task.make())
+            env.reset(seed=seed)
+            right.append(env.step(answer).reward >= env.success_threshold)
+        return right
 
     def _general_samples(self) -> list[Sample]:
         """The pretrained model's greedy replies to every probe, asked alone and after `shots`
@@ -523,8 +554,12 @@ class TenantLearner:
                     replies += self.policy.chat(self._shot_prompts, self.greedy)
             prompts += self._shot_prompts
             samples = [reply_sample(self.policy, p, r.answer) for p, r in zip(prompts, replies, strict=True)]
+            n = len(self._probe_prompts)
+            right = self._right([r.answer for r in replies[:n]]) + self._right([r.answer for r in replies[n:]])
             self._pretrained = PretrainedReplies(
-                tuple(s for s in samples if s.completion_ids), tuple(first_word(r.answer) for r in replies)
+                tuple(s for s in samples if s.completion_ids),
+                tuple(first_word(r.answer) for r in replies),
+                tuple(right),
             )
         return self._pretrained
 
