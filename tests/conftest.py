@@ -173,5 +173,11 @@ FAST_LEARNING = TenantLearningConfig(
     answer_tokens=4,
     grpo=GRPOConfig(learning_rate=1e-2, group_size=2, kl_coef=0.02, temperature=1.0),
     distill=DistillConfig(learning_rate=1e-2),
-    guard=GuardConfig(confirm_items=0, drift_prompts=2, general_likelihood_budget=100.0, general_changed_budget=1.0),
+    guard=GuardConfig(
+        confirm_items=0,
+        drift_prompts=2,
+        general_likelihood_budget=100.0,
+        general_changed_budget=1.0,
+        general_lost_budget=1.0,
+    ),
 )

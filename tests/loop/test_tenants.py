@@ -222,6 +222,7 @@ def test_a_round_that_changes_general_answers_is_held_to_the_changed_budget(
     record = learner.round("t", store.pending_feedback("t"))
     changed = int(record.metrics["general/changed_answers"])
     assert changed > 0 and record.metrics["general/changed"] == changed / asked
+    assert 0 <= record.metrics["general/lost_answers"] <= changed
     if budget == 0.0:
         assert record.status == AdapterStatus.REJECTED and "t" not in store.live_versions()
         assert record.reason.startswith(f"{changed} of {asked} general answers changed"), record.reason
@@ -229,6 +230,21 @@ def test_a_round_that_changes_general_answers_is_held_to_the_changed_budget(
         assert '"general_changed"' in events and '"rollback"' in events
     else:
         assert record.status == AdapterStatus.LIVE, record.reason
+
+
+def test_lost_answers_are_read_against_each_prompts_own_probe(tmp_path: Path, serve_policy: Policy) -> None:
+    """The gate scores every general prompt (a probe alone, then the same probes after example
+    turns, in the same order) against its own item: the expected answers, in that order, are all
+    right, and shifted by one they are not."""
+    learner = learner_for(tmp_path, serve_policy, FAST)
+    expected = []
+    for task, seed, _ in learner._probe_prompts:
+        _, info = task.make().reset(seed=seed)
+        expected.append(str(info["answer"]))
+    assert all(learner._right(expected)) and len(expected) > 2
+    assert not all(learner._right(expected[1:] + expected[:1]))
+    pretrained = learner._pretrained_replies()
+    assert len(pretrained.right) == len(pretrained.first_words) == 2 * len(expected)
 
 
 def test_non_finite_weights_are_rolled_back_by_the_guard(tmp_path: Path, serve_policy: Policy) -> None:
@@ -318,3 +334,14 @@ def test_the_learner_sees_the_conversation_never_the_recalled_notes(tmp_path: Pa
     assert list(lesson.student_prompt) == bare and list(experience.corrections[0].turns[0].prompt_ids) == bare
     teacher = tokenizer.decode(lesson.teacher_prompt)
     assert "green" in teacher and "Notes (quoted data)" not in teacher
+
+
+def test_a_learning_config_from_a_file_keeps_the_servers_defaults_for_what_it_leaves_out() -> None:
+    """A config file that sets one field of a part gets the server's settings for the rest (its
+    small GRPO group, the warmed-up rate, the guard trusting its probes), not the classes' defaults."""
+    default = TenantLearningConfig()
+    loaded = TenantLearningConfig.from_dict({"grpo": {"kl_coef": 0.05}, "guard": {"general_lost_budget": 0.0}})
+    assert loaded.grpo == replace(default.grpo, kl_coef=0.05) and loaded.grpo.group_size == 2
+    assert loaded.distill == default.distill and loaded.distill.warmup_steps == 10
+    assert loaded.guard == replace(default.guard, general_lost_budget=0.0) and loaded.guard.confirm_items == 0
+    assert TenantLearningConfig.from_dict({}) == default

@@ -146,7 +146,10 @@ def test_a_document_is_used_at_once_and_listed_read_and_deleted_per_tenant(
     doc = r.json()
     assert doc["object"] == "document" and doc["media_type"] == "text/markdown" and doc["chunks"] == 1
     text = prompt(tokenizer, ask(url, model_id, "When does the canteen open?"))
-    assert 'from document "handbook.md" at character 0' in text and "opens at noon" in text
+    # quoted as the sentence the question is about, with where it starts in the document
+    at = handbook.index("The canteen")
+    assert f'from document "handbook.md" at character {at}: "The canteen opens at noon."' in text
+    assert "Visitors" not in text
     assert "Notes" not in prompt(tokenizer, ask(url, model_id, "When does the canteen open?", tenant="bob"))
 
     pdf = upload(url, "office.pdf", pdf_bytes("The Zorbel office is on Plinth street."))

@@ -169,7 +169,11 @@ def recall(store: ExperienceStore, tenant: str, query: str, config: RecallConfig
     found = store.search_memory(tenant, query, max(config.k, _CANDIDATES))
     if not found:
         return []
-    counts = store.term_counts(tenant, query, [item.id for item, _ in found])
+    passages = config.passage_sentences > 0 and any(item.kind == MemoryKind.DOCUMENT for item, _ in found)
+    if config.min_coverage <= 0.0 and not passages:
+        counts = TermCounts(0, {}, {})  # neither the gate nor a passage needs the words' weights
+    else:
+        counts = store.term_counts(tenant, query, [item.id for item, _ in found])
     if config.min_coverage > 0.0:
         names = named_words(query) | (taught_names([item for item, _ in found]) & set(query_terms(query)))
         found = [(item, s) for item, s in found if coverage(counts, item.id, names) >= config.min_coverage]
@@ -178,7 +182,7 @@ def recall(store: ExperienceStore, tenant: str, query: str, config: RecallConfig
     for item, score in found:
         if len(chosen) >= config.k:
             break
-        if item.kind == MemoryKind.DOCUMENT and config.passage_sentences:
+        if item.kind == MemoryKind.DOCUMENT and passages:
             item = passage(item, counts, config.passage_sentences)
         if score < config.min_score or used + len(item.text) > config.max_chars:
             continue

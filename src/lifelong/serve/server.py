@@ -139,13 +139,23 @@ class Server:
         self.store.close()
 
 
+# Seconds an idle keep-alive connection stays open: longer than any client pool keeps one (httpx,
+# under the openai client, drops them after 5 s), so the client always closes first. At uvicorn's
+# 5 s the two timers race, and under load a client reusing the connection as the server closes it
+# gets "Server disconnected without sending a response" (two benchmark runs died of it, dev/LOG.md).
+KEEP_ALIVE_S = 75
+
+
 def run_server(config: ServeConfig, announce: Callable[[str], None] | None = None) -> None:
     """`lifelong serve`: build everything, then serve until interrupted."""
     server = Server(config, announce)
     if announce:
         announce(f"serving {server.service.model_id} on http://{config.host}:{config.port}/v1 (store {config.store})")
     try:
-        uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            server.app, host=config.host, port=config.port, log_level="warning", access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )  # fmt: skip
     finally:
         server.close()
 
@@ -162,7 +172,9 @@ class BackgroundServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(server.app, log_level="warning", access_log=False))
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(server.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
+        )
         self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     def __enter__(self) -> str:
