@@ -14,7 +14,7 @@ from tests.conftest import FAST_LEARNING, SKY
 
 from lifelong.guard.detectors import ChangedAnswers
 from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
-from lifelong.loop.feedback import CORRECTION_NOTE, experience_from_feedback
+from lifelong.loop.feedback import experience_from_feedback
 from lifelong.loop.tenants import (
     CorrectionRule,
     OperatorProbe,
@@ -144,7 +144,7 @@ def test_distilled_corrections_move_the_bare_prompt_towards_the_teacher_with_the
     req = store.request("r0")
     assert req is not None
     reply = reply_sample(serve_policy, req.prompt_ids, "blue")
-    teacher = replace(reply, prompt_ids=tuple(learner.prompt(req, CORRECTION_NOTE.format(correction="blue"))))
+    teacher = replace(reply, prompt_ids=tuple(learner.prompt(req, "blue")))
 
     def distance() -> float:
         with torch.no_grad():

@@ -39,12 +39,10 @@ from lifelong.types import (
 CHAT_ENV = "serve:chat"  # the env label of episodes made from feedback
 CORRECTION_ENV = "serve:correction"
 
-# How a correction is quoted to the teacher: as data about the reply, never as an instruction.
-CORRECTION_NOTE = 'A trusted reviewer wrote the correct reply to the last message, quoted: "{correction}"'
-
-# (request, a note to quote or None) -> the prompt ids of its conversation as the learner sees it:
-# the person's messages without what the server recalled from memory for the answer (the student
-# learns without notes), and with the note in context when one is given (the teacher).
+# (request, a correction or None) -> the prompt ids of its conversation as the learner sees it: the
+# person's messages without what the server recalled from memory for the answer (the student learns
+# without notes), and, when a correction is given (the teacher), with the last question asked once
+# before and answered with it, as memory recalls a correction (`memory/recall.with_exchange`).
 PromptFn = Callable[[ServedRequest, str | None], list[int]]
 
 
@@ -131,7 +129,7 @@ def experience_from_feedback(
         text = str(f.correction)
         completion = correction_completion(tokenizer, text, eos_id)
         fixed.append(_episode(req, bare[req.id], f, completion, 1.0, f"correction:{f.id}", CORRECTION_ENV))
-        teacher = tuple(prompt(req, CORRECTION_NOTE.format(correction=text.strip())))
+        teacher = tuple(prompt(req, text.strip()))
         protocol = bool(req.generation.get("protocol", False))
         lessons.append(Lesson(bare[req.id], teacher, (completion,), protocol=protocol))
     return Experience(tenant, tuple(f.id for f in items), tuple(rated), baselines, tuple(fixed), tuple(lessons))

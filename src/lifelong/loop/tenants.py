@@ -58,6 +58,7 @@ from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.memory_lessons import absence_lessons, memory_lessons
+from lifelong.memory.recall import with_exchange
 from lifelong.memory.store import CONSOLIDATION_METRIC, FORGOTTEN_METRIC, ExperienceStore
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
@@ -526,10 +527,12 @@ class TenantLearner:
 
     def _right(self, answers: Sequence[str]) -> list[bool]:
         """Whether each answer solves its probe, the probes in order (`_probe_prompts`; the shot
-        prompts ask the same probes in the same order)."""
+        prompts ask the same probes in the same order; none when there are no shot prompts)."""
+        if not answers:
+            return []
         envs: dict[Task, Env] = {}
         right = []
-        for (task, seed, _), answer in zip(self._probe_prompts, answers, strict=False):
+        for (task, seed, _), answer in zip(self._probe_prompts, answers, strict=True):
             env = envs.setdefault(task, task.make())
             env.reset(seed=seed)
             right.append(env.step(answer).reward >= env.success_threshold)
@@ -575,11 +578,17 @@ class TenantLearner:
         mine = [p for p in self.operator_probes if p.tenant in (None, tenant)]
         return [reply_sample(self.policy, self.policy.chat_start(p.prompt), p.answer) for p in mine]
 
-    def prompt(self, req: ServedRequest, note: str | None = None) -> list[int]:
+    def prompt(self, req: ServedRequest, correction: str | None = None) -> list[int]:
         """The request's conversation as the person wrote it (`loop/feedback.PromptFn`): without the
-        notes the server recalled for its answer, and with `note` quoted in a system message before
-        it when given (the teacher's context)."""
-        messages = [*([{"role": "system", "content": note}] if note else []), *req.body.get("messages", [])]
+        notes the server recalled for its answer, and, given a correction (the teacher's context),
+        with its last question asked once before and answered with the correction. The teacher
+        used to read the correction as a quoted system note first in the conversation, which also
+        displaced the chat template's default system prompt: it answered in sentences ("The capital
+        of Ireland is Dublin.") where the conversation asked for a word, and the student learned
+        that style for questions nobody corrected (dev/LOG.md, stop 20)."""
+        messages = list(req.body.get("messages", []))
+        if correction is not None:
+            messages = with_exchange(messages, correction)
         return self.policy.chat_ids(messages, protocol=bool(req.generation.get("protocol", False)))
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "question_answer",
     "recall",
     "taught_names",
+    "with_exchange",
     "with_notes",
 ]
 
@@ -254,6 +255,18 @@ def with_notes(messages: Sequence[dict[str, str]], items: Sequence[MemoryItem]) 
             notes.insert(0, item)
         else:
             exchanges += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
-    inserted = ([{"role": "system", "content": notes_text(notes)}] if notes else []) + exchanges
-    last_user = max((i for i, m in enumerate(out) if m["role"] == "user"), default=len(out))
-    return out[:last_user] + inserted + out[last_user:]
+    return _before_question(out, ([{"role": "system", "content": notes_text(notes)}] if notes else []) + exchanges)
+
+
+def with_exchange(messages: Sequence[dict[str, str]], answer: str) -> list[dict[str, str]]:
+    """`messages` with their last question asked once before and answered `answer`: a correction in
+    the form `with_notes` recalls it, the teacher's context when a correction is learned (the
+    policy reads the answer where it will later be recalled, in the conversation's own style)."""
+    out = [dict(m) for m in messages]
+    question = next((m["content"] for m in reversed(out) if m["role"] == "user"), "")
+    return _before_question(out, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+
+def _before_question(messages: list[dict[str, str]], inserted: list[dict[str, str]]) -> list[dict[str, str]]:
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages))
+    return messages[:last_user] + inserted + messages[last_user:]
