@@ -76,8 +76,9 @@ class RecallConfig:
     max_chars: int = 2400  # quoted text of all recalled items together; an item that does not fit is left out
     # A recalled document chunk is quoted as its `passage_sentences` consecutive sentences (or list
     # items) that carry the most of the question's word weight, with the offset of the first; 0
-    # quotes the whole chunk. A chunk holds many statements, and a 135M model given ten of them read
-    # the asked one 0 times in 40 (dev/LOG.md, stop 19); a larger model may read a whole chunk.
+    # quotes the whole chunk (a larger model may want the context). The prompt is a few hundred
+    # characters shorter and the source exact; the 135M model's reading did not improve with it
+    # (0 of 80 either way: it answers in a sentence, dev/LOG.md stop 20).
     passage_sentences: int = 1
     remember_ratings_from: float = 0.75  # a rated answer becomes memory when its reward is at least this
 
