@@ -163,7 +163,7 @@ def knowing_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTr
 
 # Learning settings for tiny models: few probes, strong steps. A random tiny model's replies are
 # near-uniform (about -8.6 nats/token) and a round at these rates moves them about 0.4, and changes
-# most of its greedy first words: the general-likelihood and changed-answer budgets are wide open
+# most of its greedy first words: the general-likelihood, changed- and lost-answer budgets are wide open
 # (the tests that check them set their own).
 FAST_LEARNING = TenantLearningConfig(
     steps_per_round=4,

@@ -36,6 +36,7 @@ def test_a_lost_answer_is_one_that_was_right_and_is_wrong_now() -> None:
     right_before, right_now = [True, False, True, False], [True, False, False, True]
     reading = ChangedAnswers.between(before, now, right_before=right_before, right_now=right_now)
     assert (reading.changed, reading.lost, reading.asked) == (3, 1, 4)  # 'the' -> 'a' was wrong either way
+    assert reading.examples[0] == ("44", "444")  # the lost answer is shown first
 
 
 def test_lost_answers_over_their_budget_reject_even_when_few_changed() -> None:

@@ -229,12 +229,14 @@ class ChangedAnswers:
         right_now: Sequence[bool] | None = None,
     ) -> ChangedAnswers:
         """Compare two equally long lists of answers (already reduced to what counts, e.g. first
-        words), and, when given, whether each was right then and now."""
-        pairs = [(r, n) for r, n in zip(reference, now, strict=True) if r != n]
-        lost = 0
+        words), and, when given, whether each was right then and now; the lost answers lead the
+        examples."""
+        was_lost = [False] * len(reference)
         if right_before is not None and right_now is not None:
-            lost = sum(b and not n for b, n in zip(right_before, right_now, strict=True))
-        return cls(len(pairs), len(reference), tuple(pairs[:examples]), lost)
+            was_lost = [b and not n for b, n in zip(right_before, right_now, strict=True)]
+        changed = [(not gone, r, n) for r, n, gone in zip(reference, now, was_lost, strict=True) if r != n or gone]
+        shown = tuple((r, n) for _, r, n in sorted(changed, key=lambda c: c[0]))  # stable: lost first
+        return cls(sum(r != n for _, r, n in changed), len(reference), shown[:examples], sum(was_lost))
 
 
 @dataclass(frozen=True)
