@@ -238,13 +238,15 @@ def test_lost_answers_are_read_against_each_prompts_own_probe(tmp_path: Path, se
     right, and shifted by one they are not."""
     learner = learner_for(tmp_path, serve_policy, FAST)
     expected = []
-    for task, seed, _ in learner._probe_prompts:
+    for task, seed in learner._general_items:
         _, info = task.make().reset(seed=seed)
         expected.append(str(info["answer"]))
-    assert all(learner._right(expected)) and len(expected) > 2
+    assert len(expected) == 2 * len(learner._probe_prompts) > 2  # alone, then after example turns
+    assert expected[: len(expected) // 2] == expected[len(expected) // 2 :]
+    assert all(learner._right(expected))
     assert not all(learner._right(expected[1:] + expected[:1]))
     pretrained = learner._pretrained_replies()
-    assert len(pretrained.right) == len(pretrained.first_words) == 2 * len(expected)
+    assert len(pretrained.right) == len(pretrained.first_words) == len(expected)
 
 
 def test_non_finite_weights_are_rolled_back_by_the_guard(tmp_path: Path, serve_policy: Policy) -> None:

@@ -263,6 +263,10 @@ class TenantLearner:
         for task in GENERAL_TASKS if config.shots else ():
             env, seeds = task.make(), self.probes[task].seeds
             self._shot_prompts += [asked_after_examples(policy, env, seeds, j, config.shots) for j in range(len(seeds))]
+        # The probe item of every general prompt the gate asks: the probes alone, then (with shots)
+        # the same probes in the same order after example turns.
+        probe_items = [(task, seed) for task, seed, _ in self._probe_prompts]
+        self._general_items = probe_items * (2 if self._shot_prompts else 1)
         self._pretrained: PretrainedReplies | None = None  # built on first use
 
     # ---- the round --------------------------------------------------------------------------------
@@ -502,9 +506,13 @@ class TenantLearner:
         from the pretrained model's."""
         prompts = [p for _, _, p in self._probe_prompts]
         replies = self.policy.chat(prompts, self.greedy)
-        right = self._right([r.answer for r in replies])
+        # The probes' replies are reused below: the extra cost of the changed and lost answers is
+        # one greedy batch of the shot prompts (64 at the defaults) of `answer_tokens` per gate.
+        shot = self.policy.chat(self._shot_prompts, self.greedy) if self._shot_prompts else []
+        answers = [r.answer for r in [*replies, *shot]]
+        right = self._right(answers)
         solved: dict[str, list[float]] = {}
-        for (task, _, _), ok in zip(self._probe_prompts, right, strict=True):
+        for (task, _, _), ok in zip(self._probe_prompts, right[: len(self._probe_prompts)], strict=True):
             solved.setdefault(task.label, []).append(float(ok))
         scores = {label: sum(v) / len(v) for label, v in solved.items()}
         groups = {
@@ -514,25 +522,17 @@ class TenantLearner:
         }
         likelihoods = {name: reply_likelihood(self.policy, samples) for name, samples in groups.items() if samples}
         # The mean likelihood above moved 0.01 nats while 1-2 of 40 unrelated answers changed (issue
-        # 18); counting changed answers sees that. The probes' replies are reused: the extra cost is
-        # one greedy batch of the shot prompts (64 at the defaults) of `answer_tokens` per gate.
-        shot = self.policy.chat(self._shot_prompts, self.greedy) if self._shot_prompts else []
-        now = [first_word(r.answer) for r in [*replies, *shot]]
+        # 18); counting changed answers sees that.
         pretrained = self._pretrained_replies()
-        right_now = right + self._right([r.answer for r in shot])
-        changed = ChangedAnswers.between(
-            pretrained.first_words, now, right_before=pretrained.right, right_now=right_now
-        )
+        now = [first_word(a) for a in answers]
+        changed = ChangedAnswers.between(pretrained.first_words, now, right_before=pretrained.right, right_now=right)
         return scores, likelihoods, changed
 
     def _right(self, answers: Sequence[str]) -> list[bool]:
-        """Whether each answer solves its probe, the probes in order (`_probe_prompts`; the shot
-        prompts ask the same probes in the same order; none when there are no shot prompts)."""
-        if not answers:
-            return []
+        """Whether each general prompt's answer (the probes, then the shot prompts) solves its item."""
         envs: dict[Task, Env] = {}
         right = []
-        for (task, seed, _), answer in zip(self._probe_prompts, answers, strict=True):
+        for (task, seed), answer in zip(self._general_items, answers, strict=True):
             env = envs.setdefault(task, task.make())
             env.reset(seed=seed)
             right.append(env.step(answer).reward >= env.success_threshold)
@@ -557,12 +557,10 @@ class TenantLearner:
                     replies += self.policy.chat(self._shot_prompts, self.greedy)
             prompts += self._shot_prompts
             samples = [reply_sample(self.policy, p, r.answer) for p, r in zip(prompts, replies, strict=True)]
-            n = len(self._probe_prompts)
-            right = self._right([r.answer for r in replies[:n]]) + self._right([r.answer for r in replies[n:]])
             self._pretrained = PretrainedReplies(
                 tuple(s for s in samples if s.completion_ids),
                 tuple(first_word(r.answer) for r in replies),
-                tuple(right),
+                tuple(self._right([r.answer for r in replies])),
             )
         return self._pretrained
 

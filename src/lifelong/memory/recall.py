@@ -155,13 +155,15 @@ def coverage(counts: TermCounts, item_id: str, names: frozenset[str] = frozenset
     nothing about which item is meant, and questions are full of them. A word most items contain
     ("Answer" opening every note's instruction) names nothing, capitalised or not."""
     names = frozenset(w for w in names if 2 * counts.df.get(w, 0) <= counts.items)  # one most items share names nothing
-    weight = {
-        w: math.log((counts.items + 1) / (df + 0.5)) for w, df in counts.df.items() if df > 0 or not names or w in names
-    }
+    weight = {w: _idf(counts, df) for w, df in counts.df.items() if df > 0 or not names or w in names}
     total = sum(weight.values())
     if total <= 0.0:
         return 0.0
     return sum(v for w, v in weight.items() if item_id in counts.found_in[w]) / total
+
+
+def _idf(counts: TermCounts, df: int) -> float:
+    return math.log((counts.items + 1) / (df + 0.5))
 
 
 def recall(store: ExperienceStore, tenant: str, query: str, config: RecallConfig) -> list[MemoryItem]:
@@ -202,7 +204,7 @@ def passage(item: MemoryItem, counts: TermCounts, sentences: int) -> MemoryItem:
     spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(item.text) if m.group().strip()]
     if len(spans) <= sentences:
         return item
-    weight = {w: math.log((counts.items + 1) / (df + 0.5)) for w, df in counts.df.items()}
+    weight = {w: _idf(counts, df) for w, df in counts.df.items()}
     scores = [sum(weight.get(w, 0.0) for w in query_terms(item.text[a:b], limit=1_000)) for a, b in spans]
     best = max(range(len(spans) - sentences + 1), key=lambda i: (sum(scores[i : i + sentences]), scores[i], -i))
     start, end = spans[best][0], spans[best + sentences - 1][1]
