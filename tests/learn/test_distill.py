@@ -169,3 +169,37 @@ def test_a_lesson_taught_by_the_pretrained_model_unlearns_what_the_adapters_lear
     assert learned > 5.0
     assert after[LessonTeacher.PRETRAINED] < 0.5 * learned
     assert after[LessonTeacher.POLICY] == pytest.approx(learned, rel=1e-3)  # its own teacher: no pull anywhere
+
+
+def test_micro_batches_take_the_same_step_as_one_batch(tiny_policy: Policy) -> None:
+    """Rows split into micro-batches accumulate the gradient of the whole step: the adapters end
+    where one batch leaves them, with both kinds of teacher and an earlier version as reference."""
+    with torch.no_grad():
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    reference = AdapterSnapshot(tiny_policy)
+    start = [p.detach().clone() for p in trainable(tiny_policy)]
+    lessons = [
+        Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?"))),
+        Lesson(
+            tuple(tiny_policy.start("Who won?")), tuple(tiny_policy.start("Who won?")), (), LessonTeacher.PRETRAINED
+        ),
+        Lesson(tuple(tiny_policy.start("Where?")), tuple(tiny_policy.start("It is Oslo. Where?"))),
+    ]
+    ends, reports = [], []
+    for size in (100, 3):
+        for p, q in zip(trainable(tiny_policy), start, strict=True):
+            p.data.copy_(q)
+        params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+        config = DistillConfig(learning_rate=0.05, student_samples=4, answer_tokens=3, micro_batch=size)
+        distiller = SelfDistiller(
+            tiny_policy, torch.optim.SGD(params, lr=0.05), config, torch.Generator().manual_seed(0)
+        )
+        reports.append(distiller.update(lessons, reference=reference))
+        ends.append([p.detach().clone() for p in trainable(tiny_policy)])
+    assert reports[0].metrics["distill/sequences"] == 12
+    assert reports[0].metrics["distill/kl"] == pytest.approx(reports[1].metrics["distill/kl"], rel=1e-4)
+    assert reports[0].metrics["grad/norm"] == pytest.approx(reports[1].metrics["grad/norm"], rel=1e-4)
+    assert any(not torch.allclose(p, q) for p, q in zip(ends[0], start, strict=True))
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(ends[0], ends[1], strict=True))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax, pretrained_kl, reverse_kl
+from lifelong.learn.logprobs import completion_log_softmax, micro_batches, pretrained_kl, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
@@ -53,15 +53,18 @@ class DistillConfig:
     # (a sentence where a word was asked) to questions nobody corrected (dev/LOG.md, 2026-11-30).
     anchor_coef: float = 1.0
     warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
+    micro_batch: int = 16  # rows per forward/backward; bounds memory
 
     def __post_init__(self) -> None:
         if (
             self.learning_rate <= 0
+            or self.micro_batch < 1
             or min(self.student_samples, self.reference_kl, self.anchor_coef, self.warmup_steps) < 0
         ):
             raise ConfigError(
-                "learning_rate must be > 0, student_samples, reference_kl, anchor_coef and warmup_steps >= 0",
-                "defaults: 2e-4, 4, 1.0, 1.0 and 0",
+                "learning_rate must be > 0, micro_batch >= 1, student_samples, reference_kl, anchor_coef and"
+                " warmup_steps >= 0",
+                "defaults: 2e-4, 16, 4, 1.0, 1.0 and 0",
             )
 
 
@@ -115,34 +118,14 @@ class SelfDistiller:
         lr = set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale, cfg.warmup_steps)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        students = [s for s, _, _ in pairs]
-        student_logp, _, mask = completion_log_softmax(model, students, self.policy.pad_id)  # (B, C, V)
-        unlearn = [i for i, (_, _, teacher) in enumerate(pairs) if teacher == LessonTeacher.PRETRAINED]
-        with torch.no_grad():
-            # One forward per kind of teacher (the policy; the base model, adapters off), each as wide
-            # as its own longest reply: the zeros left past it are masked out.
-            teacher_logp = torch.zeros_like(student_logp)
-            for base in (False, True):
-                rows = [i for i, (_, _, teacher) in enumerate(pairs) if (teacher == LessonTeacher.PRETRAINED) == base]
-                if rows:
-                    with model.disable_adapter() if base else nullcontext():
-                        logp, _, _ = completion_log_softmax(model, [pairs[i][1] for i in rows], self.policy.pad_id)
-                    teacher_logp[rows, : logp.shape[1]] = logp
-            anchor: AbstractContextManager[None] = (
-                model.disable_adapter() if reference is None else reference.loaded(self.policy)
-            )
-            with anchor:
-                reference_logp, _, _ = completion_log_softmax(model, students, self.policy.pad_id)
-            # Unlearning is held to the base model, not to `reference`: the earlier adapters still
-            # know the deleted item, and a geometric mix with them would keep half of it. The base
-            # model on the bare question has no lesson to colour its format, so nothing is lost.
-            if unlearn:
-                reference_logp[unlearn] = teacher_logp[unlearn]
-        tokens = mask.sum().clamp(min=1)
-        kl = reverse_kl(student_logp, teacher_logp, mask)
-        anchored = reverse_kl(student_logp, reference_logp, mask)
-        loss = kl + cfg.reference_kl * anchored
-        loss.backward()
+        # Full-vocabulary log-probs are (rows, tokens, 49k) floats three times over: a round of 32
+        # corrections in one forward held ~10 GB (dev/LOG.md, stop 20). Micro-batches accumulate
+        # the same gradient, each part divided by the whole step's tokens.
+        tokens = float(sum(sum(student.loss_mask) for student, _, _ in pairs))
+        kl = anchored = 0.0
+        for rows in micro_batches([student.prompt_ids for student, _, _ in pairs], cfg.micro_batch):
+            part_kl, part_anchored = self._accumulate(pairs[rows], reference, tokens)
+            kl, anchored = kl + part_kl, anchored + part_anchored
         general: dict[str, float] = {}
         if anchors and cfg.anchor_coef > 0:
             anchor_kl = pretrained_kl(model, anchors, self.policy.pad_id)
@@ -157,8 +140,8 @@ class SelfDistiller:
             self.step,
             applied,
             {
-                "distill/kl": float(kl.detach()),
-                "distill/reference_kl": float(anchored.detach()),
+                "distill/kl": kl,
+                "distill/reference_kl": anchored,
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,
@@ -167,6 +150,40 @@ class SelfDistiller:
             },
             reason="" if applied else "non-finite gradient",
         )
+
+    def _accumulate(
+        self, pairs: Sequence[tuple[Sample, Sample, LessonTeacher]], reference: AdapterSnapshot | None, tokens: float
+    ) -> tuple[float, float]:
+        """Forward/backward one micro-batch of (student, teacher, kind of teacher) rows; returns its
+        parts of the step's KL to the teacher and to the reference."""
+        model, pad = self.policy.model, self.policy.pad_id
+        students = [s for s, _, _ in pairs]
+        student_logp, _, mask = completion_log_softmax(model, students, pad)  # (B, C, V)
+        unlearn = [i for i, (_, _, teacher) in enumerate(pairs) if teacher == LessonTeacher.PRETRAINED]
+        with torch.no_grad():
+            # One forward per kind of teacher (the policy; the base model, adapters off), each as wide
+            # as its own longest reply: the zeros left past it are masked out.
+            teacher_logp = torch.zeros_like(student_logp)
+            for base in (False, True):
+                rows = [i for i, (_, _, teacher) in enumerate(pairs) if (teacher == LessonTeacher.PRETRAINED) == base]
+                if rows:
+                    with model.disable_adapter() if base else nullcontext():
+                        logp, _, _ = completion_log_softmax(model, [pairs[i][1] for i in rows], pad)
+                    teacher_logp[rows, : logp.shape[1]] = logp
+            anchor: AbstractContextManager[None] = (
+                model.disable_adapter() if reference is None else reference.loaded(self.policy)
+            )
+            with anchor:
+                reference_logp, _, _ = completion_log_softmax(model, students, pad)
+            # Unlearning is held to the base model, not to `reference`: the earlier adapters still
+            # know the deleted item, and a geometric mix with them would keep half of it. The base
+            # model on the bare question has no lesson to colour its format, so nothing is lost.
+            if unlearn:
+                reference_logp[unlearn] = teacher_logp[unlearn]
+        kl = reverse_kl(student_logp, teacher_logp, mask, tokens)
+        anchored = reverse_kl(student_logp, reference_logp, mask, tokens)
+        (kl + self.config.reference_kl * anchored).backward()
+        return float(kl.detach()), float(anchored.detach())
 
     def _student_samples(self, lessons: Sequence[Lesson]) -> list[list[Completion]]:
         """`student_samples` on-policy replies per lesson, each in its lesson's format (reasoning

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
+from lifelong.learn.logprobs import completion_logprobs, micro_batches, pretrained_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
@@ -99,23 +99,6 @@ def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True, anchors:
     return Batch(tuple(samples), len(groups), dropped, mean, std, tuple(anchors))
 
 
-def _micro_batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
-    """Chunks of about `size` samples that keep samples sharing a prompt together when they fit."""
-    chunks: list[list[Sample]] = []
-    current: list[Sample] = []
-    for s in samples:
-        if current and len(current) >= size and s.prompt_ids != current[-1].prompt_ids:
-            chunks.append(current)
-            current = []
-        if len(current) >= 2 * size:  # a huge group is split anyway
-            chunks.append(current)
-            current = []
-        current.append(s)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 class GRPOLearner:
     """Turns a Batch into one update of the policy's adapters."""
 
@@ -154,8 +137,8 @@ class GRPOLearner:
         grad_norm = 0.0
         for _ in range(cfg.epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for chunk in _micro_batches(batch.samples, cfg.micro_batch):
-                for k, v in self._accumulate(chunk, total_tokens).items():
+            for rows in micro_batches([s.prompt_ids for s in batch.samples], cfg.micro_batch):
+                for k, v in self._accumulate(list(batch.samples[rows]), total_tokens).items():
                     sums[k] += v
             if anchors:
                 sums["anchor/kl"] += self._anchor(anchors)

@@ -93,12 +93,29 @@ def completion_logprobs(
     return logp, entropy, loss_mask
 
 
-def reverse_kl(student_logp: torch.Tensor, other_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def micro_batches(prompts: Sequence[tuple[int, ...]], size: int) -> list[slice]:
+    """Contiguous runs of about `size` rows that keep rows sharing a prompt together when they fit
+    (a shared prompt runs once, above), so a learner's step holds one run's activations at a time."""
+    runs: list[slice] = []
+    start = 0
+    for i in range(1, len(prompts) + 1):
+        rows = i - start
+        new_prompt = i == len(prompts) or prompts[i] != prompts[i - 1]
+        if i == len(prompts) or (rows >= size and new_prompt) or rows >= 2 * size:  # a huge group is split anyway
+            runs.append(slice(start, i))
+            start = i
+    return runs
+
+
+def reverse_kl(
+    student_logp: torch.Tensor, other_logp: torch.Tensor, mask: torch.Tensor, tokens: float | None = None
+) -> torch.Tensor:
     """KL(student || other) over the whole vocabulary, averaged over the masked tokens.
 
-    Both log-prob tensors are (B, C, V) from `completion_log_softmax`; `mask` is (B, C)."""
+    Both log-prob tensors are (B, C, V) from `completion_log_softmax`; `mask` is (B, C). A learner
+    accumulating micro-batches passes the whole step's `tokens` so the parts sum to the mean."""
     per_token = (student_logp.exp() * (student_logp - other_logp)).sum(-1)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else max(tokens, 1.0))
 
 
 def pretrained_kl(model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:

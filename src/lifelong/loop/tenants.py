@@ -52,7 +52,7 @@ from lifelong.guard.gate import GENERAL_ANSWERS, Guard, GuardConfig, Verdict
 from lifelong.learn.distill import DistillConfig, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner
 from lifelong.learn.learner import LessonLearner
-from lifelong.learn.logprobs import completion_logprobs
+from lifelong.learn.logprobs import completion_logprobs, micro_batches
 from lifelong.learn.sft import CorrectionNLL, SFTConfig
 from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
@@ -422,15 +422,16 @@ class TenantLearner:
         sampled by some earlier version, often greedily or under top-p, whose recorded log-probs are
         not of the distribution the learner's importance ratio compares with; scoring them now makes
         the first step on-policy as of the live version (ratio 1)."""
-        if not samples:
-            return ()
-        with torch.no_grad():
-            logp, _, _ = completion_logprobs(self.policy.model, list(samples), self.policy.pad_id)  # (B, C)
         out = []
-        for row, s in enumerate(samples):
-            n = len(s.completion_ids)
-            fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
-            out.append(replace(s, sampler_logprobs=fixed))
+        size = self.config.grpo.micro_batch
+        for rows in micro_batches([s.prompt_ids for s in samples], size):
+            part = list(samples[rows])
+            with torch.no_grad():
+                logp, _, _ = completion_logprobs(self.policy.model, part, self.policy.pad_id)  # (B, C)
+            for row, s in enumerate(part):
+                n = len(s.completion_ids)
+                fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
+                out.append(replace(s, sampler_logprobs=fixed))
         return tuple(out)
 
     def _record(
