@@ -112,9 +112,10 @@ class TenantLearningConfig:
     # probe in the gate's `general` likelihood: the multi-turn form people chat in (loop/anchors.py).
     shots: int = 2
     # Consolidation: memory items per consolidation round (oldest first; the rest wait for the next),
-    # and lessons per distillation step (each item makes 1 + paraphrases of them, loop/memory_lessons.py).
+    # each made into 1 + paraphrases lessons (loop/memory_lessons.py), all of them in each of the
+    # round's steps: Adam moves every weight by about the rate per step whatever the batch, so
+    # splitting them over more steps moved the general answers further (dev/LOG.md, stop 21).
     consolidate_max_items: int = 32
-    consolidate_lessons_per_step: int = 16
     consolidate_paraphrases: int = 2
     seed: int = 0
     grpo: GRPOConfig = field(default_factory=_serve_grpo)
@@ -129,11 +130,8 @@ class TenantLearningConfig:
             raise ConfigError(
                 "probe_items must be >= 1, anchor_items, anchor_per_step and shots >= 0", "defaults: 32, 32, 16, 2"
             )
-        if self.consolidate_max_items < 1 or self.consolidate_lessons_per_step < 1 or self.consolidate_paraphrases < 0:
-            raise ConfigError(
-                "consolidate_max_items and consolidate_lessons_per_step must be >= 1, consolidate_paraphrases >= 0",
-                "defaults: 32, 16 and 2",
-            )
+        if self.consolidate_max_items < 1 or self.consolidate_paraphrases < 0:
+            raise ConfigError("consolidate_max_items must be >= 1, consolidate_paraphrases >= 0", "defaults: 32 and 2")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TenantLearningConfig:
@@ -331,7 +329,7 @@ class TenantLearner:
         forgotten: Sequence[str] = (),
     ) -> AdapterRecord:
         """A round on `lessons` alone (the tenant's learning rule: distillation, or NLL of their
-        successes), `consolidate_lessons_per_step` at a time, guarded and gated like any round; a
+        successes), guarded and gated like any round; a
         kept version records `consolidated` (memory item ids) as consolidated and `forgotten`
         (deleted items whose absence the lessons trained) as forgotten."""
         t0 = time.time()
@@ -339,8 +337,7 @@ class TenantLearner:
         core = self._core(tenant, version)
         metrics = {**(metrics or {}), f"{lessons_as}/lessons": float(len(lessons))}
         experience = Experience(tenant, (), lessons=tuple(lessons))
-        per_step = self.config.consolidate_lessons_per_step
-        verdict = self._learn(core, version, experience, metrics, per_step, lessons_as)
+        verdict = self._learn(core, version, experience, metrics, lessons_as)
         if verdict is None:  # no lessons: never mark what was not learned
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, ())
         return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), consolidated, forgotten)
@@ -390,28 +387,24 @@ class TenantLearner:
         version: int,
         experience: Experience,
         metrics: dict[str, float],
-        lessons_per_step: int | None = None,
         lessons_as: str = "correction",
     ) -> Verdict | None:
         """The round's updates; the first rejecting verdict stops them. None: nothing to learn.
-        Lessons are distilled `lessons_per_step` at a time (all at once by default), every one of
-        them in each of the `steps_per_round` steps; their metrics are keyed `<lessons_as>/...`."""
+        All the lessons are distilled in each of the `steps_per_round` steps (in micro-batches);
+        their metrics are keyed `<lessons_as>/...`."""
         anchors = self.anchors.for_step(version)
         batch = rated_batch(experience, self.config.grpo.scale_rewards, anchors)
         batch = replace(batch, samples=self._on_policy(batch.samples))
         if not batch.samples and not experience.lessons:
             return None
-        lessons = experience.lessons
-        size = lessons_per_step or max(1, len(lessons))
-        chunks: list[Sequence[Lesson]] = [lessons[i : i + size] for i in range(0, len(lessons), size)]
         for _ in range(self.config.steps_per_round):
             if batch.samples:
                 result = core.update(version, batch)
                 metrics |= {f"rated/{k}": v for k, v in result.report.metrics.items()}
                 if not result.keep:
                     return result.verdict
-            for chunk in chunks:
-                result = core.distil(version, chunk, reference=core.good_adapters, anchors=anchors)
+            if experience.lessons:
+                result = core.distil(version, experience.lessons, reference=core.good_adapters, anchors=anchors)
                 metrics |= {f"{lessons_as}/{k}": v for k, v in result.report.metrics.items()}
                 if not result.keep:
                     return result.verdict
