@@ -16,10 +16,19 @@ the same format, and both sides are read the same way from them:
                         episodes) per second of act time (sampling + scoring)
 
 The first --warmup updates of each side are played but not timed. The ratio is lifelong / TRL.
+
+--method picks our side's method: `grpo` (plain, as above) or `lifelong` (the full method as `make
+demo` runs it: guard with its gates at the default evaluation interval, anchor on the stream's
+general tasks, rehearsal on demand, retries with a lesson and their distillation). TRL always runs
+plain GRPO with the settings of `evaluate/trl_runner.py`. --breakdown adds where our side's time
+went, summed over the timed steps from the runtime's `parts` records (lifelong/timing.py): seconds
+per part (sampling, reward, learner, anchor, guard, gate, retries, distillation, evaluation,
+checkpoint, store, ...), each second counted once, nested parts under their path.
 Timings on a shared 2-core machine are noisy: run it with `nice` and compare ratios, not absolutes.
 Needs the `[compare]` extra (TRL); without it, it stops with a message and exit code 2.
 
-    python benchmarks/throughput.py [--steps 5] [--warmup 1] [--threads 2] [--model PATH] [--json]
+    python benchmarks/throughput.py [--method grpo|lifelong] [--breakdown] [--steps 5] [--warmup 1]
+                                    [--threads 2] [--model PATH] [--json]
 """
 
 from __future__ import annotations
@@ -72,6 +81,22 @@ def measure(run_dir: Path, warmup: int) -> dict[str, Any]:
     }
 
 
+def breakdown(run_dir: Path, warmup: int) -> dict[str, Any]:
+    """Seconds per part over the timed steps (the runtime's `parts` records), largest first, with
+    the steps' wall clock (update, evaluation, checkpoint: all of each step)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    timed = [r for r in records if r.get("type") == "parts" and r["step"] > warmup]
+    parts: dict[str, float] = {}
+    for r in timed:
+        for name, seconds in r["time/parts"].items():
+            parts[name] = parts.get(name, 0.0) + seconds
+    return {
+        "steps": len(timed),
+        "seconds": round(sum(r["time/step_s"] for r in timed), 2),
+        "parts": {k: round(v, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed updates per side (default: 5)")
@@ -79,6 +104,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--model", help="a local Hugging Face model folder (default: the embedded SmolLM2-135M)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("grpo", "lifelong"), default="grpo", help="our side's method")
+    parser.add_argument("--breakdown", action="store_true", help="also report where our side's time went")
     parser.add_argument("--out", help="keep both run folders here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = parser.parse_args()
@@ -102,15 +129,14 @@ def main() -> int:
     resolve_model_folder(args.model, announce=lambda m: print(m, file=sys.stderr))
     steps = args.warmup + args.steps
     # One stage with exactly `steps` updates; tiny probe sets, as evaluations are not what is timed.
-    stream = Stream("throughput", (Stage(Task.of(TASK, **PARAMS), steps * 32),), probe_size=4)
-    config = RunConfig.for_method(
-        "grpo",
-        stream=stream.to_dict(),
-        model=args.model,
-        seed=args.seed,
-        eval_every=0,
-        guard=GuardConfig(drift_prompts=2),
-    )
+    # The demo's general tasks: lifelong's anchor items and its gate's general probes.
+    stream = Stream(
+        "throughput", (Stage(Task.of(TASK, **PARAMS), steps * 32),), probe_size=4,
+        general=(Task.of("facts"), Task.of("instruct")),
+    )  # fmt: skip
+    common = {"stream": stream.to_dict(), "model": args.model, "seed": args.seed}
+    trl_config = RunConfig.for_method("grpo", **common, eval_every=0, guard=GuardConfig(drift_prompts=2))
+    config = trl_config if args.method == "grpo" else RunConfig.for_method("lifelong", **common)
     assert config.episodes_per_step == 32 and config.reasoning_effort == "none"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
@@ -125,8 +151,10 @@ def main() -> int:
                 Runtime(config, Policy(model, tokenizer, name=name, lora=config.lora), run_dir).run()
                 del model, tokenizer
             else:
-                run_trl(config, run_dir, args.model, note=lambda m: print(m, file=sys.stderr))
+                run_trl(trl_config, run_dir, args.model, note=lambda m: print(m, file=sys.stderr))
             results[side] = {**measure(run_dir, args.warmup), "wall_s": round(time.time() - t0, 1)}
+            if side == "lifelong" and args.breakdown:
+                results[side]["breakdown"] = breakdown(run_dir, args.warmup)
     ours, trl = results["lifelong"], results["trl"]
 
     def ratio(key: str) -> float | None:
@@ -134,6 +162,7 @@ def main() -> int:
 
     summary = {
         "model": args.model or "smollm2-135m-instruct",
+        "method": args.method,
         "task": f"{TASK}(max_value={PARAMS['max_value']})",
         "batch": {"prompts": config.prompts_per_step, "samples": config.grpo.group_size},
         "answer_tokens": config.answer_tokens,
@@ -161,6 +190,11 @@ def main() -> int:
         f"ratio lifelong/TRL: episodes/min {summary['ratio/episodes_per_min']}, "
         f"sampled tokens/s {summary['ratio/sampled_tokens_per_s']}"
     )
+    if args.breakdown:
+        b = ours["breakdown"]
+        print(f"where {args.method}'s {b['steps']} timed steps went ({b['seconds']:.1f} s, all of each step):")
+        for name, seconds in b["parts"].items():
+            print(f"  {name:32s} {seconds:8.1f} s {100 * seconds / max(b['seconds'], 1e-9):6.1f}%")
     if args.json:
         print(json.dumps(summary))
     return 0

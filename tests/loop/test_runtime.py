@@ -37,6 +37,14 @@ def test_a_run_acts_stores_learns_and_reports(tiny_policy: Policy, tmp_path: Pat
     assert [u["stage"] for u in updates] == ["add(max_value=5)"] * 2 + ["letter"] * 2
     evals = [r["step"] for r in records if r["type"] == "eval"]
     assert evals == [0, 2, 4]  # before, stage end (also every 2nd step), end
+    # Where each step's time went, each second once: sampling, the reward, the update, the guard,
+    # the store, the checkpoint, and the evaluation the gate piggybacks on (steps 2 and 4).
+    parts = [r for r in records if r["type"] == "parts"]
+    assert [p["step"] for p in parts] == [1, 2, 3, 4]
+    for p in parts:
+        assert {"sample", "score", "learn", "guard", "store", "checkpoint", "other"} <= set(p["time/parts"])
+        assert sum(p["time/parts"].values()) == pytest.approx(p["time/step_s"], rel=0.01, abs=0.01)
+    assert "evaluation/sample" in parts[1]["time/parts"] and "evaluation/sample" not in parts[0]["time/parts"]
     assert runtime.store.count(run_id="run", split="train") == 32
     assert runtime.store.count(run_id="run", split="probe") == 3 * 8
     assert runtime.ring.latest().step == 4  # type: ignore[union-attr]

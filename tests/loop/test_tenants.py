@@ -157,6 +157,8 @@ def test_distilled_corrections_move_the_bare_prompt_towards_the_teacher_with_the
     assert record.status == AdapterStatus.LIVE, record.reason
     assert "correction/distill/kl" in record.metrics
     assert distance() < 0.9 * before
+    # where the round's time went: the students' samples, the distillation, the gate's probe answers
+    assert {"time/distill/sample_s", "time/distill_s", "time/probes/sample_s"} <= set(record.metrics)
 
 
 def test_the_guard_rolls_back_a_round_that_damages_operator_probes(tmp_path: Path, knowing_model_dir: Path) -> None:

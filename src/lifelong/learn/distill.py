@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax, micro_batches, pretrained_kl, reverse_kl
+from lifelong.learn.logprobs import completion_log_softmax, hold_to_pretrained, micro_batches, reverse_kl
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
@@ -128,9 +128,7 @@ class SelfDistiller:
             kl, anchored = kl + part_kl, anchored + part_anchored
         general: dict[str, float] = {}
         if anchors and cfg.anchor_coef > 0:
-            anchor_kl = pretrained_kl(model, anchors, self.policy.pad_id)
-            (cfg.anchor_coef * anchor_kl).backward()
-            general = {"anchor/kl": float(anchor_kl.detach())}
+            general = {"anchor/kl": hold_to_pretrained(model, anchors, self.policy.pad_id, cfg.anchor_coef)}
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
         self.step += int(applied)

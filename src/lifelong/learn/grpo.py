@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_logprobs, micro_batches, pretrained_kl
+from lifelong.learn.logprobs import completion_logprobs, hold_to_pretrained, micro_batches
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
@@ -141,7 +141,9 @@ class GRPOLearner:
                 for k, v in self._accumulate(list(batch.samples[rows]), total_tokens).items():
                     sums[k] += v
             if anchors:
-                sums["anchor/kl"] += self._anchor(anchors)
+                sums["anchor/kl"] += hold_to_pretrained(
+                    model, anchors, self.policy.pad_id, cfg.anchor_coef, cfg.temperature
+                )
             grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 model.eval()
@@ -164,12 +166,6 @@ class GRPOLearner:
             "batch/tokens": float(total_tokens),
         }
         return UpdateReport(self.step, True, metrics)
-
-    def _anchor(self, anchors: Sequence[Sample]) -> float:
-        """Backward anchor_coef * KL(policy || pretrained) on the anchor samples; returns the KL."""
-        kl = pretrained_kl(self.policy.model, anchors, self.policy.pad_id, self.config.temperature)
-        (self.config.anchor_coef * kl).backward()
-        return float(kl.detach())
 
     def _accumulate(self, chunk: list[Sample], total_tokens: int) -> dict[str, float]:
         """Forward/backward one micro-batch; returns token-summed metrics."""

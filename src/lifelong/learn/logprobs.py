@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from lifelong.model.sampler import left_pad, positions
+from lifelong.timing import part
 from lifelong.types import Sample
 
 
@@ -116,6 +117,17 @@ def reverse_kl(
     accumulating micro-batches passes the whole step's `tokens` so the parts sum to the mean."""
     per_token = (student_logp.exp() * (student_logp - other_logp)).sum(-1)
     return (per_token * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else max(tokens, 1.0))
+
+
+def hold_to_pretrained(
+    model: Any, samples: Sequence[Sample], pad_id: int, coef: float, temperature: float = 1.0
+) -> float:
+    """Backward `coef` x KL(policy || pretrained) on general-ability `samples` (every learner's
+    anchor term, accumulated into the step's gradients); returns the KL."""
+    with part("anchor"):
+        kl = pretrained_kl(model, samples, pad_id, temperature)
+        (coef * kl).backward()
+        return float(kl.detach())
 
 
 def pretrained_kl(model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.learner import reward_batch
-from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
+from lifelong.learn.logprobs import completion_logprobs, hold_to_pretrained
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
@@ -99,9 +99,7 @@ class SFTLearner:
             nll += float(loss.detach())
         held: dict[str, float] = {}
         if batch.anchors and cfg.anchor_coef > 0:
-            anchor_kl = pretrained_kl(model, batch.anchors, self.policy.pad_id)
-            (cfg.anchor_coef * anchor_kl).backward()
-            held = {"anchor/kl": float(anchor_kl.detach())}
+            held = {"anchor/kl": hold_to_pretrained(model, batch.anchors, self.policy.pad_id, cfg.anchor_coef)}
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
         model.eval()
         if self.refuse_nonfinite and not math.isfinite(grad_norm):

@@ -18,6 +18,7 @@ import torch
 
 from lifelong.envs.base import Env
 from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.timing import part
 from lifelong.types import Completion, Episode, Turn
 
 
@@ -108,7 +109,8 @@ def play(
 def _advance(policy: Policy, e: _Live, completion: Completion) -> None:
     observation = e.observation
     try:
-        result = e.env.step(completion.answer)
+        with part("score"):
+            result = e.env.step(completion.answer)
     except Exception as exc:
         e.info["error"] = f"step: {type(exc).__name__}: {exc}"
         e.turns.append(Turn(tuple(e.context), completion, observation, 0.0))

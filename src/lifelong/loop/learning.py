@@ -43,6 +43,7 @@ from lifelong.guard.gate import Guard, Rescorer, Verdict
 from lifelong.learn.learner import Learner, LessonLearner
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
+from lifelong.timing import part
 from lifelong.types import Batch, Episode, Lesson, Sample, UpdateReport
 
 Log = Callable[[dict[str, Any]], None]
@@ -145,11 +146,14 @@ class LearningCore:
         replies): learner.update at the guard's learning-rate scale, then the guard's cheap checks.
         An applied update takes a new version whatever the verdict; a rejected one stays in place
         until the caller rolls back (`rollback`), as the thorough gate may still be due."""
-        lr_scale = self.guard.before_update(self.policy)
-        report = self.learner.update(batch, lr_scale)
+        with part("guard"):
+            lr_scale = self.guard.before_update(self.policy)
+        with part("learn"):
+            report = self.learner.update(batch, lr_scale)
         if report.applied:
             self._new_version()
-        verdict = self.guard.after_update(step, report, self.policy)
+        with part("guard"):
+            verdict = self.guard.after_update(step, report, self.policy)
         return StepResult(report, verdict, self.version, "rl", screened_out)
 
     def distil(
@@ -168,11 +172,14 @@ class LearningCore:
         if self.distiller is None:
             raise ConfigError("this run has no distiller: its weights do not learn", "use update_rule grpo or sft")
         before = AdapterSnapshot(self.policy) if undo_rejected else None
-        lr_scale = self.guard.before_update(self.policy)
-        report = self.distiller.update(lessons, lr_scale, reference, anchors)
+        with part("guard"):
+            lr_scale = self.guard.before_update(self.policy)
+        with part("distill"):
+            report = self.distiller.update(lessons, lr_scale, reference, anchors)
         if report.applied:
             self._new_version()
-        verdict = self.guard.after_update(step, report, self.policy, kind="distill")
+        with part("guard"):
+            verdict = self.guard.after_update(step, report, self.policy, kind="distill")
         undone = before is not None and not verdict.keep
         if before is not None and undone:
             before.restore(self.policy)
@@ -198,9 +205,10 @@ class LearningCore:
         changed: ChangedAnswers | None = None,
     ) -> Verdict:
         """The guard's thorough checks at an evaluation point; the arguments are `Guard.gate`'s."""
-        return self.guard.gate(
-            step, self.policy, scores, guarded, general, trained, rescore, probe_items, likelihoods, changed
-        )
+        with part("gate"):
+            return self.guard.gate(
+                step, self.policy, scores, guarded, general, trained, rescore, probe_items, likelihoods, changed
+            )
 
     def mark_good(self, scores: dict[str, float], likelihoods: dict[str, float] | None = None) -> None:
         """The live adapters passed the gate with `scores`: they become the guard's reference (and
@@ -215,7 +223,8 @@ class LearningCore:
         good = self.ring.latest_good()
         if good is None:  # cannot happen once a step-0 checkpoint was saved good
             raise RuntimeError("no good checkpoint to roll back to")
-        self.ring.restore(good, self.policy.model, self.learner.optimizer)
+        with part("checkpoint"):
+            self.ring.restore(good, self.policy.model, self.learner.optimizer)
         self._new_version()  # new identity for restored weights; versions never repeat
         self.guard.rolled_back(step, good.step, verdict.reason)
         self.log({"type": "rollback", "step": step, "to_step": good.step, "reason": verdict.reason})
@@ -232,7 +241,8 @@ class LearningCore:
             "good": good,
             "guard": self.guard.to_dict(),
         }
-        return self.ring.save(self.policy.model, self.learner.optimizer, step, state)
+        with part("checkpoint"):
+            return self.ring.save(self.policy.model, self.learner.optimizer, step, state)
 
     def restore(self) -> RestoredState | None:
         """Load the newest checkpoint into the policy, the learner and the guard (and the last good

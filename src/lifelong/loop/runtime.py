@@ -47,6 +47,7 @@ from lifelong.memory.book import MemoryBook, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
+from lifelong.timing import CLOCK, part, since
 from lifelong.types import Episode, Flag
 
 
@@ -57,6 +58,14 @@ def make_learner(config: RunConfig, policy: Policy, refuse_nonfinite: bool) -> L
     if config.update_rule is UpdateRule.GRPO:
         return GRPOLearner(policy, config.grpo, refuse_nonfinite)
     return FrozenLearner()
+
+
+def step_parts(seconds: float, parts: dict[str, float]) -> dict[str, float]:
+    """A step's seconds per part (lifelong/timing.py), with `other` for what no part covers: the
+    `parts` record the loop logs after each step's update, evaluation and checkpoint. Parts timed
+    in another thread (an actor sampling ahead) can sum past the step's wall clock."""
+    rest = seconds - sum(parts.values())
+    return {k: round(v, 4) for k, v in sorted(parts.items())} | {"other": round(max(rest, 0.0), 4)}
 
 
 class Runtime:
@@ -149,6 +158,7 @@ class Runtime:
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
                 break
+            t0, parts = time.time(), CLOCK.seconds()
             verdict = self._step(slot)
             gated = False
             if self.schedule.evaluates(slot):
@@ -168,12 +178,22 @@ class Runtime:
             # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
             # it on resume from the stored episodes.
             self.checkpoint(slot.step, good=gated and verdict.keep)
+            seconds = time.time() - t0
+            self.core.log(
+                {
+                    "type": "parts",
+                    "step": slot.step,
+                    "time/step_s": seconds,
+                    "time/parts": step_parts(seconds, since(parts)),
+                }
+            )
         return self.summary()
 
     def _step(self, slot: Slot) -> Verdict:
         """Act, store, learn (screened and checked by the guard), consolidate: one update."""
         t0 = time.time()
-        jobs = self.jobs_for(slot)
+        with part("schedule"):
+            jobs = self.jobs_for(slot)
         sampling = self.config.generation(self.config.grpo.temperature)
         stored = self.store.episodes(run_id=self.run_id, step=slot.step, split="train")
         if len(stored) == len(jobs):  # the crash came after storing, before the update: reuse
@@ -181,20 +201,27 @@ class Runtime:
             self.core.log({"type": "resume", "step": slot.step, "reused_episodes": len(stored)})
         else:
             episodes = self.actor.play(jobs, sampling)
-            self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
-            self.watch(slot.step, episodes)
+            with part("store"):
+                self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
+            with part("monitor"):
+                self.watch(slot.step, episodes)
         t_act = time.time() - t0
         if slot.step < len(self.schedule):  # an actor that samples ahead does so while this step learns
-            self.actor.prefetch(self.jobs_for(self.schedule[slot.step]), sampling)
+            with part("schedule"):
+                ahead = self.jobs_for(self.schedule[slot.step])
+            self.actor.prefetch(ahead, sampling)
         if self.config.write_memory and self.config.memory_in_context:
-            remember(self.memory, episodes)
+            with part("memory"):
+                remember(self.memory, episodes)
         # Only the GRPO update has an anchor term; the pool costs a greedy pass to build.
-        anchors = self.anchors.for_step(slot.step) if self.config.update_rule is UpdateRule.GRPO else []
+        with part("anchor_pool"):
+            anchors = self.anchors.for_step(slot.step) if self.config.update_rule is UpdateRule.GRPO else []
         result = self.core.learn(slot.step, episodes, anchors)
         verdict, report = result.verdict, result.report
         consolidation: dict[str, float] = {}
         if verdict.keep and self.config.consolidate:
-            consolidation, verdict = retry_and_distil(self, slot.step, episodes)
+            with part("retries"):
+                consolidation, verdict = retry_and_distil(self, slot.step, episodes)
         self.state.episodes += len(episodes)
         stage = self.stream.stages[slot.stage].task.label
         self.core.log(
@@ -245,8 +272,9 @@ class Runtime:
     # ---- evaluation --------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy success on every task's held-out probe set; probe episodes are stored, not learned."""
-        episodes, scores = self.evaluation.play(self.actor)
-        self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
+        with part("evaluation"):
+            episodes, scores = self.evaluation.play(self.actor)
+            self.store.add(episodes, run_id=self.run_id, step=step, model=self.policy.name)
         record = {"type": "eval", "step": step, "episodes": self.state.episodes, "scores": scores}
         self.record_eval({**record, "drift/kl_base": self.evaluation.kl_base()})
         return scores

@@ -63,6 +63,7 @@ from lifelong.memory.store import CONSOLIDATION_METRIC, FORGOTTEN_METRIC, Experi
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import ProbeSet, Task
+from lifelong.timing import CLOCK, part, since
 from lifelong.types import AdapterRecord, AdapterStatus, Feedback, Lesson, Sample, ServedRequest
 
 # General ability as the server's users meet it: the run path's general-ability tasks, asked in
@@ -270,7 +271,7 @@ class TenantLearner:
     # ---- the round --------------------------------------------------------------------------------
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
         """Learn from `items` (a tenant's pending feedback) and record the version it made."""
-        t0 = time.time()
+        started = (time.time(), CLOCK.seconds())
         version = self.store.next_version(tenant)
         core = self._core(tenant, version)
         tokenizer = self.policy.tokenizer
@@ -288,7 +289,7 @@ class TenantLearner:
         verdict = self._learn(core, version, experience, metrics)
         if verdict is None:  # nothing to learn: no new version, the feedback is still consumed
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, items)
-        return self._conclude(core, tenant, version, verdict, metrics, t0, "passed the guard", items)
+        return self._conclude(core, tenant, version, verdict, metrics, started, "passed the guard", items)
 
     def consolidate(self, tenant: str) -> AdapterRecord | None:
         """Distil the tenant's unconsolidated memory items into its adapter and unlearn its deleted
@@ -332,7 +333,7 @@ class TenantLearner:
         successes), guarded and gated like any round; a
         kept version records `consolidated` (memory item ids) as consolidated and `forgotten`
         (deleted items whose absence the lessons trained) as forgotten."""
-        t0 = time.time()
+        started = (time.time(), CLOCK.seconds())
         version = self.store.next_version(tenant)
         core = self._core(tenant, version)
         metrics = {**(metrics or {}), f"{lessons_as}/lessons": float(len(lessons))}
@@ -340,7 +341,7 @@ class TenantLearner:
         verdict = self._learn(core, version, experience, metrics, lessons_as)
         if verdict is None:  # no lessons: never mark what was not learned
             return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, ())
-        return self._conclude(core, tenant, version, verdict, metrics, t0, kept, (), consolidated, forgotten)
+        return self._conclude(core, tenant, version, verdict, metrics, started, kept, (), consolidated, forgotten)
 
     def _conclude(
         self,
@@ -349,7 +350,7 @@ class TenantLearner:
         version: int,
         verdict: Verdict,
         metrics: dict[str, float],
-        t0: float,
+        started: tuple[float, dict[str, float]],  # (time.time(), CLOCK.seconds()) at the round's start
         kept: str,
         items: Sequence[Feedback],
         consolidated: Sequence[str] = (),
@@ -358,7 +359,8 @@ class TenantLearner:
         """After the updates: the gate, then keep (checkpoint, live) or roll back (rejected), recorded
         with the feedback consumed and, when kept, the memory items consolidated and forgotten."""
         if verdict.keep:
-            scores, likelihoods, changed = self.evaluate(tenant)
+            with part("probes"):
+                scores, likelihoods, changed = self.evaluate(tenant)
             metrics |= {f"probe/{k}": v for k, v in scores.items()}
             metrics |= {f"likelihood/{k}": v for k, v in likelihoods.items()}
             metrics |= {
@@ -370,7 +372,8 @@ class TenantLearner:
                 version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods,
                 changed=changed,
             )  # fmt: skip
-        metrics["time/round_s"] = time.time() - t0
+        metrics["time/round_s"] = time.time() - started[0]
+        metrics |= {f"time/{k}_s": v for k, v in since(started[1]).items()}  # where the round's time went
         if verdict.keep:
             core.mark_good(scores, likelihoods)
             path = core.checkpoint(version, good=True)
@@ -486,7 +489,8 @@ class TenantLearner:
         if core.restore() is None:
             folder.mkdir(parents=True, exist_ok=True)
             load_adapter(self.policy, self.initial)
-            scores, likelihoods, changed = self.evaluate(tenant)
+            with part("probes"):
+                scores, likelihoods, changed = self.evaluate(tenant)
             core.gate(0, scores, [], likelihoods=likelihoods, changed=changed)
             core.mark_good(scores, likelihoods)
             core.checkpoint(0, good=True)

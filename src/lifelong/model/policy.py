@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
 from lifelong.model.sampler import STOP, ControlFn, Force, SampledRow, Shaping, TokenFn, sample
+from lifelong.timing import part
 from lifelong.types import Completion, StopReason
 
 ANSWER_MARKER = "Answer:"
@@ -231,18 +232,19 @@ class Policy:
         was_training = self.model.training
         self.model.eval()
         try:
-            return sample(
-                self.model,
-                contexts,
-                max_new_tokens=max_new_tokens,
-                eos_ids=self.eos_ids,
-                pad_id=self.pad_id,
-                temperature=gen.temperature,
-                generator=generator,
-                control=control,
-                shaping=gen.shaping,
-                on_token=on_token,
-            )
+            with part("sample"):
+                return sample(
+                    self.model,
+                    contexts,
+                    max_new_tokens=max_new_tokens,
+                    eos_ids=self.eos_ids,
+                    pad_id=self.pad_id,
+                    temperature=gen.temperature,
+                    generator=generator,
+                    control=control,
+                    shaping=gen.shaping,
+                    on_token=on_token,
+                )
         finally:
             self.model.train(was_training)
 
