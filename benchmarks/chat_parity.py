@@ -19,7 +19,9 @@ turns (SHOTS, as user/assistant messages through the chat template); `--shots 0`
 
 Progress goes to stderr; with --json the last stdout line is
 {"questions", "bare", "server", "server_default", "after_corrections", "versions_live", "seconds", ...}
-(fractions; `identical_to_bare`: share of replies equal to the bare model's, word for word).
+(fractions; `identical_to_bare`: share of replies equal to the bare model's, word for word;
+`lost` and `gained`: per variant, the questions the bare model got right and it gets wrong, and
+the other way round: the must-show allows at most 1 lost after corrections).
 """
 
 from __future__ import annotations
@@ -128,8 +130,21 @@ def messages(question: str, shots: int) -> list[Any]:
     return [*turns, {"role": "user", "content": question + SUFFIX}]
 
 
+def right(replies: list[str]) -> list[bool]:
+    return [first_word(r) == want for r, (_, want) in zip(replies, QUESTIONS, strict=True)]
+
+
 def score(replies: list[str]) -> float:
-    return sum(first_word(r) == want for r, (_, want) in zip(replies, QUESTIONS, strict=True)) / len(QUESTIONS)
+    return sum(right(replies)) / len(QUESTIONS)
+
+
+def changed_questions(bare: list[str], replies: list[str]) -> dict[str, list[str]]:
+    """The questions `replies` lost (the bare model right, now wrong) and gained, against the bare model."""
+    before, now = right(bare), right(replies)
+    return {
+        "lost": [q for (q, _), b, n in zip(QUESTIONS, before, now, strict=True) if b and not n],
+        "gained": [q for (q, _), b, n in zip(QUESTIONS, before, now, strict=True) if n and not b],
+    }
 
 
 def bare_reply(model: Any, tokenizer: Any, messages: list[Any], max_tokens: int) -> list[int]:
@@ -270,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("bare", "server", "server_default", "after_corrections", "after_corrections_weights"):
         result[name] = score(replies[name]) if name in replies else None
     result["versions_live"] = live
+    for name in ("lost", "gained"):
+        result[name] = {k: changed_questions(replies["bare"], v)[name] for k, v in replies.items() if k != "bare"}
     result["identical_to_bare"] = {
         k: sum(a == b for a, b in zip(v, replies["bare"], strict=True)) / len(QUESTIONS)
         for k, v in replies.items()

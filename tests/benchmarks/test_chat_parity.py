@@ -26,3 +26,12 @@ def test_the_question_set_shares_no_item_with_the_guard_or_the_corrections() -> 
     ours = {m.group(1) for q in asked if (m := re.search(r"opposite of (\w+)", q))}
     assert opposites and ours and not ours & opposites
     assert not asked & {words(q) for q, _ in parity.CORRECTIONS}
+
+
+def test_lost_and_gained_questions_are_read_against_the_bare_models_answers() -> None:
+    parity = load_benchmark("chat_parity")
+    (q0, a0), (q1, a1), (q2, _) = parity.QUESTIONS[:3]
+    bare = [a0.title(), "No idea", "Nope", *([""] * (len(parity.QUESTIONS) - 3))]
+    after = [f"The {a0}", f"{a1}.", "Nope", *([""] * (len(parity.QUESTIONS) - 3))]
+    assert parity.changed_questions(bare, after) == {"lost": [q0], "gained": [q1]}
+    assert parity.changed_questions(bare, bare) == {"lost": [], "gained": []}
