@@ -21,7 +21,9 @@ Progress goes to stderr; with --json the last stdout line is
 {"questions", "bare", "server", "server_default", "after_corrections", "versions_live", "seconds", ...}
 (fractions; `identical_to_bare`: share of replies equal to the bare model's, word for word;
 `lost` and `gained`: per variant, the questions the bare model got right and it gets wrong, and
-the other way round: the must-show allows at most 1 lost after corrections).
+the other way round: the must-show allows at most 1 lost after corrections; `near_ties`: the
+questions the bare model gets right with its first reply token less than NEAR_TIE nats ahead of
+the runner-up, the set's noise: learning anything may turn them either way).
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ CORRECTIONS: list[tuple[str, str]] = [
 ]
 
 
+NEAR_TIE = 0.25  # nats between the bare model's first reply token and its runner-up
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -163,17 +168,28 @@ def bare_reply(model: Any, tokenizer: Any, messages: list[Any], max_tokens: int)
     return [int(t) for t in out[0, len(ids) :]]
 
 
-def bare_replies(max_tokens: int, shots: int) -> list[str]:
-    """Every question to the bare embedded model."""
+def first_token_margin(model: Any, tokenizer: Any, messages: list[Any]) -> float:
+    """How far the bare model's first reply token is ahead of its runner-up (nats): near 0, the
+    answer is a coin flip that any change of the weights may turn either way."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    with torch.no_grad():
+        top = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1).topk(2).values
+    return float(top[0] - top[1])
+
+
+def bare_replies(max_tokens: int, shots: int) -> tuple[list[str], list[float]]:
+    """Every question to the bare embedded model: its replies and their first-token margins."""
     from lifelong.model.loading import load_model
 
     model, tokenizer, _ = load_model(None)
-    replies = []
+    replies, margins = [], []
     for i, (q, _) in enumerate(QUESTIONS):
         reply = bare_reply(model, tokenizer, messages(q, shots), max_tokens)
         replies.append(str(tokenizer.decode(reply, skip_special_tokens=True)))
-        say(f"bare {i + 1}/{len(QUESTIONS)}: {q!r} -> {replies[-1]!r}")
-    return replies
+        margins.append(first_token_margin(model, tokenizer, messages(q, shots)))
+        say(f"bare {i + 1}/{len(QUESTIONS)}: {q!r} -> {replies[-1]!r} (margin {margins[-1]:.2f})")
+    return replies, margins
 
 
 def ask_all(client: openai.OpenAI, model: str, label: str, shots: int, **kw: Any) -> list[str]:
@@ -250,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "questions": len(QUESTIONS), "shots": args.shots, "correction_rule": args.correction_rule, "seed": args.seed
     }  # fmt: skip
-    replies: dict[str, list[str]] = {"bare": bare_replies(args.max_tokens, args.shots)}
+    bare, margins = bare_replies(args.max_tokens, args.shots)
+    replies: dict[str, list[str]] = {"bare": bare}
+    # The noise of the question set: the bare model's right answers that are near coin flips.
+    result["near_ties"] = [
+        q for (q, _), ok, margin in zip(QUESTIONS, right(bare), margins, strict=True) if ok and margin < NEAR_TIE
+    ]
     live: int | None = None
     with tempfile.TemporaryDirectory(prefix="chat-parity-") as tmp:
         config = ServeConfig(
