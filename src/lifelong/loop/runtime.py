@@ -60,12 +60,15 @@ def make_learner(config: RunConfig, policy: Policy, refuse_nonfinite: bool) -> L
     return FrozenLearner()
 
 
-def step_parts(seconds: float, parts: dict[str, float]) -> dict[str, float]:
-    """A step's seconds per part (lifelong/timing.py), with `other` for what no part covers: the
-    `parts` record the loop logs after each step's update, evaluation and checkpoint. Parts timed
-    in another thread (an actor sampling ahead) can sum past the step's wall clock."""
-    rest = seconds - sum(parts.values())
-    return {k: round(v, 4) for k, v in sorted(parts.items())} | {"other": round(max(rest, 0.0), 4)}
+def parts_record(step: int, started: float, clock: dict[str, float]) -> dict[str, Any]:
+    """Where a step's time went since `started` (`time.time()`) and `clock` (`CLOCK.seconds()`),
+    per part (lifelong/timing.py) with `other` for what no part covers: the record the loop logs
+    after each step's update, evaluation and checkpoint. Parts timed in another thread (an actor
+    sampling ahead) can sum past the step's wall clock."""
+    seconds, parts = time.time() - started, since(clock)
+    rest = round(max(seconds - sum(parts.values()), 0.0), 4)
+    timed = {k: round(v, 4) for k, v in sorted(parts.items())}
+    return {"type": "parts", "step": step, "time/step_s": seconds, "time/parts": timed | {"other": rest}}
 
 
 class Runtime:
@@ -158,7 +161,7 @@ class Runtime:
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
                 break
-            t0, parts = time.time(), CLOCK.seconds()
+            started = time.time(), CLOCK.seconds()
             verdict = self._step(slot)
             gated = False
             if self.schedule.evaluates(slot):
@@ -178,15 +181,7 @@ class Runtime:
             # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
             # it on resume from the stored episodes.
             self.checkpoint(slot.step, good=gated and verdict.keep)
-            seconds = time.time() - t0
-            self.core.log(
-                {
-                    "type": "parts",
-                    "step": slot.step,
-                    "time/step_s": seconds,
-                    "time/parts": step_parts(seconds, since(parts)),
-                }
-            )
+            self.core.log(parts_record(slot.step, *started))
         return self.summary()
 
     def _step(self, slot: Slot) -> Verdict:
