@@ -114,8 +114,8 @@ class TenantLearningConfig:
     shots: int = 2
     # Consolidation: memory items per consolidation round (oldest first; the rest wait for the next),
     # each made into 1 + paraphrases lessons (loop/memory_lessons.py), all of them in each of the
-    # round's steps: Adam moves every weight by about the rate per step whatever the batch, so
-    # splitting them over more steps moved the general answers further (dev/LOG.md, stop 21).
+    # round's steps (micro-batched): Adam moves every weight by about the rate per step whatever the
+    # batch, so splitting the lessons over more steps would only move the general answers further.
     consolidate_max_items: int = 32
     consolidate_paraphrases: int = 2
     seed: int = 0
