@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_log_softmax, hold_to_pretrained, micro_batches, reverse_kl
+from lifelong.learn.logprobs import (
+    PretrainedLogSoftmax,
+    completion_log_softmax,
+    hold_to_pretrained,
+    micro_batches,
+    reverse_kl,
+)
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import GenerationConfig, Policy
@@ -85,6 +91,7 @@ class SelfDistiller:
         self.config = config
         self.generator = generator
         self.step = 0
+        self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
     def update(
         self,
@@ -128,7 +135,11 @@ class SelfDistiller:
             kl, anchored = kl + part_kl, anchored + part_anchored
         general: dict[str, float] = {}
         if anchors and cfg.anchor_coef > 0:
-            general = {"anchor/kl": hold_to_pretrained(model, anchors, self.policy.pad_id, cfg.anchor_coef)}
+            general = {
+                "anchor/kl": hold_to_pretrained(
+                    model, anchors, self.policy.pad_id, cfg.anchor_coef, pretrained=self.pretrained
+                )
+            }
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
         applied = math.isfinite(grad_norm)
         self.step += int(applied)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lifelong.errors import ConfigError
-from lifelong.learn.logprobs import completion_logprobs, hold_to_pretrained, micro_batches
+from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_logprobs, hold_to_pretrained, micro_batches
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
@@ -113,6 +113,7 @@ class GRPOLearner:
             raise ConfigError("the policy has no trainable parameters", "create the Policy with LoRA settings")
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.step = 0
+        self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
     def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
         return make_batch(episodes, self.config.scale_rewards, anchors)
@@ -142,7 +143,7 @@ class GRPOLearner:
                     sums[k] += v
             if anchors:
                 sums["anchor/kl"] += hold_to_pretrained(
-                    model, anchors, self.policy.pad_id, cfg.anchor_coef, cfg.temperature
+                    model, anchors, self.policy.pad_id, cfg.anchor_coef, cfg.temperature, self.pretrained
                 )
             grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):

@@ -9,6 +9,7 @@ learner agree to float precision on the same weights.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,21 +120,74 @@ def reverse_kl(
     return (per_token * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else max(tokens, 1.0))
 
 
+class PretrainedLogSoftmax:
+    """The pretrained model's log-softmax on samples (the adapters off), each sample's computed
+    once: only the adapters learn, so an anchor item's reference is the same at every step, and
+    recomputing it cost a third of the anchor term, the largest part of a `lifelong` step
+    (dev/LOG.md, stop 21). Bounded: the least recently used rows go first."""
+
+    def __init__(self, max_rows: int = 1024) -> None:  # rows of the vocabulary: 1024 x 49k floats ~ 200 MB
+        self.max_rows = max_rows
+        self._kept: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
+        self._rows = 0
+
+    def __call__(self, model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+        """(B, C, V) as `completion_log_softmax` gives it with the adapters off (zeros past each
+        sample's completion, where its mask is 0)."""
+        keys = [(s.prompt_ids, s.completion_ids, temperature) for s in samples]
+        distinct = dict(zip(keys, samples, strict=True))
+        found = {key: self._kept[key] for key in distinct if key in self._kept}
+        todo = [key for key in distinct if key not in found]
+        if todo:
+            with torch.no_grad(), model.disable_adapter():
+                logp, _, _ = completion_log_softmax(model, [distinct[key] for key in todo], pad_id, temperature)
+            for i, key in enumerate(todo):
+                found[key] = logp[i, : len(distinct[key].completion_ids)].clone()
+        vocab = next(iter(found.values())).shape[-1]
+        out = torch.zeros(len(samples), max(len(s.completion_ids) for s in samples), vocab)
+        for i, key in enumerate(keys):
+            out[i, : found[key].shape[0]] = found[key]
+        for key, rows in found.items():
+            self._keep(key, rows)
+        return out
+
+    def _keep(self, key: tuple[Any, ...], rows: torch.Tensor) -> None:
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return
+        self._kept[key] = rows
+        self._rows += rows.shape[0]
+        while self._rows > self.max_rows and len(self._kept) > 1:
+            _, dropped = self._kept.popitem(last=False)
+            self._rows -= dropped.shape[0]
+
+
 def hold_to_pretrained(
-    model: Any, samples: Sequence[Sample], pad_id: int, coef: float, temperature: float = 1.0
+    model: Any,
+    samples: Sequence[Sample],
+    pad_id: int,
+    coef: float,
+    temperature: float = 1.0,
+    pretrained: PretrainedLogSoftmax | None = None,
 ) -> float:
     """Backward `coef` x KL(policy || pretrained) on general-ability `samples` (every learner's
-    anchor term, accumulated into the step's gradients); returns the KL."""
+    anchor term, accumulated into the step's gradients); returns the KL. `pretrained` keeps the
+    reference side between steps."""
     with part("anchor"):
-        kl = pretrained_kl(model, samples, pad_id, temperature)
+        kl = pretrained_kl(model, samples, pad_id, temperature, pretrained)
         (coef * kl).backward()
         return float(kl.detach())
 
 
-def pretrained_kl(model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+def pretrained_kl(
+    model: Any,
+    samples: Sequence[Sample],
+    pad_id: int,
+    temperature: float = 1.0,
+    pretrained: PretrainedLogSoftmax | None = None,
+) -> torch.Tensor:
     """KL(policy || pretrained model) over the whole vocabulary, averaged over the samples' target
     tokens (the adapters switched off for the reference): the anchor that holds general ability."""
     logp, _, mask = completion_log_softmax(model, samples, pad_id, temperature)
-    with torch.no_grad(), model.disable_adapter():
-        ref_logp, _, _ = completion_log_softmax(model, samples, pad_id, temperature)
+    ref_logp = (pretrained or PretrainedLogSoftmax(0))(model, samples, pad_id, temperature)
     return reverse_kl(logp, ref_logp, mask)

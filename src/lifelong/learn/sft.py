@@ -17,7 +17,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.learner import reward_batch
-from lifelong.learn.logprobs import completion_logprobs, hold_to_pretrained
+from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_logprobs, hold_to_pretrained
 from lifelong.learn.optim import clipped_step, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
@@ -77,6 +77,7 @@ class SFTLearner:
             params, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.step = 0
+        self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
     def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
         """The successes as targets; `anchors` ride along (held when `anchor_coef` > 0)."""
@@ -99,7 +100,11 @@ class SFTLearner:
             nll += float(loss.detach())
         held: dict[str, float] = {}
         if batch.anchors and cfg.anchor_coef > 0:
-            held = {"anchor/kl": hold_to_pretrained(model, batch.anchors, self.policy.pad_id, cfg.anchor_coef)}
+            held = {
+                "anchor/kl": hold_to_pretrained(
+                    model, batch.anchors, self.policy.pad_id, cfg.anchor_coef, pretrained=self.pretrained
+                )
+            }
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
         model.eval()
         if self.refuse_nonfinite and not math.isfinite(grad_norm):

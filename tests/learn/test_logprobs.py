@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_log_softmax, micro_batches, pretrained_kl
+from lifelong.model.adapters import trainable
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Sample
+
+
+def _samples(policy: Policy, questions: list[str]) -> list[Sample]:
+    prompts = [policy.chat_start(q) for q in questions]
+    replies = policy.respond(
+        prompts, GenerationConfig(answer_tokens=4, protocol=False), torch.Generator().manual_seed(0)
+    )
+    return [
+        Sample(tuple(p), c.token_ids, c.logprobs, tuple(1.0 for _ in c.token_ids), 0.0)
+        for p, c in zip(prompts, replies, strict=True)
+    ]
+
+
+def _moved(policy: Policy) -> None:
+    with torch.no_grad():
+        for p in trainable(policy):
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+
+
+def test_micro_batches_keep_a_shared_prompt_together_and_split_only_huge_groups() -> None:
+    prompts = [(1,)] * 3 + [(2,)] * 3 + [(3,)] * 9
+    assert micro_batches(prompts, 4) == [slice(0, 6), slice(6, 14), slice(14, 15)]
+    assert micro_batches([(1,), (2,), (3,)], 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+def test_the_kept_reference_gives_the_anchor_gradient_of_a_fresh_one(tiny_policy: Policy, monkeypatch: Any) -> None:
+    """The pretrained side is computed once per sample and reused: the same KL and the same
+    gradient as recomputing it, with the adapters moved in between (only they learn)."""
+    samples = _samples(tiny_policy, ["What is 2+2?", "Name a colour.", "Say hi."])
+    _moved(tiny_policy)
+    kept = PretrainedLogSoftmax()
+    base_passes = []
+    real = tiny_policy.model.disable_adapter
+    monkeypatch.setattr(tiny_policy.model, "disable_adapter", lambda: base_passes.append(1) or real())
+
+    def grads(pretrained: PretrainedLogSoftmax | None, rows: list[Sample]) -> tuple[float, list[torch.Tensor]]:
+        for p in trainable(tiny_policy):
+            p.grad = None
+        kl = pretrained_kl(tiny_policy.model, rows, tiny_policy.pad_id, pretrained=pretrained)
+        kl.backward()
+        return float(kl.detach()), [p.grad.clone() for p in trainable(tiny_policy)]  # type: ignore[union-attr]
+
+    fresh_kl, fresh = grads(None, samples)
+    assert fresh_kl > 0 and len(base_passes) == 1
+    grads(kept, samples[:2])  # two of them, then all three in another order
+    again_kl, again = grads(kept, [samples[2], samples[0], samples[1]])
+    assert len(base_passes) == 3  # the third sample alone was new to the kept reference
+    grads(kept, samples)
+    assert len(base_passes) == 3
+    assert again_kl == pytest.approx(fresh_kl, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(again, fresh, strict=True))
+
+
+def test_the_kept_reference_is_bounded(tiny_policy: Policy) -> None:
+    samples = _samples(tiny_policy, ["a?", "b?", "c?", "d?"])
+    kept = PretrainedLogSoftmax(max_rows=len(samples[0].completion_ids) + len(samples[1].completion_ids))
+    want, _, _ = completion_log_softmax(tiny_policy.model, samples, tiny_policy.pad_id)
+    got = kept(tiny_policy.model, samples, tiny_policy.pad_id)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert kept._rows <= kept.max_rows or len(kept._kept) == 1
