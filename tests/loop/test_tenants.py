@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import FAST_LEARNING, SKY
 
+from lifelong.errors import ConfigError
 from lifelong.guard.detectors import ChangedAnswers
 from lifelong.learn.logprobs import completion_log_softmax, reverse_kl
 from lifelong.loop.feedback import experience_from_feedback
@@ -349,3 +350,9 @@ def test_a_learning_config_from_a_file_keeps_the_servers_defaults_for_what_it_le
     assert loaded.distill == default.distill and loaded.distill.warmup_steps == 10
     assert loaded.guard == replace(default.guard, general_lost_budget=0.0) and loaded.guard.confirm_items == 0
     assert TenantLearningConfig.from_dict({}) == default
+
+
+def test_a_learning_config_with_an_unknown_setting_says_which_and_what_exists() -> None:
+    with pytest.raises(ConfigError, match="consolidate_lessons_per_step") as err:
+        TenantLearningConfig.from_dict({"consolidate_lessons_per_step": 16, "steps_per_round": 2})
+    assert "consolidate_paraphrases" in str(err.value)  # the fix lists the settings there are

@@ -38,7 +38,7 @@ import math
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,12 @@ class TenantLearningConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TenantLearningConfig:
         d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:  # e.g. consolidate_lessons_per_step, removed in stop 21 (all lessons go in each step)
+            raise ConfigError(
+                f"unknown learning setting(s): {', '.join(unknown)}",
+                f"remove them; the settings are {', '.join(f.name for f in fields(cls))}",
+            )
         # A part the dict leaves out, or a field of one, keeps the server's default, not the class's.
         d["grpo"] = replace(_serve_grpo(), **d.get("grpo", {}))
         d["distill"] = replace(_serve_distill(), **d.get("distill", {}))
