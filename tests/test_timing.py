@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import time
 
-from lifelong.timing import CLOCK, PartClock, part, since
+from lifelong.timing import CLOCK, Mark, PartClock, part, since
 
 
 def test_nested_parts_are_counted_once_under_their_paths() -> None:
@@ -48,9 +48,10 @@ def test_threads_nest_their_own_parts() -> None:
     assert clock.seconds()["learn"] >= 0.015  # the other thread's part is not subtracted from it
 
 
-def test_since_gives_the_seconds_between_two_readings() -> None:
-    before = CLOCK.seconds()
+def test_since_and_a_mark_give_the_seconds_between_two_readings() -> None:
+    before, mark = CLOCK.seconds(), Mark.now()
     with part("timing-test"):
         time.sleep(0.01)
     assert since(before)["timing-test"] >= 0.01
-    assert "timing-test" not in since(CLOCK.seconds())
+    assert mark.parts()["timing-test"] >= 0.01 and mark.seconds() >= 0.01
+    assert "timing-test" not in since(CLOCK.seconds()) and "timing-test" not in Mark.now().parts()

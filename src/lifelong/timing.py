@@ -65,10 +65,29 @@ def part(name: str) -> AbstractContextManager[None]:
     return CLOCK.part(name)
 
 
-def since(before: dict[str, float], now: dict[str, float] | None = None) -> dict[str, float]:
-    """Seconds per part path spent between two readings of `PartClock.seconds`."""
-    now = CLOCK.seconds() if now is None else now
-    return {k: v - before.get(k, 0.0) for k, v in now.items() if v - before.get(k, 0.0) > 0}
+def since(before: dict[str, float]) -> dict[str, float]:
+    """Seconds per part path spent since `before`, a reading of `CLOCK.seconds()`."""
+    return {k: v - before.get(k, 0.0) for k, v in CLOCK.seconds().items() if v - before.get(k, 0.0) > 0}
 
 
-__all__ = ["CLOCK", "PartClock", "part", "since"]
+@dataclass(frozen=True)
+class Mark:
+    """A point to measure a step or a round from: the wall clock and the part clock then."""
+
+    wall: float
+    clock: dict[str, float]
+
+    @classmethod
+    def now(cls) -> Mark:
+        return cls(time.time(), CLOCK.seconds())
+
+    def seconds(self) -> float:
+        """Wall-clock seconds since the mark."""
+        return time.time() - self.wall
+
+    def parts(self) -> dict[str, float]:
+        """Seconds per part path since the mark."""
+        return since(self.clock)
+
+
+__all__ = ["CLOCK", "Mark", "PartClock", "part", "since"]

@@ -102,8 +102,8 @@ def micro_batches(prompts: Sequence[tuple[int, ...]], size: int) -> list[slice]:
     start = 0
     for i in range(1, len(prompts) + 1):
         rows = i - start
-        new_prompt = i == len(prompts) or prompts[i] != prompts[i - 1]
-        if i == len(prompts) or (rows >= size and new_prompt) or rows >= 2 * size:  # a huge group is split anyway
+        last = i == len(prompts)
+        if last or (rows >= size and prompts[i] != prompts[i - 1]) or rows >= 2 * size:  # a huge group splits anyway
             runs.append(slice(start, i))
             start = i
     return runs

@@ -47,7 +47,7 @@ from lifelong.memory.book import MemoryBook, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import ProbeSet, Stream, Task
-from lifelong.timing import CLOCK, part, since
+from lifelong.timing import Mark, part
 from lifelong.types import Episode, Flag
 
 
@@ -60,12 +60,12 @@ def make_learner(config: RunConfig, policy: Policy, refuse_nonfinite: bool) -> L
     return FrozenLearner()
 
 
-def parts_record(step: int, started: float, clock: dict[str, float]) -> dict[str, Any]:
-    """Where a step's time went since `started` (`time.time()`) and `clock` (`CLOCK.seconds()`),
-    per part (lifelong/timing.py) with `other` for what no part covers: the record the loop logs
-    after each step's update, evaluation and checkpoint. Parts timed in another thread (an actor
-    sampling ahead) can sum past the step's wall clock."""
-    seconds, parts = time.time() - started, since(clock)
+def parts_record(step: int, started: Mark) -> dict[str, Any]:
+    """Where a step's time went since `started`, per part (lifelong/timing.py) with `other` for
+    what no part covers: the record the loop logs after each step's update, evaluation and
+    checkpoint. Parts timed in another thread (an actor sampling ahead) can sum past the step's
+    wall clock."""
+    seconds, parts = started.seconds(), started.parts()
     rest = round(max(seconds - sum(parts.values()), 0.0), 4)
     timed = {k: round(v, 4) for k, v in sorted(parts.items())}
     return {"type": "parts", "step": step, "time/step_s": seconds, "time/parts": timed | {"other": rest}}
@@ -161,7 +161,7 @@ class Runtime:
         for n, slot in enumerate(self.schedule[done_steps:]):
             if stop_after is not None and n >= stop_after:
                 break
-            started = time.time(), CLOCK.seconds()
+            started = Mark.now()
             verdict = self._step(slot)
             gated = False
             if self.schedule.evaluates(slot):
@@ -181,7 +181,7 @@ class Runtime:
             # One checkpoint per step, after its evaluation: a crash anywhere in the step redoes
             # it on resume from the stored episodes.
             self.checkpoint(slot.step, good=gated and verdict.keep)
-            self.core.log(parts_record(slot.step, *started))
+            self.core.log(parts_record(slot.step, started))
         return self.summary()
 
     def _step(self, slot: Slot) -> Verdict:

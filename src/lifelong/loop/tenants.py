@@ -63,7 +63,7 @@ from lifelong.memory.store import CONSOLIDATION_METRIC, FORGOTTEN_METRIC, Experi
 from lifelong.model.adapters import Adapter, adapter_state, load_adapter
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import ProbeSet, Task
-from lifelong.timing import CLOCK, part, since
+from lifelong.timing import Mark, part
 from lifelong.types import AdapterRecord, AdapterStatus, Feedback, Lesson, Sample, ServedRequest
 
 # General ability as the server's users meet it: the run path's general-ability tasks, asked in
@@ -277,7 +277,7 @@ class TenantLearner:
     # ---- the round --------------------------------------------------------------------------------
     def round(self, tenant: str, items: Sequence[Feedback]) -> AdapterRecord:
         """Learn from `items` (a tenant's pending feedback) and record the version it made."""
-        started = (time.time(), CLOCK.seconds())
+        started = Mark.now()
         version = self.store.next_version(tenant)
         core = self._core(tenant, version)
         tokenizer = self.policy.tokenizer
@@ -336,10 +336,10 @@ class TenantLearner:
         forgotten: Sequence[str] = (),
     ) -> AdapterRecord:
         """A round on `lessons` alone (the tenant's learning rule: distillation, or NLL of their
-        successes), guarded and gated like any round; a
-        kept version records `consolidated` (memory item ids) as consolidated and `forgotten`
-        (deleted items whose absence the lessons trained) as forgotten."""
-        started = (time.time(), CLOCK.seconds())
+        successes), guarded and gated like any round; a kept version records `consolidated` (memory
+        item ids) as consolidated and `forgotten` (deleted items whose absence the lessons trained)
+        as forgotten."""
+        started = Mark.now()
         version = self.store.next_version(tenant)
         core = self._core(tenant, version)
         metrics = {**(metrics or {}), f"{lessons_as}/lessons": float(len(lessons))}
@@ -356,7 +356,7 @@ class TenantLearner:
         version: int,
         verdict: Verdict,
         metrics: dict[str, float],
-        started: tuple[float, dict[str, float]],  # (time.time(), CLOCK.seconds()) at the round's start
+        started: Mark,  # the round's start
         kept: str,
         items: Sequence[Feedback],
         consolidated: Sequence[str] = (),
@@ -378,8 +378,8 @@ class TenantLearner:
                 version, scores, list(scores), [t.label for t in GENERAL_TASKS], likelihoods=likelihoods,
                 changed=changed,
             )  # fmt: skip
-        metrics["time/round_s"] = time.time() - started[0]
-        metrics |= {f"time/{k}_s": v for k, v in since(started[1]).items()}  # where the round's time went
+        metrics["time/round_s"] = started.seconds()
+        metrics |= {f"time/{k}_s": v for k, v in started.parts().items()}  # where the round's time went
         if verdict.keep:
             core.mark_good(scores, likelihoods)
             path = core.checkpoint(version, good=True)
@@ -427,10 +427,10 @@ class TenantLearner:
         out = []
         size = self.config.grpo.micro_batch
         for rows in micro_batches([s.prompt_ids for s in samples], size):
-            part = list(samples[rows])
+            chunk = list(samples[rows])
             with torch.no_grad():
-                logp, _, _ = completion_logprobs(self.policy.model, part, self.policy.pad_id)  # (B, C)
-            for row, s in enumerate(part):
+                logp, _, _ = completion_logprobs(self.policy.model, chunk, self.policy.pad_id)  # (B, C)
+            for row, s in enumerate(chunk):
                 n = len(s.completion_ids)
                 fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
                 out.append(replace(s, sampler_logprobs=fixed))
