@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 import pytest
+import torch
 
 from lifelong.loop.tenants import CorrectionRule
 from lifelong.memory.recall import RecallConfig
@@ -113,6 +114,9 @@ def feedback_round(
         memory=WEIGHTS_ONLY,
     )
     with ExitStack() as stack:
+        # The initial adapter (LoRA's random B=0/A init) is drawn from the global generator: seed it,
+        # so that what one round reaches does not depend on which tests ran before in this process.
+        torch.manual_seed(0)
         server = Server(config)
         stack.callback(server.close)
         url = stack.enter_context(BackgroundServer(server))

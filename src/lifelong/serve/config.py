@@ -36,6 +36,10 @@ class LearnerConfig:
     holdout_every: int = 5  # every Nth correction is held out as a probe, never trained on (0 = none)
     threads: int = 1  # torch threads of the worker process; the server keeps the rest
     nice: int = 19  # lowest CPU priority: answers first, learning in the gaps
+    # ...and between decoder layers it waits while the server generates (serve/answering.py), at
+    # most this long at a time, so that learning still advances under a server that never idles.
+    pause_while_answering: bool = True
+    max_pause_s: float = 5.0
     poll_s: float = 0.5
     # Consolidation of a tenant's memory into its weights (TenantLearner.consolidate), after its
     # feedback rounds: once it has this many unconsolidated items (after a rejected consolidation,
@@ -61,6 +65,8 @@ class LearnerConfig:
             )
         if self.threads < 1:
             raise ConfigError("learner.threads must be >= 1", "the default is 1")
+        if self.max_pause_s <= 0:
+            raise ConfigError("learner.max_pause_s must be > 0", "the default is 5 seconds")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ weights. Copying a rank-16 adapter of the 135M model (~5M numbers) takes millise
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 
@@ -18,15 +19,17 @@ import torch
 from lifelong.model.adapters import load_adapter
 from lifelong.model.policy import GenerationConfig, Policy, TextFn
 from lifelong.serve.adapters import AdapterBank
+from lifelong.serve.answering import AnsweringFlag
 from lifelong.types import Completion
 
 
 class Engine:
     """Answers with the tenant's adapter; one request at a time (2 CPU cores have no room for more)."""
 
-    def __init__(self, policy: Policy, bank: AdapterBank) -> None:
+    def __init__(self, policy: Policy, bank: AdapterBank, answering: AnsweringFlag | None = None) -> None:
         self.policy = policy
         self.bank = bank
+        self.answering = answering  # raised while generating: the learning worker pauses (answering.py)
         self.lock = threading.Lock()
         self._applied: tuple[str, int] | None = None
 
@@ -53,8 +56,9 @@ class Engine:
                 self._applied = (tenant, live.version)
             if on_start is not None:
                 on_start(live.version)
-            if gen.protocol:
-                completions = self.policy.respond(contexts, gen, generator)
-            else:
-                completions = self.policy.chat(contexts, gen, generator, on_text)
+            with self.answering.answering() if self.answering is not None else contextlib.nullcontext():
+                if gen.protocol:
+                    completions = self.policy.respond(contexts, gen, generator)
+                else:
+                    completions = self.policy.chat(contexts, gen, generator, on_text)
         return completions, live.version

@@ -3,17 +3,19 @@
   server process   uvicorn + FastAPI; one model; every tenant's live adapter in memory; a watcher
                    thread that hot-loads new adapter versions (adapters.py) between requests
   worker process   `python -m lifelong.serve.worker`, its own model copy, at nice 19 with 1 thread;
-                   runs the runtime's learning core on each tenant's feedback (loop/tenants.py)
-They share only the experience store (SQLite in WAL mode, or PostgreSQL with `--database`) and the
-adapter folders. The server never waits for the worker; if the worker dies, the server keeps
-answering with the last good adapters. The worker exits when the server does (it watches its parent).
+                   runs the runtime's learning core on each tenant's feedback (loop/tenants.py),
+                   pausing while the server generates (answering.py)
+They share only the experience store (SQLite in WAL mode, or PostgreSQL with `--database`), the
+adapter folders and the one-byte answering flag. The server never waits for the worker; if the
+worker dies, the server keeps answering with the last good adapters. The worker exits when the
+server does (it watches its parent).
 
 Files under the store folder: experience.sqlite (requests, completions, feedback and the episodes
 made of it, adapter versions, flags), adapters/<tenant>/step-NNNNNN/ (each tenant's checkpoint ring,
 with its guard_events.jsonl and metrics.jsonl), flags.jsonl (monitor flags), learner.jsonl (rounds),
-learner.log (the worker's output), serve.json (the config the worker reads), keys.json (generated
-keys). A serve.sqlite of the old separate serving schema is carried into the experience store at
-start-up and kept as serve.sqlite.migrated.
+learner.log (the worker's output), serve.json (the config the worker reads), answering.flag (up
+while the server generates), keys.json (generated keys). A serve.sqlite of the old separate
+serving schema is carried into the experience store at start-up and kept as serve.sqlite.migrated.
 """
 
 from __future__ import annotations

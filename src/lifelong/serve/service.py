@@ -37,6 +37,7 @@ from lifelong.memory.recall import normalise_question, recall, with_notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import GenerationConfig, Policy, TextFn
 from lifelong.serve.adapters import AdapterBank
+from lifelong.serve.answering import FLAG_FILE, AnsweringFlag
 from lifelong.serve.config import ServeConfig
 from lifelong.serve.engine import Engine
 from lifelong.serve.monitor import summarize_reasoning
@@ -95,7 +96,9 @@ class ChatService:
         self.policy = policy
         self.store = store
         self.bank = bank
-        self.engine = Engine(policy, bank)
+        learner = config.learner
+        flag = FLAG_FILE if learner.enabled and learner.pause_while_answering else None
+        self.engine = Engine(policy, bank, None if flag is None else AnsweringFlag(config.store / flag, writer=True))
         self.model_id = model_id
         self.monitor = monitor or TextMonitor()
         self.defaults = sampling_defaults(getattr(policy.model, "generation_config", None))

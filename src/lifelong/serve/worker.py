@@ -1,7 +1,8 @@
 """The learning worker of `lifelong serve`: a process that runs the learning core on feedback.
 
-It holds its own copy of the model at the lowest CPU priority with few threads, so answers come
-first and learning takes the gaps. It polls the experience store for tenants with enough pending
+It holds its own copy of the model at the lowest CPU priority with few threads, and pauses between
+decoder layers while the server generates (answering.py), so answers come first and learning
+takes the gaps. It polls the experience store for tenants with enough pending
 feedback (`LearnerConfig.min_feedback`, or any once the oldest has waited `max_wait_s`) and runs one
 round for each through `TenantLearner` (loop/tenants.py); after the rounds, it consolidates the memory
 of tenants that have `consolidate_after_items` new memory items or have been idle for
@@ -28,6 +29,7 @@ import torch
 from lifelong.loop.tenants import TenantLearner, ensure_initial_adapter, load_operator_probes
 from lifelong.memory.store import CONSOLIDATION_METRIC, ExperienceStore
 from lifelong.model.policy import Policy
+from lifelong.serve.answering import FLAG_FILE, AnsweringFlag, pause_while_answering
 from lifelong.serve.config import ServeConfig, adapters_folder
 from lifelong.types import AdapterRecord
 
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     store = ExperienceStore(config.database_location)
     learner = build_learner(config, store)
+    if config.learner.pause_while_answering:
+        flag = AnsweringFlag(config.store / FLAG_FILE)
+        pause_while_answering(learner.policy.model, flag, config.learner.max_pause_s)
     log = config.store / "learner.jsonl"
     with open(log, "a") as f:
         f.write(json.dumps({"time": time.time(), "event": "ready", "model": learner.policy.name}) + "\n")
