@@ -17,6 +17,22 @@ also scored with its memory ON, and lifelong's weights are checked on other held
 (general drift), so unstuck items are not bought with damage elsewhere.
 
     python benchmarks/unstuck.py [--items 40] [--json]
+
+With `--no-answer` it measures something else (issue 22): getting unstuck when no answer key is
+given. Every method trains on a stream of hard tasks (`benchmarks/streams/hard.yaml`, committed
+with its target difficulties and budget before any lifelong run was measured on it) under the
+same episode budget, every sampled episode counted (retries and exploration included), and is
+scored on held-out items at each task's target difficulty at the end:
+
+  frozen               no learning
+  grpo                 plain GRPO
+  grpo_curriculum      GRPO with the automatic curriculum alone
+  lifelong_no_answer   lifelong with lessons that never hold the expected answer, plus the
+                       curriculum, exploration of all-failed groups and reflection
+  lifelong_answer      today's lifelong: lessons quote the expected answer
+  (--ablation adds lifelong_no_answer without each of its three parts)
+
+    python benchmarks/unstuck.py --no-answer [--seeds 3] [--json]
 """
 
 from __future__ import annotations
@@ -29,16 +45,22 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lifelong.cli import _quiet_libraries
 from lifelong.learn.distill import DistillConfig, Lesson, SelfDistiller
 from lifelong.loop.actor import Job, play
+from lifelong.loop.config import RunConfig
+from lifelong.loop.curriculum import CurriculumConfig
+from lifelong.loop.explore import ExplorationConfig
+from lifelong.loop.runtime import Runtime
 from lifelong.memory.book import MemoryBook, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.loading import load_model
 from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.streams.defaults import get_stream
 from lifelong.streams.stream import PROBE_SEED_BASE, Task
 from lifelong.types import Episode, MemoryItem
 
@@ -81,7 +103,7 @@ def run_lifelong(
     rng = random.Random(0)
     for start in range(0, len(failures), args.batch):
         batch = failures[start : start + args.batch]
-        lessons = {ep.id: book.add_lesson(ep) for ep in batch}
+        lessons = {ep.id: book.add_lesson(ep, with_answer=True) for ep in batch}
         jobs = [
             Job(ep.env, ep.seed, group=ep.id, split="retry", context=notes([lessons[ep.id]]))
             for ep in batch
@@ -109,6 +131,100 @@ def run_lifelong(
     return {"retry_success": solved / max(retried, 1), "lessons_consolidated": float(len(helped))}
 
 
+# ---- --no-answer: the hard stream ------------------------------------------------------------------
+HARD_STREAM = Path(__file__).parent / "streams" / "hard.yaml"
+UNSTUCK_PARTS = {
+    "curriculum": {"curriculum": CurriculumConfig(enabled=True)},
+    "exploration": {"exploration": ExplorationConfig(enabled=True)},
+    "reflection": {"reflection": True},
+}
+
+
+def no_answer_methods(ablation: bool) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Name -> (preset, settings) of every method the --no-answer table compares."""
+    every_part = {k: v for part in UNSTUCK_PARTS.values() for k, v in part.items()}
+    methods: dict[str, tuple[str, dict[str, Any]]] = {
+        "frozen": ("frozen", {}),
+        "grpo": ("grpo", {}),
+        "grpo_curriculum": ("grpo", UNSTUCK_PARTS["curriculum"]),
+        "lifelong_no_answer": ("lifelong", every_part),
+        "lifelong_answer": ("lifelong", {"lessons_with_answer": True}),
+    }
+    if ablation:
+        for name, part in UNSTUCK_PARTS.items():
+            methods[f"lifelong_no_answer-{name}"] = ("lifelong", {k: v for k, v in every_part.items() if k not in part})
+    return methods
+
+
+def retried_items_rate(policy: Policy, runtime: Runtime) -> float | None:
+    """Greedy success, with the final weights and no lesson, on the items the run retried."""
+    items = {(e.env, e.seed) for e in runtime.store.episodes(split="retry")}
+    if not items:
+        return None
+    jobs = [Job(env, seed, split="probe") for env, seed in sorted(items)]
+    return success_rate(play(policy, jobs, runtime.make_env, runtime.config.generation(0.0)))
+
+
+def main_no_answer(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    stream = get_stream(str(args.stream))
+    methods = no_answer_methods(args.ablation)
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
+    out = Path(args.out or tempfile.mkdtemp(prefix="lifelong-unstuck-no-answer-"))
+    tasks = [t.label for t in stream.tasks]
+    success: dict[str, dict[str, list[float]]] = {m: {t: [] for t in tasks} for m in methods}
+    sampled: dict[str, list[int]] = {m: [] for m in methods}
+    retried: dict[str, list[float]] = {m: [] for m in methods}
+    runs = [(seed, method) for seed in range(args.seeds) for method in methods]
+    bar = tqdm(runs, desc="runs", unit="run", file=sys.stderr)
+    for seed, method in bar:
+        bar.set_postfix_str(f"seed {seed} {method}")
+        model, tok, name = load_model()  # every run from the same pretrained weights...
+        torch.manual_seed(seed)  # ...and, per seed, the same adapter initialisation
+        preset, settings = methods[method]
+        config = RunConfig.for_method(
+            preset, stream=stream.to_dict(), seed=seed, count_every_sample=True, **settings
+        )  # fmt: skip
+        policy = Policy(model, tok, name=name, lora=config.lora)
+        run_dir = out / f"seed{seed}" / method
+        runtime = Runtime(config, policy, run_dir)
+        summary = runtime.run(resume=(run_dir / "config.json").is_file())
+        for t in tasks:
+            success[method][t].append(summary.after[t])
+        sampled[method].append(sum(runtime.state.sampled.values()))
+        rate = retried_items_rate(policy, runtime)
+        if rate is not None:
+            retried[method].append(rate)
+
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    per_task = {t: {m: round(mean(success[m][t]), 4) for m in methods} for t in tasks}
+    overall = {m: round(mean([mean(success[m][t]) for t in tasks]), 4) for m in methods}
+    items = f"{args.seeds} seeds, {stream.probe_size} items a task"
+    print(f"\nheld-out success at the target difficulty after the budget ({items}):")
+    print(f"{'task':32s}" + "".join(f"{m[:20]:>21s}" for m in methods))
+    for t in tasks:
+        print(f"{t:32s}" + "".join(f"{100 * per_task[t][m]:20.1f}%" for m in methods))
+    print(f"{'mean':32s}" + "".join(f"{100 * overall[m]:20.1f}%" for m in methods))
+    if args.seeds > 1 and "grpo" in methods:
+        for m in methods:
+            if m in ("grpo", "frozen"):
+                continue
+            diffs = [
+                mean([success[m][t][s] for t in tasks]) - mean([success["grpo"][t][s] for t in tasks])
+                for s in range(args.seeds)
+            ]
+            se = (sum((d - mean(diffs)) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+            print(f"  {m} - grpo, paired over seeds: {100 * mean(diffs):+.1f} +- {100 * se:.1f} points")
+    for m in methods:
+        extra = f", retried items {100 * mean(retried[m]):.1f}%" if retried[m] else ""
+        print(f"  {m}: {mean(sampled[m]):.0f} episodes sampled a run{extra}")
+    print(f"(run folders in {out})")
+    if args.json:
+        print(json.dumps({"tasks": len(tasks), "seeds": args.seeds, "methods": overall, "per_task": per_task}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=40, help="held-out items per task")
@@ -120,9 +236,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-answer", action="store_true", help="the hard stream without an answer key (issue 22)")
+    parser.add_argument("--stream", default=str(HARD_STREAM), help="--no-answer: the stream file")
+    parser.add_argument("--seeds", type=int, default=3, help="--no-answer: seeds per method")
+    parser.add_argument("--methods", default="", help="--no-answer: a comma-separated subset of the methods")
+    parser.add_argument("--ablation", action="store_true", help="--no-answer: also lifelong without each part")
+    parser.add_argument("--out", default="", help="--no-answer: folder for the run folders (resumable)")
     args = parser.parse_args()
     _quiet_libraries()
     torch.set_num_threads(args.threads)
+    if args.no_answer:
+        main_no_answer(args)
+        return
     t0 = time.time()
     model, tok, name = load_model()
     policy = Policy(model, tok, name=name)
@@ -142,7 +267,7 @@ def main() -> None:
 
     book = MemoryBook(ExperienceStore(work / "memory.sqlite"))
     for ep in failures:
-        book.add_lesson(ep)
+        book.add_lesson(ep, with_answer=True)
     results["memory_weights_only"] = success_rate(encounter(policy, failed_jobs))
     with_context = [
         Job(j.env, j.seed, split="probe", context=notes(book.retrieve(j.env, make_env(j.env).item_key(j.seed))))

@@ -7,7 +7,9 @@ completions are the tiny policy's own, so memory, retries and distillation run f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,24 +17,30 @@ from lifelong.errors import ConfigError
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.actor import Job, play
 from lifelong.loop.consolidate import consolidate
+from lifelong.loop.explore import ExplorationConfig
 from lifelong.loop.runtime import METHODS, RunConfig, Runtime
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.streams.stream import Stage, Stream, Task
-from lifelong.types import Episode
+from lifelong.types import Completion, Episode, Lesson
 
 
 class ScriptedActor:
-    """Plays with the real policy; a retry (lesson in context) succeeds, a first attempt fails."""
+    """Plays with the real policy; an episode of a split in `succeeds` (by default a retry, with
+    its lesson in context) succeeds, any other attempt fails."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, succeeds: tuple[str, ...] = ("retry",)) -> None:
         self.runtime = runtime
+        self.succeeds = succeeds
         self.contexts: list[str] = []
+        self.temperatures: dict[str, set[float]] = {}
 
     def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
         self.contexts += [j.context for j in jobs]
+        for j in jobs:
+            self.temperatures.setdefault(j.split, set()).add(gen.temperature)
         episodes = play(self.runtime.policy, jobs, self.runtime.make_env, gen)
         return [
-            Episode(e.id, e.env, e.seed, e.turns, float(e.split == "retry"), e.split == "retry", e.info,
+            Episode(e.id, e.env, e.seed, e.turns, float(e.split in self.succeeds), e.split in self.succeeds, e.info,
                     e.adapter_version, e.group, e.split, e.created)
             for e in episodes
         ]  # fmt: skip
@@ -119,3 +127,119 @@ def _records(runtime: Runtime) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (runtime.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@dataclass(frozen=True)
+class Leaks:
+    found: int  # (expected answer, text) pairs where the text contains the answer
+    lessons: int  # memory items
+    notes: int  # lessons with the agent's own note (reflection)
+    retry_prompts: int
+    teachers: int  # distillation teachers' contexts
+
+
+def _answer_leaks(method: str, policy: Policy, tmp_path: Path, also: Sequence[str] = (), **settings: object) -> Leaks:
+    """Run `method` on a stream whose answers (reversed words) cannot occur in a question, and look
+    for any expected answer in everything learnt from failure: memory items, retry prompts and the
+    teachers' contexts of every distillation."""
+    stream = Stream("t", (Stage(Task.of("reverse", max_length=5), 16),), probe_size=2)
+    config = RunConfig.for_method(
+        method, stream=stream.to_dict(), prompts_per_step=2, eval_every=0, answer_tokens=3,
+        grpo=GRPOConfig(group_size=4), **settings,
+    )  # fmt: skip
+    runtime = Runtime(config, policy, tmp_path / method)
+    actor = ScriptedActor(runtime)
+    runtime.actor = actor
+    teachers: list[str] = []
+    distil = runtime.core.distil
+
+    def recording_distil(step: int, lessons: Sequence[Lesson], **kwargs: Any) -> Any:
+        teachers.extend(policy.tokenizer.decode(lesson.teacher_prompt + lesson.student_prompt) for lesson in lessons)
+        return distil(step, lessons, **kwargs)
+
+    runtime.core.distil = recording_distil  # type: ignore[method-assign]
+    runtime.run()
+    answers = set()
+    for ep in runtime.store.episodes():
+        answers.add(str(ep.info["answer"]))
+        answers.update(str(a) for a in ep.info.get("solution", ()))
+    answers = {a for a in answers if len(a) >= 4}  # a shorter one could occur in a garbled attempt by chance
+    assert answers
+    lessons = [i.text for i in runtime.memory.items()]
+    prompts = [c for c in actor.contexts if c]
+    found = sum(a in t for a in answers for t in [*lessons, *prompts, *teachers, *also])
+    return Leaks(found, len(lessons), sum("My note on it:" in t for t in lessons), len(prompts), len(teachers))
+
+
+@pytest.mark.parametrize("method", ["lifelong", "memory"])
+def test_nothing_learnt_from_failure_sees_the_answer(method: str, tiny_policy: Policy, tmp_path: Path) -> None:
+    """Issue 22: by default no lesson, retry prompt or distillation teacher contains the expected
+    answer of a task that does not declare showing it; the answer-key ablation's do."""
+    leaks = _answer_leaks(method, tiny_policy, tmp_path)
+    assert leaks.lessons and leaks.retry_prompts  # the memory method recalls lessons into later prompts
+    if method == "lifelong":
+        assert leaks.teachers  # retries succeeded and were distilled
+    assert leaks.found == 0
+    assert _answer_leaks(method, tiny_policy, tmp_path / "key", lessons_with_answer=True).found > 0
+
+
+def test_reflection_puts_the_agents_own_note_in_the_lesson(
+    tiny_policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note is the policy's own plain-chat reply to its failed attempt (the tiny model's replies
+    are empty, so they are replaced by a fixed one here); its prompt holds the attempt, not the answer."""
+    asked: list[str] = []
+    chat = tiny_policy.chat
+
+    def noting_chat(contexts: Sequence[Sequence[int]], *args: Any, **kwargs: Any) -> list[Completion]:
+        asked.extend(tiny_policy.tokenizer.decode(c) for c in contexts)
+        return [replace(c, answer="Check the letters one by one.") for c in chat(contexts, *args, **kwargs)]
+
+    monkeypatch.setattr(tiny_policy, "chat", noting_chat)
+    leaks = _answer_leaks("lifelong", tiny_policy, tmp_path, reflection=True, also=asked)
+    assert leaks.notes == leaks.lessons > 0 and len(asked) == leaks.lessons
+    assert all("was wrong" in a for a in asked) and leaks.found == 0
+
+
+@pytest.mark.parametrize("explore_on", [False, True])
+def test_exploration_gives_all_failed_groups_a_signal(explore_on: bool, tiny_policy: Policy, tmp_path: Path) -> None:
+    """Every first attempt fails: without exploration no group has a reward spread and no update
+    is applied; with it, each group gets hotter extra attempts (here they succeed), stored and
+    counted, and the update learns from them."""
+    config = RunConfig.for_method(
+        "grpo", stream=Stream("t", (Stage(Task.of("add", max_value=3), 16),), probe_size=2).to_dict(),
+        prompts_per_step=2, eval_every=0, answer_tokens=3, grpo=GRPOConfig(group_size=4),
+        exploration=ExplorationConfig(enabled=explore_on, samples=2, temperature=1.5),
+    )  # fmt: skip
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    actor = ScriptedActor(runtime, succeeds=("explore",))
+    runtime.actor = actor
+    summary = runtime.run()
+    updates = [r for r in _records(runtime) if r["type"] == "update"]
+    explored = runtime.store.episodes(split="explore")
+    if not explore_on:
+        assert not explored and not any(u["applied"] for u in updates) and summary.episodes == 16
+        return
+    assert len(explored) == 2 * 2 * 2  # steps x groups x samples
+    assert actor.temperatures["explore"] == {1.5} and actor.temperatures["train"] == {config.grpo.temperature}
+    assert all(u["applied"] and u["explore/groups"] == 2 == u["explore/solved_groups"] for u in updates)
+    assert summary.episodes == 16 + 8  # every attempt counted
+    assert {e.group for e in explored} == {e.group for e in runtime.store.episodes(split="train")}
+
+
+def test_a_stage_can_count_every_sampled_episode_against_its_budget(tiny_policy: Policy, tmp_path: Path) -> None:
+    """count_every_sample: exploration's attempts spend the stage's episodes too, so the stage
+    takes fewer updates, and its end is still evaluated."""
+    config = RunConfig.for_method(
+        "grpo", stream=Stream("t", (Stage(Task.of("add", max_value=3), 32),), probe_size=2).to_dict(),
+        prompts_per_step=2, eval_every=0, answer_tokens=3, grpo=GRPOConfig(group_size=4),
+        exploration=ExplorationConfig(enabled=True, samples=2), count_every_sample=True,
+    )  # fmt: skip
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    runtime.actor = ScriptedActor(runtime, succeeds=("explore",))
+    summary = runtime.run()
+    records = _records(runtime)
+    assert [r["step"] for r in records if r["type"] == "update"] == [1, 2, 3]  # 12 a step: 36 >= 32
+    assert [r["step"] for r in records if r["type"] == "skip"] == [4]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [0, 4]
+    assert summary.episodes == 36 and runtime.state.sampled == {"0": 36}

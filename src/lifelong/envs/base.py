@@ -27,6 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 
+@dataclass(frozen=True)
+class Knob:
+    """A difficulty setting of a task: an integer keyword of its constructor (read back with
+    `Env.knob`), and its easiest value. An automatic curriculum (loop/curriculum.py) steps it
+    from the stream's value down towards `easiest` while every attempt fails."""
+
+    name: str
+    easiest: int
+
+
 class StepResult(NamedTuple):
     observation: str
     reward: float
@@ -41,6 +51,11 @@ class Env(ABC):
     name: ClassVar[str] = "env"
     max_turns: int = 1  # how many actions an episode may take before it is truncated
     success_threshold: float = 1.0  # reward at or above this counts as solved
+    # Whether showing the expected answer after a failure is part of the task (a tutor's exercise).
+    # Off: what learns from a failure sees the attempt, the reward and what the environment said,
+    # never `info["answer"]` or `info["solution"]` (real tasks rarely come with an answer key).
+    shows_answer: ClassVar[bool] = False
+    difficulty: tuple[Knob, ...] = ()  # the knobs a curriculum may turn down
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -55,6 +70,10 @@ class Env(ABC):
         exclude their items from training by this key, not only by seed."""
         observation, _ = self.reset(seed)
         return observation
+
+    def knob(self, name: str) -> int:
+        """The current value of a difficulty knob (by default the attribute of that name)."""
+        return int(getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from lifelong.envs.base import Item, SingleTurnTask, normalize_word
+from lifelong.envs.base import Item, Knob, SingleTurnTask, normalize_word
 from lifelong.errors import ConfigError, UnknownEnvError
 
 PREFIX = "rg:"
@@ -131,6 +131,7 @@ class Featured:
     knobs: dict[str, Any]  # the difficulty knobs offered, with lifelong's defaults
     prompt: Callable[[Entry], str] | None = None  # None: the dataset's own question
     score: Callable[[str, Entry], float] | None = None  # None: the dataset's own checker
+    easier: tuple[Knob, ...] = ()  # the knobs a curriculum may turn down (`Env.difficulty`)
 
 
 FEATURED: dict[str, Featured] = {
@@ -138,26 +139,31 @@ FEATURED: dict[str, Featured] = {
         "add and subtract a chain of numbers",
         {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2, "allow_negation": False},
         lambda e: f"What is {_md(e)['expression']}?",
+        easier=(Knob("max_terms", 2), Knob("max_digits", 1)),
     ),
     "products": Featured(
         "multiply two numbers",
         {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
         lambda e: f"What is {_md(e)['expression']}?",
+        easier=(Knob("max_digits", 1),),
     ),
     "gcd": Featured(
         "greatest common divisor",
         {"min_numbers": 2, "max_numbers": 2, "min_value": 1, "max_value": 50},
         lambda e: f"What is the greatest common divisor of {' and '.join(map(str, _md(e)['numbers']))}?",
+        easier=(Knob("max_value", 10),),
     ),
     "lcm": Featured(
         "least common multiple",
         {"min_numbers": 2, "max_numbers": 2, "min_value": 1, "max_value": 12},
         lambda e: f"What is the least common multiple of {' and '.join(map(str, _md(e)['numbers']))}?",
+        easier=(Knob("max_value", 4),),
     ),
     "count_bits": Featured(
         "count the 1 bits of a number",
         {"min_n": 1, "max_n": 64},
         lambda e: f"How many 1 bits does {_md(e)['number']} have in binary?",
+        easier=(Knob("max_n", 8),),
     ),
     "number_sequence": Featured(
         "continue a number sequence",
@@ -168,16 +174,19 @@ FEATURED: dict[str, Featured] = {
         "solve a linear equation",
         {"min_terms": 2, "max_terms": 2, "min_value": 1, "max_value": 20},
         lambda e: f"Solve for {_md(e)['variable']}: {_md(e)['equation']}",
+        easier=(Knob("max_value", 5),),
     ),
     "spell_backward": Featured(
         "spell a word backwards",
         {"min_word_len": 3, "max_word_len": 5},
         lambda e: f"Spell the word '{_md(e)['word']}' backwards.",
+        easier=(Knob("max_word_len", 3),),
     ),
     "letter_counting": Featured(
         "count a letter in a few words",
         {"min_words": 1, "max_words": 3},
         lambda e: f'How many times does "{_md(e)["target_letter"]}" appear in "{" ".join(_md(e)["span"])}"?',
+        easier=(Knob("max_words", 1),),
     ),
     "base_conversion": Featured(
         "convert a number between bases",
@@ -186,6 +195,7 @@ FEATURED: dict[str, Featured] = {
             f"Convert the {_base_name(_md(e)['source_base'])} number {_md(e)['source_repr']} "
             f"to {_base_name(_md(e)['target_base'])}."
         ),
+        easier=(Knob("max_value", 7),),
     ),
     "word_sorting": Featured(
         "sort words by ASCII order",
@@ -204,6 +214,7 @@ FEATURED: dict[str, Featured] = {
         "count the legs of some animals",
         {"min_animals": 1, "max_animals": 2, "min_instances": 1, "max_instances": 3},
         _legs_prompt,
+        easier=(Knob("max_animals", 1), Knob("max_instances", 1)),
     ),
     "syllogism": Featured(
         "does a conclusion follow from two premises?",
@@ -218,6 +229,7 @@ FEATURED: dict[str, Featured] = {
         {"min_value": 2, "max_value": 50},
         lambda e: f"Write the prime factors of {_md(e)['number']}, like 2 × 2 × 3.",
         score_prime_factorization,
+        easier=(Knob("max_value", 12),),
     ),
     "puzzle24": Featured(
         "make 24 from four numbers (checker fixed: the numbers must be used)",
@@ -237,6 +249,7 @@ FEATURED: dict[str, Featured] = {
         "decode a Caesar cipher",
         {"min_words": 1, "max_words": 2, "min_rotation": 1, "max_rotation": 3},
         lambda e: f"Decrypt this Caesar cipher: {_md(e)['cipher_text']}",
+        easier=(Knob("max_words", 1), Knob("max_rotation", 1)),
     ),
     "count_primes": Featured("count the primes in a range", {"min_n": 1, "max_n": 100}),
     "aiw": Featured("'Alice in Wonderland' sibling and friend questions", {"max_entities": 6}),
@@ -380,6 +393,8 @@ class ReasoningGymTask(SingleTurnTask):
             allowed = ", ".join(f"{k}={getattr(v, 'value', v)!r}" for k, v in shown.items())
             raise ConfigError(f"{self.name} has no difficulty knob {', '.join(unknown)}", f"its knobs are: {allowed}")
         self.config = {k: _coerce(dataset, k, v, defaults[k]) for k, v in config.items()}
+        self._defaults = defaults
+        self.difficulty = self.featured.easier if self.featured else ()
         self._key = _settings_key(dataset, self.config)
         self.checker = (self.featured.score if self.featured else None) or FIXED_CHECKERS.get(dataset)
         key = (self._key, short_prompt)
@@ -390,6 +405,9 @@ class ReasoningGymTask(SingleTurnTask):
 
     def generate(self, rng: random.Random) -> Item:
         return self.item_for(rng.randrange(2**31))
+
+    def knob(self, name: str) -> int:
+        return int(self.config.get(name, self._defaults[name]))
 
     def item_for(self, seed: int | None) -> Item:
         if seed is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from lifelong.envs.base import Item, SingleTurnTask, last_number, normalize_word
+from lifelong.envs.base import Item, Knob, SingleTurnTask, last_number, normalize_word
 from lifelong.errors import ConfigError
 
 # Common short English words (public-domain frequency lists); used by the word tasks.
@@ -143,6 +143,11 @@ WORDS = [
 ]
 
 
+def _words_up_to(length: int) -> list[str]:
+    """The words of at most `length` letters, in WORDS' order (all of them at 5, the longest)."""
+    return [w for w in WORDS if len(w) <= length]
+
+
 def _check_range(name: str, value: int, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{name}={value!r} is out of range", f"use an integer from {low} to {high}")
@@ -153,6 +158,7 @@ class Addition(SingleTurnTask):
     """What is a + b? Knob: `max_value` (operands are 0..max_value)."""
 
     name = "add"
+    difficulty = (Knob("max_value", 1),)
 
     def __init__(self, max_value: int = 20) -> None:
         super().__init__()
@@ -170,6 +176,7 @@ class Larger(SingleTurnTask):
     """Which of two numbers is larger? Knob: `max_value`."""
 
     name = "larger"
+    difficulty = (Knob("max_value", 9),)
 
     def __init__(self, max_value: int = 99) -> None:
         super().__init__()
@@ -187,6 +194,7 @@ class NextNumber(SingleTurnTask):
     """What number comes after n? Knob: `max_value`."""
 
     name = "next_number"
+    difficulty = (Knob("max_value", 9),)
 
     def __init__(self, max_value: int = 99, step: int = 1) -> None:
         super().__init__()
@@ -204,12 +212,17 @@ class NextNumber(SingleTurnTask):
 
 
 class Uppercase(SingleTurnTask):
-    """Write a word in capital letters. Exact match on the letters."""
+    """Write a word in capital letters. Exact match on the letters. Knob: `max_length` of the word."""
 
     name = "uppercase"
+    difficulty = (Knob("max_length", 4),)  # 30 words of at most 4 letters; 5 of 3
+
+    def __init__(self, max_length: int = 5) -> None:
+        super().__init__()
+        self.max_length = _check_range("max_length", max_length, 3, 5)
 
     def generate(self, rng: random.Random) -> Item:
-        w = rng.choice(WORDS)
+        w = rng.choice(_words_up_to(self.max_length))
         return Item(f"Write the word '{w}' in capital letters.", w.upper(), {"word": w})
 
     def score(self, answer: str, item: Item) -> float:
@@ -217,18 +230,21 @@ class Uppercase(SingleTurnTask):
 
 
 class FirstLetter(SingleTurnTask):
-    """What is the first (or last) letter of a word? Knob: `position` ("first" or "last")."""
+    """What is the first (or last) letter of a word? Knobs: `position` ("first" or "last"), and
+    `max_length` of the word."""
 
     name = "letter"
+    difficulty = (Knob("max_length", 4),)
 
-    def __init__(self, position: str = "first") -> None:
+    def __init__(self, position: str = "first", max_length: int = 5) -> None:
         super().__init__()
         if position not in ("first", "last"):
             raise ConfigError(f"position={position!r} is not allowed", "use 'first' or 'last'")
         self.position = position
+        self.max_length = _check_range("max_length", max_length, 3, 5)
 
     def generate(self, rng: random.Random) -> Item:
-        w = rng.choice(WORDS)
+        w = rng.choice(_words_up_to(self.max_length))
         letter = w[0] if self.position == "first" else w[-1]
         return Item(f"What is the {self.position} letter of the word '{w}'?", letter, {"word": w})
 
@@ -240,13 +256,14 @@ class ReverseWord(SingleTurnTask):
     """Spell a word backwards. Knob: `max_length` of the word (3..5)."""
 
     name = "reverse"
+    difficulty = (Knob("max_length", 3),)
 
     def __init__(self, max_length: int = 4) -> None:
         super().__init__()
         self.max_length = _check_range("max_length", max_length, 3, 5)
 
     def generate(self, rng: random.Random) -> Item:
-        w = rng.choice([w for w in WORDS if len(w) <= self.max_length])
+        w = rng.choice(_words_up_to(self.max_length))
         return Item(f"Spell the word '{w}' backwards.", w[::-1], {"word": w})
 
     def score(self, answer: str, item: Item) -> float:

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -91,6 +92,34 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
+CURRICULUM = "curriculum/"  # loop/curriculum.METRIC: the prefix of a task's training level in an update record
+
+
+def plot_curriculum(run_dir: Path, out: Path | None = None) -> Path | None:
+    """The level each task was trained at (0 = as the stream set it; higher = easier) against
+    episodes played; None when the run had no curriculum."""
+    updates = [r for r in read_metrics(run_dir) if r.get("type") == "update"]
+    tasks = list(dict.fromkeys(k[len(CURRICULUM) :] for u in updates for k in u if k.startswith(CURRICULUM)))
+    if not tasks:
+        return None
+    out = out or run_dir / "curriculum.png"
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for task in tasks:
+        points = [(u["episodes"], u[CURRICULUM + task]) for u in updates if CURRICULUM + task in u]
+        ax.step([x for x, _ in points], [y for _, y in points], where="pre", marker=".", label=task)
+    ax.set_xlabel("episodes played")
+    ax.set_ylabel("levels easier than set")
+    ax.set_ylim(bottom=-0.2)
+    ax.set_title("Automatic curriculum: the difficulty each task was trained at")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any]) -> Path:
     """report.md: what was run, before/after per task, the curve, the update health in brief and
     the reasoning monitor's flags."""
@@ -115,6 +144,17 @@ def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any])
             continue
         lines.append(f"| {task} | {100 * b:.1f}% | {100 * a:.1f}% | {100 * (a - b):+.1f} pts |")
     lines += ["", f"![learning curve]({curve.name})", ""]
+    trace = plot_curriculum(run_dir)
+    if trace is not None:
+        lines += [
+            "## Curriculum",
+            "",
+            "A task whose attempts all failed in a step was trained one level easier from the next step on, and",
+            "one level harder again once half its attempts succeeded; the probes above stay at the stream's setting.",
+            "",
+            f"![curriculum]({trace.name})",
+            "",
+        ]
     if updates:
         applied = sum(u["applied"] for u in updates)
         skipped = [u for u in updates if not u["applied"]]

@@ -16,6 +16,8 @@ from lifelong.guard.gate import GuardConfig
 from lifelong.learn.distill import DistillConfig
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.learn.sft import SFTConfig
+from lifelong.loop.curriculum import CurriculumConfig
+from lifelong.loop.explore import ExplorationConfig
 from lifelong.memory.book import MemoryConfig
 from lifelong.model.policy import GenerationConfig, LoraSettings
 
@@ -82,9 +84,24 @@ class RunConfig:
     write_memory: bool = True  # keep lessons from failures (and, with memory in context, examples)
     consolidate: bool = True  # retry stuck items with their lesson; distil the successes into weights
     retries: int = 4  # samples of a retry with the lesson in context
+    # Lessons from failures quote the expected answer even where the task does not declare showing
+    # it (`Env.shows_answer`): the answer-key ablation (issue 22). Off, a lesson holds the attempt,
+    # the reward and the environment's feedback only.
+    lessons_with_answer: bool = False
+    # A lesson also holds the agent's own note on its failure, written before the retry (issue 22).
+    reflection: bool = False
     replay_lessons: int = 4  # earlier consolidated lessons mixed into each distillation update
     distill: DistillConfig = field(default_factory=DistillConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    # Where a task gives no learning signal (issue 22): train a task whose attempts all fail on
+    # easier versions of it (loop/curriculum.py); give a group whose samples all failed more,
+    # hotter attempts before the update (loop/explore.py).
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    # A stage's `episodes` count every episode sampled in it (retries and exploration too), and the
+    # stage ends once they are spent: equal budgets for methods that sample differently (issue 22).
+    # Off: they count the schedule's own episodes, and retries and exploration come on top.
+    count_every_sample: bool = False
 
     def __post_init__(self) -> None:
         # Plain strings (a config.json, a caller) become the enums here, so the fields always are.
@@ -132,6 +149,8 @@ class RunConfig:
         d["guard"] = GuardConfig(**d.get("guard", {}))
         d["distill"] = DistillConfig(**d.get("distill", {}))
         d["memory"] = MemoryConfig(**d.get("memory", {}))
+        d["curriculum"] = CurriculumConfig(**d.get("curriculum", {}))
+        d["exploration"] = ExplorationConfig(**d.get("exploration", {}))
         return cls(**d)
 
     @classmethod

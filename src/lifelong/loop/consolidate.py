@@ -1,7 +1,9 @@
 """The failure path: memory written from episodes, retries with a lesson, and consolidation.
 
 Fast path, inside the loop (`retry_and_distil`): items where every sample of a step failed get a
-lesson in memory and are retried with it in context; retries that succeed are distilled into the
+lesson in memory (the attempt, the reward and what the environment said; the expected answer only
+where the task declares showing it; with `reflection`, the agent's own note on the failure) and are
+retried with it in context; retries that succeed are distilled into the
 weights through the learning core (teacher = with the lesson, student = without), mixed with replay
 of lessons that helped before. The memory method instead only writes (`remember`): a lesson for a
 failed item, an example for a solved one.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from lifelong.guard.gate import Verdict
 from lifelong.loop.actor import Job
-from lifelong.memory.book import MemoryBook, notes
+from lifelong.memory.book import MemoryBook, correction, notes
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Episode, Lesson, MemoryItem
 
@@ -42,17 +44,46 @@ def helped_lessons(memory: MemoryBook) -> list[MemoryItem]:
     return [i for i in memory.items() if i.kind == "lesson" and i.wins > 0]
 
 
-def remember(memory: MemoryBook, episodes: Sequence[Episode]) -> None:
+def shows_answer(runtime: Runtime, env: str) -> bool:
+    """Whether a lesson from a failure in `env` may quote its expected answer: the task declares
+    it (`Env.shows_answer`), or the run is the answer-key ablation (`lessons_with_answer`)."""
+    return runtime.config.lessons_with_answer or runtime.make_env(env).shows_answer
+
+
+def remember(runtime: Runtime, episodes: Sequence[Episode]) -> None:
     """Memory method: a lesson for every failed item, an example for every solved one."""
     by_item: dict[tuple[str, int], list[Episode]] = {}
     for ep in episodes:
         by_item.setdefault((ep.env, ep.seed), []).append(ep)
     for eps in by_item.values():
         wins = [e for e in eps if e.success]
-        memory.add_example(wins[0]) if wins else memory.add_lesson(eps[0])
+        if wins:
+            runtime.memory.add_example(wins[0])
+        else:
+            runtime.memory.add_lesson(eps[0], shows_answer(runtime, eps[0].env))
 
 
 # ---- fast path ------------------------------------------------------------------------------------
+REFLECT = (
+    'Question: "{question}"\nMy answer "{answer}" was wrong.{feedback}\n'
+    "In one sentence, what should I do differently to answer it correctly?"
+)
+
+
+def reflect(policy: Policy, failed: Sequence[Episode], answer_tokens: int) -> list[str]:
+    """The agent's own note on each failure (greedy, plain chat): what it tried and what it was
+    told, never the expected answer, which it is not shown."""
+    prompts = []
+    for ep in failed:
+        said = correction(ep, with_answer=False)  # what the environment and the reward said
+        text = REFLECT.format(
+            question=ep.turns[0].observation, answer=ep.turns[-1].completion.answer, feedback=f" {said}" if said else ""
+        )
+        prompts.append(policy.chat_start(text))
+    greedy = GenerationConfig(answer_tokens=max(answer_tokens, 32), temperature=0.0, protocol=False)
+    return [c.answer.strip() for c in policy.chat(prompts, greedy)]
+
+
 def retry_and_distil(runtime: Runtime, step: int, episodes: Sequence[Episode]) -> tuple[dict[str, float], Verdict]:
     """Retry the step's stuck items with their lesson and distil the successes (module docstring).
     Returns the metrics for the step's record and the guard's verdict on the distillation update."""
@@ -64,7 +95,11 @@ def retry_and_distil(runtime: Runtime, step: int, episodes: Sequence[Episode]) -
     stuck = [ep for ep in stuck if runtime.make_env(ep.env).max_turns == 1]  # single-turn lessons only
     if not stuck:
         return {"memory/stuck": 0.0}, Verdict(True)
-    lessons = {ep.group: memory.add_lesson(ep) for ep in stuck}
+    notes_of = reflect(policy, stuck, config.answer_tokens) if config.reflection else [""] * len(stuck)
+    lessons = {
+        ep.group: memory.add_lesson(ep, shows_answer(runtime, ep.env), note)
+        for ep, note in zip(stuck, notes_of, strict=True)
+    }
     jobs = [
         Job(ep.env, ep.seed, group=f"{ep.group}:retry", split="retry", context=notes([lessons[ep.group]]))
         for ep in stuck
@@ -79,7 +114,11 @@ def retry_and_distil(runtime: Runtime, step: int, episodes: Sequence[Episode]) -
         if wins:
             student = tuple(policy.start(ep.turns[0].observation))
             new.append(Lesson(student, wins[0].turns[0].prompt_ids, tuple(w.turns[0].completion for w in wins)))
-    metrics = {"memory/stuck": float(len(stuck)), "memory/retry_solved": float(len(new))}
+    metrics = {
+        "memory/stuck": float(len(stuck)),
+        "memory/retried": float(len(retries)),  # episodes played by the retries
+        "memory/retry_solved": float(len(new)),
+    }
     if not new:
         return metrics, Verdict(True)
     # Replay: lessons that helped before, so consolidating new items does not overwrite old ones.
@@ -127,4 +166,13 @@ def consolidate(runtime: Runtime, rounds: int = 3, batch: int = 8) -> Consolidat
     return ConsolidationReport(len(helped), updates, rejected, pruned, len(helped) - pruned)
 
 
-__all__ = ["ConsolidationReport", "consolidate", "helped_lessons", "lesson_of", "remember", "retry_and_distil"]
+__all__ = [
+    "ConsolidationReport",
+    "consolidate",
+    "helped_lessons",
+    "lesson_of",
+    "reflect",
+    "remember",
+    "retry_and_distil",
+    "shows_answer",
+]

@@ -39,7 +39,10 @@ from lifelong.loop.actor import Actor, Job, LocalActor
 from lifelong.loop.anchors import AnchorPool
 from lifelong.loop.config import METHODS, UPDATE_RULES, Method, RunConfig, UpdateRule
 from lifelong.loop.consolidate import remember, retry_and_distil
+from lifelong.loop.curriculum import Curriculum
 from lifelong.loop.evaluation import Evaluation
+from lifelong.loop.explore import SPLIT as EXPLORE
+from lifelong.loop.explore import explore
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.schedule import Schedule, Slot
 from lifelong.loop.state import NoProgress, Progress, RunState, RunSummary
@@ -95,6 +98,13 @@ class Runtime:
         recall = self._recall if config.memory_in_context else None
         self.evaluation = Evaluation(config, self.stream, policy, self.make_env, recall)
         self.schedule = Schedule(config, self.stream, self.evaluation.probes)
+        self.curriculum = (
+            Curriculum(config.curriculum, self.evaluation.probes, self.stream.tasks)
+            if config.curriculum.enabled
+            else None
+        )
+        # Every task a job may name: the stream's, and the easier versions a curriculum trains on.
+        self._tasks = {**self.evaluation.tasks, **(self.curriculum.versions() if self.curriculum else {})}
         general = [self.evaluation.probes[t] for t in self.stream.general]
         self.anchors = AnchorPool(
             policy, general, config.anchor_items, config.anchor_per_step, config.seed, config.generation(0.0),
@@ -135,7 +145,7 @@ class Runtime:
 
     def make_env(self, label: str) -> Env:
         """A fresh environment for a task label used in this run's jobs."""
-        return self.evaluation.tasks[label].make()
+        return self._tasks[label].make()
 
     def _recall(self, task: Task, seed: int) -> str:
         """Lessons and examples from memory about this item, as context for acting on it."""
@@ -144,7 +154,8 @@ class Runtime:
     def jobs_for(self, slot: Slot) -> list[Job]:
         """The episodes a step plays (the schedule's items, rehearsing what the guard sees slip)."""
         recall = self._recall if self.config.memory_in_context else None
-        return self.schedule.jobs_for(slot, self.guard.slipping(), recall)
+        version = self.curriculum.version if self.curriculum is not None else None
+        return self.schedule.jobs_for(slot, self.guard.slipping(), recall, version)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self, resume: bool = False, stop_after: int | None = None) -> RunSummary:
@@ -162,7 +173,11 @@ class Runtime:
             if stop_after is not None and n >= stop_after:
                 break
             started = Mark.now()
-            verdict = self._step(slot)
+            if self._budget_spent(slot):  # nothing to play: the stage-end evaluation below still runs
+                verdict = Verdict(True)
+                self.core.log({"type": "skip", "step": slot.step, "reason": "the stage's episodes are spent"})
+            else:
+                verdict = self._step(slot)
             gated = False
             if self.schedule.evaluates(slot):
                 self.progress.note(f"step {slot.step}: evaluating probes")
@@ -184,6 +199,11 @@ class Runtime:
             self.core.log(parts_record(slot.step, started))
         return self.summary()
 
+    def _budget_spent(self, slot: Slot) -> bool:
+        """With `count_every_sample`: this slot's stage has sampled all its episodes already."""
+        spent = self.state.sampled.get(str(slot.stage), 0)
+        return self.config.count_every_sample and spent >= self.stream.stages[slot.stage].episodes
+
     def _step(self, slot: Slot) -> Verdict:
         """Act, store, learn (screened and checked by the guard), consolidate: one update."""
         t0 = time.time()
@@ -193,13 +213,19 @@ class Runtime:
         stored = self.store.episodes(run_id=self.run_id, step=slot.step, split="train")
         if len(stored) == len(jobs):  # the crash came after storing, before the update: reuse
             episodes = stored
-            self.core.log({"type": "resume", "step": slot.step, "reused_episodes": len(stored)})
+            explored = self.store.episodes(run_id=self.run_id, step=slot.step, split=EXPLORE)
+            self.core.log({"type": "resume", "step": slot.step, "reused_episodes": len(stored) + len(explored)})
         else:
             episodes = self.actor.play(jobs, sampling)
+            explored = []
+            if self.config.exploration.enabled:  # before storing: a resumed step finds both or neither
+                with part("explore"):
+                    contexts = {j.group: j.context for j in jobs}
+                    explored = explore(self.actor, episodes, self.config.exploration, sampling, contexts)
             with part("store"):
-                self.store.add(episodes, run_id=self.run_id, step=slot.step, model=self.policy.name)
+                self.store.add(episodes + explored, run_id=self.run_id, step=slot.step, model=self.policy.name)
             with part("monitor"):
-                self.watch(slot.step, episodes)
+                self.watch(slot.step, episodes + explored)
         t_act = time.time() - t0
         if slot.step < len(self.schedule):  # an actor that samples ahead does so while this step learns
             with part("schedule"):
@@ -207,17 +233,27 @@ class Runtime:
             self.actor.prefetch(ahead, sampling)
         if self.config.write_memory and self.config.memory_in_context:
             with part("memory"):
-                remember(self.memory, episodes)
+                remember(self, episodes)
         # Only the GRPO update has an anchor term; the pool costs a greedy pass to build.
         with part("anchor_pool"):
             anchors = self.anchors.for_step(slot.step) if self.config.update_rule is UpdateRule.GRPO else []
-        result = self.core.learn(slot.step, episodes, anchors)
+        learned = episodes + explored
+        result = self.core.learn(slot.step, learned, anchors)
         verdict, report = result.verdict, result.report
         consolidation: dict[str, float] = {}
         if verdict.keep and self.config.consolidate:
             with part("retries"):
-                consolidation, verdict = retry_and_distil(self, slot.step, episodes)
-        self.state.episodes += len(episodes)
+                consolidation, verdict = retry_and_distil(self, slot.step, learned)
+        # The curriculum reads the step's own attempts: exploration's hot samples do not make a task easy.
+        signal = self.curriculum.observe(episodes) if self.curriculum is not None else {}
+        if self.config.exploration.enabled:
+            groups = {e.group for e in explored}
+            solved = {e.group for e in explored if e.success}
+            signal |= {"explore/groups": float(len(groups)), "explore/solved_groups": float(len(solved))}
+        self.state.episodes += len(learned)
+        stage_key = str(slot.stage)
+        retried = int(consolidation.get("memory/retried", 0))
+        self.state.sampled[stage_key] = self.state.sampled.get(stage_key, 0) + len(learned) + retried
         stage = self.stream.stages[slot.stage].task.label
         self.core.log(
             {
@@ -236,6 +272,7 @@ class Runtime:
                 "guard/screened_out": result.screened_out,
                 **report.metrics,
                 **consolidation,
+                **signal,
             }
         )
         self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
@@ -301,6 +338,8 @@ class Runtime:
         now = time.time()
         self.state.seconds += now - self._clock
         self._clock = now
+        if self.curriculum is not None:
+            self.state.curriculum = self.curriculum.state()
         self.core.checkpoint(step, good, {**self.state.to_dict(), "rng": self.generator.get_state().tolist()})
 
     def restore(self) -> int:
@@ -309,6 +348,8 @@ class Runtime:
         if restored is None:
             return 0
         self.state = RunState.from_dict(restored.state)
+        if self.curriculum is not None:
+            self.curriculum.restore(self.state.curriculum)
         self.generator.set_state(torch.tensor(restored.state["rng"], dtype=torch.uint8))
         self.core.log({"type": "resume", "step": restored.step, "version": self.core.version})
         return restored.step

@@ -20,6 +20,8 @@ from lifelong.streams.stream import ProbeSet, Stream, Task
 
 # (task, item seed) -> context put in front of the item (lessons and examples recalled from memory)
 Recall = Callable[[Task, int], str]
+# task -> the version of it to train on now (an easier one, under a curriculum)
+Version = Callable[[Task], Task]
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,20 @@ class Schedule(Sequence[Slot]):
         old = (slipped + rotation)[:n_old]
         return [current] * (n - n_old) + old
 
-    def jobs_for(self, slot: Slot, slipping: Sequence[str] = (), recall: Recall | None = None) -> list[Job]:
+    def jobs_for(
+        self, slot: Slot, slipping: Sequence[str] = (), recall: Recall | None = None, version: Version | None = None
+    ) -> list[Job]:
         """The episodes of a step: one group of `group_size` jobs per prompt; `recall` gives each
-        item its context (the memory method), none plays it bare."""
-        # Seeds depend only on (run seed, step): a resumed run draws the same items.
+        item its context (the memory method), none plays it bare; `version` picks the version of
+        each task to play (a curriculum's), none the task itself."""
+        # Seeds depend only on (run seed, step) and the versions: a resumed run draws the same items.
         rng = random.Random(f"{self.config.seed}:{slot.step}")
         jobs = []
         for i, task in enumerate(self.tasks_for(slot, slipping)):
-            (seed,) = self.probes[task].training_seeds(rng, 1)
-            context = recall(task, seed) if recall is not None else ""
-            jobs += [Job(task.label, seed, group=f"{slot.step}:{i}", context=context)] * self.config.grpo.group_size
+            played = version(task) if version is not None else task
+            (seed,) = self.probes[task].training_seeds(rng, 1, items=played)
+            context = recall(played, seed) if recall is not None else ""
+            jobs += [Job(played.label, seed, group=f"{slot.step}:{i}", context=context)] * self.config.grpo.group_size
         return jobs
 
     # ---- where a slot stands in the stream -----------------------------------------------------
@@ -111,4 +117,4 @@ class Schedule(Sequence[Slot]):
         return [self.stream.stages[slot.stage].task.label]
 
 
-__all__ = ["Recall", "Schedule", "Slot"]
+__all__ = ["Recall", "Schedule", "Slot", "Version"]

@@ -20,6 +20,8 @@ class RunState:
     evals: list[dict[str, Any]] = field(default_factory=list)
     episodes: int = 0
     seconds: float = 0.0
+    curriculum: dict[str, int] = field(default_factory=dict)  # task label -> level (loop/curriculum.py)
+    sampled: dict[str, int] = field(default_factory=dict)  # stage index -> episodes sampled (all splits)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -27,7 +29,14 @@ class RunState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
         """From a checkpoint's state (which also holds the core's keys: they are left out)."""
-        return cls(dict(d["before"]), list(d["evals"]), d["episodes"], d["seconds"])
+        return cls(
+            dict(d["before"]),
+            list(d["evals"]),
+            d["episodes"],
+            d["seconds"],
+            dict(d.get("curriculum", {})),
+            dict(d.get("sampled", {})),
+        )
 
 
 @dataclass(frozen=True)

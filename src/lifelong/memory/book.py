@@ -1,9 +1,10 @@
 """The fast path of learning: a bounded book of lessons and examples, retrieved into context.
 
-Items are made from episodes (provenance = episode ids): a *lesson* from a failure and the
-correction it received ("for X, Y was wrong; the expected answer was Z"), an *example* from a
-success. Retrieval is lexical within a task (numbers and words of the question), which suits the
-short templated items of verifiable tasks and needs no embedding model. The book is bounded: when
+Items are made from episodes (provenance = episode ids): a *lesson* from a failure ("for X, Y was
+wrong", with what the environment said, and the expected answer Z only where the caller says the
+answer may be shown: `Env.shows_answer` or the answer-key ablation), an *example* from a success.
+Retrieval is lexical within a task (numbers and words of the question), which suits the short
+templated items of verifiable tasks and needs no embedding model. The book is bounded: when
 full, the item with the least evidence of helping (wins / uses, then age) is forgotten. Every
 change is one itemised edit in the store's log; the book is never rewritten whole.
 """
@@ -32,14 +33,17 @@ def similarity(a: str, b: str) -> float:
     return len(ta & tb) / len(ta | tb) if ta | tb else 0.0
 
 
-def correction(episode: Episode) -> str:
-    """The feedback a failed episode received: the environment's own feedback if it gave any,
-    else its ground truth, which for these tasks is the correction a teacher would give."""
+def correction(episode: Episode, with_answer: bool) -> str:
+    """The feedback a failed episode received: the environment's own feedback if it gave any;
+    else, `with_answer`, its ground truth (the correction a teacher would give), or else what the
+    reward said (partial credit, when there was some)."""
     feedback = episode.info.get("feedback")
     if feedback:
         return str(feedback)
     answer = episode.info.get("answer")
-    return f"The expected answer was {answer}." if answer not in (None, "") else ""
+    if with_answer and answer not in (None, ""):
+        return f"The expected answer was {answer}."
+    return f"It earned {episode.reward:.2f} of 1." if episode.reward > 0 else ""
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,14 @@ class MemoryBook:
         self.config = config
 
     # ---- writing --------------------------------------------------------------------------------
-    def add_lesson(self, failed: Episode) -> MemoryItem:
+    def add_lesson(self, failed: Episode, with_answer: bool, reflection: str = "") -> MemoryItem:
+        """A lesson from a failure; the expected answer is in it only `with_answer`; `reflection`
+        is the agent's own note on the failure (loop/consolidate.reflect)."""
         question = failed.turns[0].observation if failed.turns else ""
         answer = failed.turns[-1].completion.answer if failed.turns else ""
-        text = f'Earlier, for "{question}" the answer "{answer}" was wrong. {correction(failed)}'.strip()
+        text = f'Earlier, for "{question}" the answer "{answer}" was wrong. {correction(failed, with_answer)}'.strip()
+        if reflection.strip():
+            text = f"{text} My note on it: {reflection.strip()}"
         return self._add("lesson", failed.env, question, text, (failed.id,))
 
     def add_example(self, success: Episode) -> MemoryItem:

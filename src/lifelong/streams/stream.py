@@ -111,10 +111,10 @@ class ProbeSet:
         env = self.task.make()
         return frozenset(env.item_key(s) for s in self.seeds)
 
-    def _outside_probes(self, rng: random.Random, tries: int) -> Iterator[tuple[int, str]]:
-        """Seeds drawn from `rng` (at most `tries` draws) whose items are not probe items, with
-        their item keys."""
-        env = self.task.make()
+    def _outside_probes(self, rng: random.Random, tries: int, items: Task | None = None) -> Iterator[tuple[int, str]]:
+        """Seeds drawn from `rng` (at most `tries` draws) whose items (of `items`, by default the
+        probed task itself) are not probe items, with their item keys."""
+        env = (items or self.task).make()
         for _ in range(tries):
             s = rng.randrange(PROBE_SEED_BASE)
             key = env.item_key(s)
@@ -132,14 +132,15 @@ class ProbeSet:
                 break
         return list(found.values())
 
-    def training_seeds(self, rng: random.Random, n: int) -> list[int]:
-        """n training seeds whose items are not in the probe set."""
+    def training_seeds(self, rng: random.Random, n: int, items: Task | None = None) -> list[int]:
+        """n training seeds whose items are not in the probe set; `items`: an easier variant of the
+        task (a curriculum's), whose items must stay out of the task's probes all the same."""
         seeds: list[int] = []
-        for s, _ in self._outside_probes(rng, 200 * n):
+        for s, _ in self._outside_probes(rng, 200 * n, items):
             seeds.append(s)
             if len(seeds) == n:
                 return seeds
         raise ConfigError(
-            f"{self.task.label}: the probe set covers almost every item",
+            f"{(items or self.task).label}: the probe set of {self.task.label} covers almost every item",
             "lower probe_size or raise the task's difficulty so it has more distinct items",
         )
