@@ -90,11 +90,13 @@ def test_word_length_knobs_keep_the_default_items() -> None:
     assert short and all(len(w) <= 4 for w in short)
 
 
-def test_a_run_with_the_curriculum_trains_easier_versions_and_resumes_at_its_level(
+def test_a_run_with_the_curriculum_trains_easier_versions_resumes_at_its_level_and_reports(
     tiny_policy: Policy, tmp_path: Path
 ) -> None:
     """The tiny model solves nothing: every step fails, so each step goes one level easier, and the
     probes stay on the task as the stream set it."""
+    from lifelong.evaluate.report import write_report
+
     stream = Stream("t", (Stage(ADD, 24),), probe_size=4)
     config = RunConfig.for_method(
         "grpo", stream=stream.to_dict(), prompts_per_step=2, eval_every=0, answer_tokens=3,
@@ -102,28 +104,16 @@ def test_a_run_with_the_curriculum_trains_easier_versions_and_resumes_at_its_lev
     )  # fmt: skip
     runtime = Runtime(config, tiny_policy, tmp_path / "run")
     runtime.run(stop_after=2)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    levels = [r[f"{METRIC}add(max_value=20)"] for r in records if r["type"] == "update"]
-    assert levels == [0.0, 1.0]  # the level each step was played at
     played = [e.env for e in runtime.store.episodes(split="train")]
     assert played == ["add(max_value=20)"] * 8 + ["add(max_value=10)"] * 8
-    assert {e.env for e in runtime.store.episodes(split="probe")} == {"add(max_value=20)"}
 
     resumed = Runtime(config, tiny_policy, tmp_path / "run")
-    resumed.restore()
-    assert resumed.curriculum is not None and resumed.curriculum.state() == {"add(max_value=20)": 2}
-    assert {j.env for j in resumed.jobs_for(resumed.schedule[2])} == {"add(max_value=5)"}
-
-
-def test_the_report_plots_the_difficulty_trace(tiny_policy: Policy, tmp_path: Path) -> None:
-    from lifelong.evaluate.report import write_report
-
-    stream = Stream("t", (Stage(ADD, 16),), probe_size=4)
-    config = RunConfig.for_method(
-        "grpo", stream=stream.to_dict(), prompts_per_step=2, eval_every=0, answer_tokens=3,
-        grpo=GRPOConfig(group_size=4), curriculum=CurriculumConfig(enabled=True),
-    )  # fmt: skip
-    runtime = Runtime(config, tiny_policy, tmp_path / "run")
-    summary = runtime.run()
+    summary = resumed.run(resume=True)
+    assert resumed.curriculum is not None and resumed.curriculum.state() == {"add(max_value=20)": 3}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    levels = [r[f"{METRIC}add(max_value=20)"] for r in records if r["type"] == "update"]
+    assert levels == [0.0, 1.0, 2.0]  # the level each step was played at, the third after the resume
+    assert [e.env for e in resumed.store.episodes(split="train")][16:] == ["add(max_value=5)"] * 8
+    assert {e.env for e in resumed.store.episodes(split="probe")} == {"add(max_value=20)"}
     report = write_report(tmp_path / "run", summary.to_json(), config.to_dict()).read_text()
     assert "## Curriculum" in report and (tmp_path / "run" / "curriculum.png").stat().st_size > 5_000
