@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from lifelong.errors import ConfigError
+from lifelong.model.memory_layer import decoder_layers
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.serve import LearnerConfig
-from lifelong.serve.answering import AnsweringFlag, decoder_layers, pause_while_answering
+from lifelong.serve.answering import AnsweringFlag, pause_while_answering
 from lifelong.serve.engine import Engine
 from lifelong.timing import CLOCK
 

@@ -113,15 +113,18 @@ class WithMemory(nn.Module):
         return self.block(hidden) + self.memory(hidden)
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers: its longest ModuleList (Llama-family and most others)."""
     stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} has no ModuleList of decoder layers")
     return max(stacks, key=len)
 
 
 def insert_memory(model: nn.Module, settings: MemorySettings, seed: int = 0) -> list[MemoryLayer]:
     """Put a memory beside the feed-forward block (`mlp`) of each of `settings.layers`; only the
     values learn. Returns the memories, in layer order."""
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     config: Any = getattr(model, "config")  # noqa: B009 - a Hugging Face model's, typed as Any
     width = int(config.hidden_size)
     generator = torch.Generator().manual_seed(seed)
@@ -212,6 +215,7 @@ __all__ = [
     "WithMemory",
     "count_background",
     "counting",
+    "decoder_layers",
     "insert_memory",
     "memories_of",
     "tfidf_slots",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lifelong.model.memory_layer import decoder_layers
 from lifelong.timing import part
 
 FLAG_FILE = "answering.flag"
@@ -65,14 +66,6 @@ class AnsweringFlag:
             flag[0] = 0
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder layers: its longest ModuleList (Llama-family and most others)."""
-    stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not stacks:
-        raise ValueError(f"{type(model).__name__} has no ModuleList of layers to pause between")
-    return max(stacks, key=len)
-
-
 def pause_while_answering(model: nn.Module, flag: AnsweringFlag, max_pause_s: float = 5.0) -> list[Any]:
     """Make every decoder layer of `model` wait, before its forward and before its backward, while
     `flag` is up (at most `max_pause_s` at a time). Returns the hook handles (`.remove()` undoes)."""
@@ -103,4 +96,4 @@ def pause_while_answering(model: nn.Module, flag: AnsweringFlag, max_pause_s: fl
     return handles
 
 
-__all__ = ["FLAG_FILE", "AnsweringFlag", "decoder_layers", "pause_while_answering"]
+__all__ = ["FLAG_FILE", "AnsweringFlag", "pause_while_answering"]
