@@ -166,7 +166,7 @@ def retried_items_rate(policy: Policy, runtime: Runtime) -> float | None:
 
 
 def main_no_answer(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
+    from lifelong.cli import ConsoleProgress
 
     stream = get_stream(str(args.stream))
     methods = no_answer_methods(args.ablation)
@@ -178,9 +178,10 @@ def main_no_answer(args: argparse.Namespace) -> None:
     sampled: dict[str, list[int]] = {m: [] for m in methods}
     retried: dict[str, list[float]] = {m: [] for m in methods}
     runs = [(seed, method) for seed in range(args.seeds) for method in methods]
-    bar = tqdm(runs, desc="runs", unit="run", file=sys.stderr)
-    for seed, method in bar:
-        bar.set_postfix_str(f"seed {seed} {method}")
+    started = time.time()
+    for n, (seed, method) in enumerate(runs):
+        eta = (time.time() - started) / n * (len(runs) - n) if n else float("nan")
+        print(f"run {n + 1}/{len(runs)}: seed {seed} {method} (all runs' eta {eta / 60:.0f} min)", file=sys.stderr)
         model, tok, name = load_model()  # every run from the same pretrained weights...
         torch.manual_seed(seed)  # ...and, per seed, the same adapter initialisation
         preset, settings = methods[method]
@@ -191,8 +192,10 @@ def main_no_answer(args: argparse.Namespace) -> None:
         )  # fmt: skip
         policy = Policy(model, tok, name=name, lora=config.lora)
         run_dir = out / f"seed{seed}" / method
-        runtime = Runtime(config, policy, run_dir)
+        progress = ConsoleProgress()  # a bar with this run's episodes and ETA
+        runtime = Runtime(config, policy, run_dir, progress)
         summary = runtime.run(resume=(run_dir / "config.json").is_file())
+        progress.stop()
         for t in tasks:
             success[method][t].append(summary.after[t])
         sampled[method].append(sum(runtime.state.sampled.values()))
