@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from lifelong.guard.gate import Verdict
 from lifelong.loop.actor import Job
+from lifelong.loop.explore import failed_groups
 from lifelong.memory.book import MemoryBook, correction, notes
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Episode, Lesson, MemoryItem
@@ -88,17 +89,13 @@ def retry_and_distil(runtime: Runtime, step: int, episodes: Sequence[Episode]) -
     """Retry the step's stuck items with their lesson and distil the successes (module docstring).
     Returns the metrics for the step's record and the guard's verdict on the distillation update."""
     config, policy, memory = runtime.config, runtime.policy, runtime.memory
-    groups: dict[str, list[Episode]] = {}
-    for ep in episodes:
-        groups.setdefault(ep.group, []).append(ep)
-    stuck = [eps[0] for eps in groups.values() if not any(e.success for e in eps) and eps[0].turns]
-    stuck = [ep for ep in stuck if runtime.make_env(ep.env).max_turns == 1]  # single-turn lessons only
-    if not stuck:
+    stuck = [ep for ep in failed_groups(episodes) if ep.turns and runtime.make_env(ep.env).max_turns == 1]
+    if not stuck:  # (single-turn lessons only)
         return {"memory/stuck": 0.0}, Verdict(True)
-    notes_of = reflect(policy, stuck, config.answer_tokens) if config.reflection else [""] * len(stuck)
+    reflections = reflect(policy, stuck, config.answer_tokens) if config.reflection else [""] * len(stuck)
     lessons = {
         ep.group: memory.add_lesson(ep, shows_answer(runtime, ep.env), note)
-        for ep, note in zip(stuck, notes_of, strict=True)
+        for ep, note in zip(stuck, reflections, strict=True)
     }
     jobs = [
         Job(ep.env, ep.seed, group=f"{ep.group}:retry", split="retry", context=notes([lessons[ep.group]]))

@@ -62,4 +62,12 @@ def explore(
     return actor.play(jobs, replace(gen, temperature=config.temperature))
 
 
-__all__ = ["SPLIT", "ExplorationConfig", "explore", "failed_groups"]
+def exploration_metrics(explored: Sequence[Episode]) -> dict[str, float]:
+    """A step's record of its exploration: groups explored, and those it gave a success."""
+    return {
+        "explore/groups": float(len({e.group for e in explored})),
+        "explore/solved_groups": float(len({e.group for e in explored if e.success})),
+    }
+
+
+__all__ = ["SPLIT", "ExplorationConfig", "exploration_metrics", "explore", "failed_groups"]

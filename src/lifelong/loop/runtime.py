@@ -42,7 +42,7 @@ from lifelong.loop.consolidate import remember, retry_and_distil
 from lifelong.loop.curriculum import Curriculum
 from lifelong.loop.evaluation import Evaluation
 from lifelong.loop.explore import SPLIT as EXPLORE
-from lifelong.loop.explore import explore
+from lifelong.loop.explore import exploration_metrics, explore
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.schedule import Schedule, Slot
 from lifelong.loop.state import NoProgress, Progress, RunState, RunSummary
@@ -247,9 +247,7 @@ class Runtime:
         # The curriculum reads the step's own attempts: exploration's hot samples do not make a task easy.
         signal = self.curriculum.observe(episodes) if self.curriculum is not None else {}
         if self.config.exploration.enabled:
-            groups = {e.group for e in explored}
-            solved = {e.group for e in explored if e.success}
-            signal |= {"explore/groups": float(len(groups)), "explore/solved_groups": float(len(solved))}
+            signal |= exploration_metrics(explored)
         self.state.episodes += len(learned)
         stage_key = str(slot.stage)
         retried = int(consolidation.get("memory/retried", 0))

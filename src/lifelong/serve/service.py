@@ -96,9 +96,9 @@ class ChatService:
         self.policy = policy
         self.store = store
         self.bank = bank
-        learner = config.learner
-        flag = FLAG_FILE if learner.enabled and learner.pause_while_answering else None
-        self.engine = Engine(policy, bank, None if flag is None else AnsweringFlag(config.store / flag, writer=True))
+        pausing = config.learner.enabled and config.learner.pause_while_answering
+        answering = AnsweringFlag(config.store / FLAG_FILE, writer=True) if pausing else None
+        self.engine = Engine(policy, bank, answering)
         self.model_id = model_id
         self.monitor = monitor or TextMonitor()
         self.defaults = sampling_defaults(getattr(policy.model, "generation_config", None))
