@@ -263,7 +263,7 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     # with the server's default of every 5th, a fifth of the facts could never be known closed-book).
     config = ServeConfig(store=folder, learner=LearnerConfig(holdout_every=0), answer_tokens=args.answer_tokens)
     model, tokenizer, name = load_model(args.model)
-    policy = Policy(model, tokenizer, name=name, lora=config.lora)
+    policy = Policy.for_config(model, tokenizer, name, config)
     store = ExperienceStore(config.database_location)
     initial = ensure_initial_adapter(policy, adapters_folder(config))
     learners = {
@@ -288,7 +288,7 @@ def rewordings(lab: Lab, texts: Sequence[str], must_keep: Sequence[str], instruc
     for text in texts:
         prompts += [lab.policy.chat_start(f"{instruction}\n\n{text}")] * (2 * n)
     gen = GenerationConfig(answer_tokens=96, temperature=0.9, protocol=False)
-    with lab.policy.model.disable_adapter():
+    with lab.policy.pretrained():
         out = [c.answer.strip() for c in lab.policy.chat(prompts, gen, torch.Generator().manual_seed(seed))]
     kept = []
     for i, text in enumerate(texts):

@@ -156,7 +156,11 @@ def main() -> int:
             if side == "lifelong":
                 model, tokenizer, name = load_model(args.model)
                 torch.manual_seed(config.seed)  # the adapter initialisation the TRL runner also uses
-                Runtime(config, Policy(model, tokenizer, name=name, lora=config.lora), run_dir).run()
+                Runtime(
+                    config,
+                    Policy.for_config(model, tokenizer, name, config),
+                    run_dir,
+                ).run()
                 del model, tokenizer
             else:
                 run_trl(trl_config, run_dir, args.model, note=lambda m: print(m, file=sys.stderr))

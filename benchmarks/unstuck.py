@@ -190,7 +190,7 @@ def main_no_answer(args: argparse.Namespace) -> None:
         config = RunConfig.for_method(
             preset, stream=stream.to_dict(), seed=seed, count_every_sample=True, eval_every=0, **settings
         )  # fmt: skip
-        policy = Policy(model, tok, name=name, lora=config.lora)
+        policy = Policy.for_config(model, tok, name, config)
         run_dir = out / f"seed{seed}" / method
         progress = ConsoleProgress()  # a bar with this run's episodes and ETA
         runtime = Runtime(config, policy, run_dir, progress)

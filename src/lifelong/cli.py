@@ -167,6 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             thinking_tokens=args.thinking_tokens,
             seed=args.seed,
             store=args.store,
+            unit=args.unit,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
@@ -177,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         model, tokenizer, name = load_model(config.model)
         progress.note(f"run folder {run_dir}")
-        policy = Policy(model, tokenizer, name=name, lora=config.lora)
+        policy = Policy.for_config(model, tokenizer, name, config)
         if args.sampler == "vllm":  # sample on this machine's GPU with vLLM; learn here as always
             from lifelong.scale.vllm_actor import vllm_runtime
 
@@ -352,6 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "reasoning_effort": args.reasoning_effort,
         "probes_file": args.probes,
         "threads": args.threads,
+        "unit": args.unit,
     }
     settings |= {k: v for k, v in flags.items() if v is not None}
     if args.no_learn:
@@ -403,7 +405,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def make_policy() -> Policy:
         model, tokenizer, name = load_model(args.model)
-        return Policy(model, tokenizer, name=name)
+        return Policy(model, tokenizer, name=name, unit=args.unit)
 
     if seeds is not None:
         try:
@@ -413,7 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 seeds,
                 make_policy,
                 out,
-                {"model": args.model},
+                {"model": args.model, "unit": args.unit},
                 baseline,
                 lambda s, m: progress.note(f"seed {s}, method {m}"),
                 progress,
@@ -430,7 +432,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.json:
             print(seed_summary_line(summary, stream.name))
         return 0
-    settings = {"model": args.model, "seed": 0 if args.seed is None else args.seed}
+    settings = {"model": args.model, "unit": args.unit, "seed": 0 if args.seed is None else args.seed}
     try:
         results = run_methods(
             stream, methods, make_policy, out, settings, lambda m: progress.note(f"method {m}"), progress, external
@@ -468,7 +470,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir} is not a run folder (no config.json)", "pass a folder under runs/")
     config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     model, tokenizer, name = load_model(config.model)
-    runtime = Runtime(config, Policy(model, tokenizer, name=name, lora=config.lora), run_dir)
+    runtime = Runtime(config, Policy.for_config(model, tokenizer, name, config), run_dir)
     step = runtime.restore()
     report = consolidate(runtime, rounds=args.rounds)
     runtime.checkpoint(step, good=False)  # the gate judges the consolidated adapters at the next evaluation
@@ -580,6 +582,15 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0 if taught or not failed else EXIT_BAD_INPUT
 
 
+def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> None:
+    parser.add_argument(
+        "--unit",
+        choices=["lora", "memory", "full"],
+        default=default,
+        help="what learns: LoRA adapters, memory-layer values (sparse), or every weight (default: lora)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifelong", description="An LM agent that keeps learning while it works.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -601,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--thinking-tokens", type=int, help="exact thinking budget (overrides --reasoning-effort)")
     run.add_argument("--lr", type=float, help="learning rate of the adapters")
+    _add_unit(run)
     run.add_argument(
         "--method",
         default="lifelong",
@@ -650,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--baseline", help="with --seeds: the method others are paired with (default: grpo if run, else the first)"
     )
+    _add_unit(ev)
     ev.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     ev.add_argument("--json", action="store_true", help="print the results as one JSON line, last on stdout")
     ev.add_argument("--quiet", action="store_true")
@@ -705,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-learn", action="store_true", help="store feedback but do not learn from it")
     serve.add_argument("--threads", type=int, help="torch threads for answering (default: 2)")
+    _add_unit(serve, default=None)
     serve.add_argument("--config", help="JSON file of further ServeConfig settings (learner, learning, lora, limits)")
     serve.set_defaults(func=cmd_serve)
 

@@ -110,7 +110,7 @@ def test_anchor_items_are_held_to_the_pretrained_model(tiny_policy: Policy) -> N
             if "lora_B" in name:
                 p.add_(0.05)
     anchor_prompt = tiny_policy.chat_start("What is the capital of France?")
-    with tiny_policy.model.disable_adapter():
+    with tiny_policy.pretrained():
         reply = tiny_policy.chat([anchor_prompt], GenerationConfig(protocol=False, temperature=0.0, answer_tokens=4))[0]
     anchors = [Sample(tuple(anchor_prompt), reply.token_ids, reply.logprobs, reply.loss_mask, 0.0)]
     lesson = Lesson(tuple(tiny_policy.start("What is the code?")), tuple(tiny_policy.start("Code: zebra. Code?")))
@@ -125,7 +125,7 @@ def test_anchor_items_are_held_to_the_pretrained_model(tiny_policy: Policy) -> N
             distiller.generator = torch.Generator().manual_seed(step)
             distiller.update([lesson], anchors=anchors)
         with torch.no_grad():
-            held[coef] = float(pretrained_kl(tiny_policy.model, anchors, tiny_policy.pad_id))
+            held[coef] = float(pretrained_kl(tiny_policy, anchors))
     assert held[10.0] < 0.5 * held[0.0]
 
 
@@ -152,7 +152,7 @@ def test_a_lesson_taught_by_the_pretrained_model_unlearns_what_the_adapters_lear
 
     def kl_to_base() -> float:
         with torch.no_grad():
-            return float(pretrained_kl(policy.model, [taught], policy.pad_id))
+            return float(pretrained_kl(policy, [taught]))
 
     learned, after = kl_to_base(), {}
     for teacher in LessonTeacher:

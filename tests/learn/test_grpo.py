@@ -134,7 +134,7 @@ def test_batch_without_signal_is_not_applied(tiny_policy: Policy) -> None:
 def _anchor_kl(policy: Policy, anchors: list[Sample]) -> float:
     with torch.no_grad():
         logp, _, mask = completion_log_softmax(policy.model, anchors, policy.pad_id)
-        with policy.model.disable_adapter():
+        with policy.pretrained():
             ref, _, _ = completion_log_softmax(policy.model, anchors, policy.pad_id)
     return float(reverse_kl(logp, ref, mask))
 

@@ -41,13 +41,13 @@ def test_the_kept_reference_gives_the_anchor_gradient_of_a_fresh_one(tiny_policy
     _moved(tiny_policy)
     kept = PretrainedLogSoftmax()
     base_passes = []
-    real = tiny_policy.model.disable_adapter
-    monkeypatch.setattr(tiny_policy.model, "disable_adapter", lambda: base_passes.append(1) or real())
+    real = tiny_policy.pretrained
+    monkeypatch.setattr(tiny_policy, "pretrained", lambda: base_passes.append(1) or real())
 
     def grads(pretrained: PretrainedLogSoftmax | None, rows: list[Sample]) -> tuple[float, list[torch.Tensor]]:
         for p in trainable(tiny_policy):
             p.grad = None
-        kl = pretrained_kl(tiny_policy.model, rows, tiny_policy.pad_id, pretrained=pretrained)
+        kl = pretrained_kl(tiny_policy, rows, pretrained=pretrained)
         kl.backward()
         return float(kl.detach()), [p.grad.clone() for p in trainable(tiny_policy)]  # type: ignore[union-attr]
 
@@ -66,6 +66,6 @@ def test_the_kept_reference_is_bounded(tiny_policy: Policy) -> None:
     samples = _samples(tiny_policy, ["a?", "b?", "c?", "d?"])
     kept = PretrainedLogSoftmax(max_rows=len(samples[0].completion_ids) + len(samples[1].completion_ids))
     want, _, _ = completion_log_softmax(tiny_policy.model, samples, tiny_policy.pad_id)
-    got = kept(tiny_policy.model, samples, tiny_policy.pad_id)
+    got = kept(tiny_policy, samples)
     assert torch.allclose(got, want, atol=1e-5)
     assert kept._rows <= kept.max_rows or len(kept._kept) == 1

@@ -139,7 +139,7 @@ def test_the_anchor_is_held_out_general_items_answered_by_the_pretrained_model(
     probe_prompts = {tuple(tiny_policy.start(Task.of("facts").make().reset(seed=s)[0])) for s in probe.seeds}
     assert not {a.prompt_ids for a in pool} & probe_prompts  # never the held-out probes
     greedy = runtime.config.generation(0.0)
-    with tiny_policy.model.disable_adapter():
+    with tiny_policy.pretrained():
         pretrained = tiny_policy.respond([list(a.prompt_ids) for a in pool], greedy)
     assert [a.completion_ids for a in pool] == [c.token_ids for c in pretrained]
     # each update takes the next two; in three updates every item had its turn

@@ -1,4 +1,5 @@
-"""The memory layer (issue 21): product-key lookup, insertion that changes nothing, sparse updates."""
+"""The memory layer (issue 21): product-key lookup, insertion and healing that change nothing,
+sparse updates that move only the chosen slots."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from lifelong.errors import ConfigError
 from lifelong.model.memory_layer import (
     MemoryLayer,
     MemorySettings,
-    SparseValueUpdate,
-    count_background,
     counting,
+    heal_memory,
     insert_memory,
     memories_of,
+    memories_off,
+    only_chosen_slots,
     tfidf_slots,
 )
 
@@ -71,24 +73,63 @@ def test_tfidf_prefers_what_the_batch_reads_more_than_the_background() -> None:
     assert tfidf_slots(torch.zeros(5), background, 2).numel() == 0
 
 
-def test_a_sparse_update_moves_only_the_chosen_slots(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_healing_fits_keys_to_the_text_and_counts_its_reads_without_moving_an_output(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
     model = make_tiny_model(tokenizer)
-    (memory,) = insert_memory(model, SMALL)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    count_background(model, [torch.tensor([[11, 12, 13, 14]])])
-    background = memory.counts.clone()
-    assert background.sum() == 4 * SMALL.heads * SMALL.topk
+    before = model(input_ids=ids).logits
+    (memory,) = insert_memory(model, SMALL)
+    random_keys = memory.keys.detach().clone()
+    texts = [list(range(20 + 7 * i, 40 + 7 * i)) for i in range(6)]
+    heal_memory(model, [memory], texts)
+    assert not torch.equal(memory.keys, random_keys)
+    assert torch.allclose(memory.keys.norm(dim=-1), torch.ones(2, SMALL.heads, SMALL.n_keys))
+    assert memory.background.sum() == sum(len(t) for t in texts) * SMALL.heads * SMALL.topk
+    assert torch.equal(model(input_ids=ids).logits, before)  # the values are still zero
     with counting([memory]) as counts:
-        loss = model(input_ids=ids).logits.logsumexp(-1).sum()
-    chosen = tfidf_slots(counts[0], background, 3)
-    sparse = SparseValueUpdate(memory)
-    sparse.choose(chosen)
-    loss.backward()
-    grad = memory.values.weight.grad
-    assert grad is not None
-    moved = set(torch.nonzero(grad.abs().sum(-1)).flatten().tolist())
-    assert moved and moved <= set(chosen.tolist())
-    sparse.remove()
+        model(input_ids=torch.tensor([texts[0]]))
+    assert counts[0].sum() == len(texts[0]) * SMALL.heads * SMALL.topk
+
+
+def test_a_sparse_step_moves_only_the_chosen_slots_even_with_adams_momentum(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = make_tiny_model(tokenizer)
+    settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,), train_slots=3)
+    (memory,) = insert_memory(model, settings)
+    model.requires_grad_(False)
+    memory.values.weight.requires_grad_(True)
+    heal_memory(model, [memory], [[11, 12, 13, 14, 15, 16]])
+    optimizer = torch.optim.AdamW([memory.values.weight], lr=0.1, weight_decay=0.0)
+    moved_by_step = []
+    for ids in ([5, 6, 7, 8, 9], [30, 31, 32, 33]):
+        optimizer.zero_grad()
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[1, 2, 3]]))  # sampling reads are not the batch's
+        reads = memory.batch_reads.clone()
+        model(input_ids=torch.tensor([ids])).logits.logsumexp(-1).sum().backward()
+        assert torch.equal(reads, torch.zeros_like(reads))
+        chosen = set(tfidf_slots(memory.batch_reads, memory.background, 3).tolist())
+        before = memory.values.weight.detach().clone()
+        with only_chosen_slots([memory]):
+            optimizer.step()
+        moved = set(torch.nonzero((memory.values.weight.detach() - before).abs().sum(-1)).flatten().tolist())
+        assert moved and moved <= chosen  # the first step's slots keep momentum, yet stay put
+        assert memory.batch_reads.sum() == 0  # reset for the next batch
+        moved_by_step.append(moved)
+    assert moved_by_step[0] != moved_by_step[1]
+
+
+def test_memories_off_is_the_pretrained_model(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = make_tiny_model(tokenizer)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    before = model(input_ids=ids).logits
+    (memory,) = insert_memory(model, SMALL)
+    with torch.no_grad():
+        memory.values.weight.normal_()
+    assert not torch.allclose(model(input_ids=ids).logits, before)
+    with memories_off([memory]):
+        assert torch.equal(model(input_ids=ids).logits, before)
+    assert memory.enabled
 
 
 def test_bad_settings_say_what_to_use() -> None:

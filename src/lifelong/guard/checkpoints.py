@@ -1,9 +1,10 @@
 """A ring of adapter checkpoints, each written atomically and verified on load.
 
-A checkpoint is a folder `step-000042/` holding the LoRA adapter (peft format, so `PeftModel.
-from_pretrained` can load it too), the optimizer state, the runtime state and a manifest with the
-SHA-256 of every file. It is written under a temporary name, fsynced and renamed into place, so a
-crash never leaves a half-written checkpoint that looks whole. Only the newest `keep` are kept.
+A checkpoint is a folder `step-000042/` holding the learning unit's weights (model/adapters.py;
+LoRA in peft's format, so `PeftModel.from_pretrained` can load it too), the optimizer state, the
+runtime state and a manifest with the SHA-256 of every file. It is written under a temporary name,
+fsynced and renamed into place, so a crash never leaves a half-written checkpoint that looks
+whole. Only the newest `keep` are kept.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from lifelong.errors import CheckpointError
+from lifelong.model.adapters import adapter_state, load_adapter
+from lifelong.model.policy import Policy, Unit
 
 ADAPTER_FILE = "adapter_model.safetensors"
 _OPTIMIZER = "optimizer.pt"
@@ -65,14 +67,15 @@ class CheckpointRing:
             return []
         return sorted(p for p in self.folder.glob("step-*") if p.is_dir())
 
-    def save(self, model: PeftModel, optimizer: torch.optim.Optimizer | None, step: int, state: dict[str, Any]) -> Path:
+    def save(self, policy: Policy, optimizer: torch.optim.Optimizer | None, step: int, state: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"step-{step:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder))
         try:
-            tensors = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+            tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state(policy).items()}
             save_file(tensors, tmp / ADAPTER_FILE)
-            model.peft_config["default"].save_pretrained(str(tmp))
+            if policy.unit is Unit.LORA:
+                policy.model.peft_config["default"].save_pretrained(str(tmp))
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / _OPTIMIZER)
             (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=1))
@@ -138,15 +141,15 @@ class CheckpointRing:
         state = json.loads((path / _STATE).read_text())
         return Checkpoint(path, int(state["step"]), state)
 
-    def restore(self, checkpoint: Checkpoint, model: PeftModel, optimizer: torch.optim.Optimizer | None) -> None:
-        """Load adapter weights (and optimizer state) from a verified checkpoint into the live model."""
+    def restore(self, checkpoint: Checkpoint, policy: Policy, optimizer: torch.optim.Optimizer | None) -> None:
+        """Load the unit's weights (and optimizer state) from a verified checkpoint into the policy."""
         self.verify(checkpoint.path)
         try:
-            set_peft_model_state_dict(model, load_file(checkpoint.path / ADAPTER_FILE))
+            load_adapter(policy, load_file(checkpoint.path / ADAPTER_FILE))
             if optimizer is not None and (checkpoint.path / _OPTIMIZER).is_file():
                 optimizer.load_state_dict(torch.load(checkpoint.path / _OPTIMIZER, weights_only=True))
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"checkpoint {checkpoint.path} does not fit this model ({str(exc)[:120]})",
-                "resume with the same --model and LoRA settings the run was started with",
+                "resume with the same --model, --unit and unit settings the run was started with",
             ) from exc

@@ -136,11 +136,9 @@ class SelfDistiller:
         general: dict[str, float] = {}
         if anchors and cfg.anchor_coef > 0:
             general = {
-                "anchor/kl": hold_to_pretrained(
-                    model, anchors, self.policy.pad_id, cfg.anchor_coef, pretrained=self.pretrained
-                )
+                "anchor/kl": hold_to_pretrained(self.policy, anchors, cfg.anchor_coef, pretrained=self.pretrained)
             }
-        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm)
+        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, memories=self.policy.memories)
         applied = math.isfinite(grad_norm)
         self.step += int(applied)
         self.optimizer.zero_grad(set_to_none=True)
@@ -176,14 +174,15 @@ class SelfDistiller:
             for base in (False, True):
                 rows = [i for i, (_, _, teacher) in enumerate(pairs) if (teacher == LessonTeacher.PRETRAINED) == base]
                 if rows:
-                    with model.disable_adapter() if base else nullcontext():
-                        logp, _, _ = completion_log_softmax(model, [pairs[i][1] for i in rows], pad)
+                    with self.policy.pretrained() if base else nullcontext():
+                        teachers = [pairs[i][1] for i in rows]
+                        logp, _, _ = completion_log_softmax(self.policy.model, teachers, pad)
                     teacher_logp[rows, : logp.shape[1]] = logp
             anchor: AbstractContextManager[None] = (
-                model.disable_adapter() if reference is None else reference.loaded(self.policy)
+                self.policy.pretrained() if reference is None else reference.loaded(self.policy)
             )
             with anchor:
-                reference_logp, _, _ = completion_log_softmax(model, students, pad)
+                reference_logp, _, _ = completion_log_softmax(self.policy.model, students, pad)
             # Unlearning is held to the base model, not to `reference`: the earlier adapters still
             # know the deleted item, and a geometric mix with them would keep half of it. The base
             # model on the bare question has no lesson to colour its format, so nothing is lost.

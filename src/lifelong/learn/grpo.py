@@ -29,7 +29,7 @@ import torch
 
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_logprobs, hold_to_pretrained, micro_batches
-from lifelong.learn.optim import clipped_step, set_learning_rate
+from lifelong.learn.optim import clipped_step, make_optimizer, set_learning_rate
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
 
@@ -108,10 +108,9 @@ class GRPOLearner:
         # The guard's cheapest check: skip a step whose gradient is NaN/Inf. Off only in the
         # unguarded baselines, to show what it prevents.
         self.refuse_nonfinite = refuse_nonfinite
-        params = [p for p in policy.model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("the policy has no trainable parameters", "create the Policy with LoRA settings")
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        if not any(p.requires_grad for p in policy.model.parameters()):
+            raise ConfigError("the policy has no trainable parameters", "create the Policy with a learning unit")
+        self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.step = 0
         self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
@@ -143,9 +142,9 @@ class GRPOLearner:
                     sums[k] += v
             if anchors:
                 sums["anchor/kl"] += hold_to_pretrained(
-                    model, anchors, self.policy.pad_id, cfg.anchor_coef, cfg.temperature, self.pretrained
+                    self.policy, anchors, cfg.anchor_coef, cfg.temperature, self.pretrained
                 )
-            grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
+            grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite, self.policy.memories)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 model.eval()
                 return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
@@ -182,8 +181,8 @@ class GRPOLearner:
         policy_loss = -torch.minimum(ratio * adv, clipped * adv)  # (B, C)
         kl = torch.zeros_like(logp)
         if cfg.kl_coef > 0:
-            with torch.no_grad(), model.disable_adapter():
-                ref_logp, _, _ = completion_logprobs(model, chunk, pad, cfg.temperature)
+            with torch.no_grad(), self.policy.pretrained():
+                ref_logp, _, _ = completion_logprobs(self.policy.model, chunk, pad, cfg.temperature)
             delta = (ref_logp - logp) * mask
             kl = torch.exp(delta) - delta - 1  # k3 estimator, >= 0
         loss = ((policy_loss + cfg.kl_coef * kl) * mask).sum() / total_tokens

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from lifelong.model.policy import Policy
 from lifelong.model.sampler import left_pad, positions
 from lifelong.timing import part
 from lifelong.types import Sample
@@ -131,16 +132,17 @@ class PretrainedLogSoftmax:
         self._kept: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
         self._rows = 0
 
-    def __call__(self, model: Any, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
-        """(B, C, V) as `completion_log_softmax` gives it with the adapters off (zeros past each
+    def __call__(self, policy: Policy, samples: Sequence[Sample], temperature: float = 1.0) -> torch.Tensor:
+        """(B, C, V) as `completion_log_softmax` gives it for the pretrained model (zeros past each
         sample's completion, where its mask is 0)."""
         keys = [(s.prompt_ids, s.completion_ids, temperature) for s in samples]
         distinct = dict(zip(keys, samples, strict=True))
         found = {key: self._kept[key] for key in distinct if key in self._kept}
         todo = [key for key in distinct if key not in found]
         if todo:
-            with torch.no_grad(), model.disable_adapter():
-                logp, _, _ = completion_log_softmax(model, [distinct[key] for key in todo], pad_id, temperature)
+            with torch.no_grad(), policy.pretrained():
+                new = [distinct[key] for key in todo]
+                logp, _, _ = completion_log_softmax(policy.model, new, policy.pad_id, temperature)
             for i, key in enumerate(todo):
                 found[key] = logp[i, : len(distinct[key].completion_ids)].clone()
         vocab = next(iter(found.values())).shape[-1]
@@ -163,9 +165,8 @@ class PretrainedLogSoftmax:
 
 
 def hold_to_pretrained(
-    model: Any,
+    policy: Policy,
     samples: Sequence[Sample],
-    pad_id: int,
     coef: float,
     temperature: float = 1.0,
     pretrained: PretrainedLogSoftmax | None = None,
@@ -174,20 +175,19 @@ def hold_to_pretrained(
     anchor term, accumulated into the step's gradients); returns the KL. `pretrained` keeps the
     reference side between steps."""
     with part("anchor"):
-        kl = pretrained_kl(model, samples, pad_id, temperature, pretrained)
+        kl = pretrained_kl(policy, samples, temperature, pretrained)
         (coef * kl).backward()
         return float(kl.detach())
 
 
 def pretrained_kl(
-    model: Any,
+    policy: Policy,
     samples: Sequence[Sample],
-    pad_id: int,
     temperature: float = 1.0,
     pretrained: PretrainedLogSoftmax | None = None,
 ) -> torch.Tensor:
     """KL(policy || pretrained model) over the whole vocabulary, averaged over the samples' target
     tokens (the adapters switched off for the reference): the anchor that holds general ability."""
-    logp, _, mask = completion_log_softmax(model, samples, pad_id, temperature)
-    ref_logp = (pretrained or PretrainedLogSoftmax(0))(model, samples, pad_id, temperature)
+    logp, _, mask = completion_log_softmax(policy.model, samples, policy.pad_id, temperature)
+    ref_logp = (pretrained or PretrainedLogSoftmax(0))(policy, samples, temperature)
     return reverse_kl(logp, ref_logp, mask)

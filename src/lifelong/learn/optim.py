@@ -1,10 +1,21 @@
-"""The optimizer step every learner shares: set the rate, clip, refuse non-finite gradients."""
+"""The optimizer every learner shares: build it for the policy's unit, set the rate, clip,
+refuse non-finite gradients, and keep a memory unit's step sparse."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+
+from lifelong.model.adapters import optimizer_groups
+from lifelong.model.memory_layer import MemoryLayer, only_chosen_slots
+from lifelong.model.policy import Policy
+
+
+def make_optimizer(policy: Policy, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the policy's learning unit (LoRA, memory values or every weight)."""
+    return torch.optim.AdamW(optimizer_groups(policy, weight_decay), lr=learning_rate)
 
 
 def steps_taken(optimizer: torch.optim.Optimizer) -> int:
@@ -22,21 +33,29 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float, warmup_step
     if warmup_steps > 0:
         rate *= min(1.0, (steps_taken(optimizer) + 1) / warmup_steps)
     for group in optimizer.param_groups:
-        group["lr"] = rate
+        group["lr"] = rate * group.get("lr_scale", 1.0)
     return rate
 
 
-def clipped_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, refuse_nonfinite: bool = True) -> float:
+def clipped_step(
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+    refuse_nonfinite: bool = True,
+    memories: Sequence[MemoryLayer] = (),
+) -> float:
     """Clip the accumulated gradients to `max_grad_norm` and step; returns the norm before clipping.
+    With `memories` (the memory unit), only the slots each batch chose change (sparse memory
+    finetuning).
 
     A non-finite norm (NaN/Inf somewhere in the gradients) skips the step and clears the gradients
     when `refuse_nonfinite` is set, so one poisoned batch never reaches the weights; the caller
     reports the update as refused. Without it the step is taken anyway (the unguarded baselines).
     """
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    if refuse_nonfinite and not math.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)
-        return norm
-    optimizer.step()
+    with only_chosen_slots(memories):
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        if refuse_nonfinite and not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return norm
+        optimizer.step()
     return norm

@@ -18,7 +18,7 @@ import torch
 from lifelong.errors import ConfigError
 from lifelong.learn.learner import reward_batch
 from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_logprobs, hold_to_pretrained
-from lifelong.learn.optim import clipped_step, set_learning_rate
+from lifelong.learn.optim import clipped_step, make_optimizer, set_learning_rate
 from lifelong.model.adapters import AdapterSnapshot
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Lesson, LessonTeacher, Sample, UpdateReport
@@ -72,10 +72,7 @@ class SFTLearner:
         self.policy = policy
         self.config = config
         self.refuse_nonfinite = refuse_nonfinite  # see GRPOLearner
-        params = [p for p in policy.model.parameters() if p.requires_grad]
-        self.optimizer = optimizer or torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+        self.optimizer = optimizer or make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.step = 0
         self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
@@ -101,11 +98,9 @@ class SFTLearner:
         held: dict[str, float] = {}
         if batch.anchors and cfg.anchor_coef > 0:
             held = {
-                "anchor/kl": hold_to_pretrained(
-                    model, batch.anchors, self.policy.pad_id, cfg.anchor_coef, pretrained=self.pretrained
-                )
+                "anchor/kl": hold_to_pretrained(self.policy, batch.anchors, cfg.anchor_coef, pretrained=self.pretrained)
             }
-        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite)
+        grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite, self.policy.memories)
         model.eval()
         if self.refuse_nonfinite and not math.isfinite(grad_norm):
             return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")

@@ -89,7 +89,7 @@ class AnchorPool:
                         prompts.append(asked_after_examples(self.policy, env, distinct, j, self.shots))
                     else:
                         prompts.append(start(env.reset(seed=s)[0]))
-        with self.policy.model.disable_adapter():
+        with self.policy.pretrained():
             answers = self.policy.respond(prompts, self.generation) if prompts else []
         samples = [
             Sample(tuple(p), c.token_ids, c.logprobs, self.policy.answer_mask(c), 0.0)

@@ -19,7 +19,8 @@ from lifelong.learn.sft import SFTConfig
 from lifelong.loop.curriculum import CurriculumConfig
 from lifelong.loop.explore import ExplorationConfig
 from lifelong.memory.book import MemoryConfig
-from lifelong.model.policy import GenerationConfig, LoraSettings
+from lifelong.model.memory_layer import MemorySettings
+from lifelong.model.policy import GenerationConfig, LoraSettings, Unit, check_unit
 
 
 class Method(enum.StrEnum):
@@ -76,6 +77,8 @@ class RunConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)  # also sets the sampling (group_size, temperature)
     sft: SFTConfig = field(default_factory=SFTConfig)  # the learner of update_rule "sft"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
+    memory_unit: MemorySettings = field(default_factory=MemorySettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
     # What the agent does with its experience (see `for_method` for the named combinations).
     method: Method = Method.LIFELONG
@@ -111,6 +114,7 @@ class RunConfig:
             raise ConfigError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
         object.__setattr__(self, "update_rule", UpdateRule(self.update_rule))
         object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "unit", check_unit(self.unit))
         if self.consolidate and self.update_rule is UpdateRule.NONE:
             raise ConfigError("consolidate needs weights that learn", "set update_rule to grpo or sft")
         if self.prompts_per_step < 1:
@@ -146,6 +150,7 @@ class RunConfig:
         shared = {f.name for f in fields(SFTConfig)}
         d["sft"] = SFTConfig(**d["sft"]) if "sft" in d else SFTConfig(**{k: getattr(d["grpo"], k) for k in shared})
         d["lora"] = LoraSettings(**d.get("lora", {}))
+        d["memory_unit"] = MemorySettings.from_dict(d.get("memory_unit", {}))
         d["guard"] = GuardConfig(**d.get("guard", {}))
         d["distill"] = DistillConfig(**d.get("distill", {}))
         d["memory"] = MemoryConfig(**d.get("memory", {}))

@@ -77,7 +77,7 @@ class Evaluation:
     def kl_base(self) -> float:
         """KL drift of the live adapters from the pretrained model on the drift prompts."""
         if not self.base_drift.has_reference:
-            with self.policy.model.disable_adapter():
+            with self.policy.pretrained():
                 self.base_drift.set_reference(self.policy)
         return self.base_drift.read(self.policy).kl
 
@@ -106,7 +106,7 @@ class Evaluation:
             return self._rescored[weights, task]
 
         if against == "pretrained":
-            reference = success("pretrained", self.policy.model.disable_adapter())
+            reference = success("pretrained", self.policy.pretrained())
         elif against == "last_good" and last_good is not None:
             reference = success("last_good", last_good.loaded(self.policy))
         else:

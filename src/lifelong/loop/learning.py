@@ -224,7 +224,7 @@ class LearningCore:
         if good is None:  # cannot happen once a step-0 checkpoint was saved good
             raise RuntimeError("no good checkpoint to roll back to")
         with part("checkpoint"):
-            self.ring.restore(good, self.policy.model, self.learner.optimizer)
+            self.ring.restore(good, self.policy, self.learner.optimizer)
         self._new_version()  # new identity for restored weights; versions never repeat
         self.guard.rolled_back(step, good.step, verdict.reason)
         self.log({"type": "rollback", "step": step, "to_step": good.step, "reason": verdict.reason})
@@ -242,7 +242,7 @@ class LearningCore:
             "guard": self.guard.to_dict(),
         }
         with part("checkpoint"):
-            return self.ring.save(self.policy.model, self.learner.optimizer, step, state)
+            return self.ring.save(self.policy, self.learner.optimizer, step, state)
 
     def restore(self) -> RestoredState | None:
         """Load the newest checkpoint into the policy, the learner and the guard (and the last good
@@ -252,9 +252,9 @@ class LearningCore:
             return None
         good = self.ring.latest_good() if self.keep_good_adapters else None
         if good is not None:  # the adapters of the last passed gate
-            self.ring.restore(good, self.policy.model, None)
+            self.ring.restore(good, self.policy, None)
             self.good_adapters = AdapterSnapshot(self.policy)
-        self.ring.restore(checkpoint, self.policy.model, self.learner.optimizer)
+        self.ring.restore(checkpoint, self.policy, self.learner.optimizer)
         s = checkpoint.state
         self.policy.version = int(s["version"])  # the restored weights' own version, saved with them
         self.learner.step = int(s["learner_step"])

@@ -224,9 +224,9 @@ def ensure_initial_adapter(policy: Policy, folder: Path) -> Adapter:
     ring = CheckpointRing(folder / INITIAL, keep=1)
     checkpoint = ring.latest()
     if checkpoint is None:
-        ring.save(policy.model, None, 0, {"initial": True})
+        ring.save(policy, None, 0, {"initial": True})
     else:
-        ring.restore(checkpoint, policy.model, None)
+        ring.restore(checkpoint, policy, None)
     return adapter_state(policy)
 
 
@@ -555,7 +555,7 @@ class TenantLearner:
         a near-tie decided otherwise must not count as a changed answer."""
         if self._pretrained is None:
             prompts = [p for _, _, p in self._probe_prompts]
-            with self.policy.model.disable_adapter():
+            with self.policy.pretrained():
                 replies = self.policy.chat(prompts, self.greedy)
                 if self._shot_prompts:
                     replies += self.policy.chat(self._shot_prompts, self.greedy)

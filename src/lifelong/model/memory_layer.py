@@ -8,11 +8,14 @@ feed-forward block of a few decoder layers (`insert_memory`), adding its read-ou
 output. The values start at zero, so an inserted model computes exactly what the pretrained one
 did, and only the values learn: a slot's value moves only when a batch reads it.
 
-Sparse memory finetuning (Lin et al., 2025): each layer counts how often each slot is read
-(`MemoryLayer.counts`); a batch trains only the slots it reads far more than background text does
-(TF-IDF of the batch's access counts against the background counts, `tfidf_slots`), and
-`SparseValueUpdate` zeroes the value gradient of every other slot. The background counts come from
-a healing pass over text like the model's own (`count_background`).
+Healing (`heal_memory`): the half-keys are set to queries the model itself makes on background
+text (its own replies to diverse questions), so the slots cover the hidden states the model
+visits, and the background's reads are counted. The values stay zero, so healing moves no output.
+
+Sparse memory finetuning (Lin et al., 2025): every forward that builds a gradient counts the slots
+it reads (`MemoryLayer.batch_reads`); at the optimizer step, `only_chosen_slots` keeps the
+`train_slots` that the batch reads far more than the background does (TF-IDF, `tfidf_slots`) and
+no other slot's value changes, Adam's momentum from earlier steps included.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class MemorySettings:
     topk: int = 32  # slots read per head and token
     key_dim: int = 128  # query width per head (two halves of key_dim / 2)
     layers: tuple[int, ...] = (-3,)  # decoder layers that get a memory beside their feed-forward block
+    train_slots: int = 1024  # slots a step may change, per layer (TF-IDF's top t)
+    # The values' learning rate over the learner's: a value starts at zero and a token reads it with
+    # weight ~1 / (heads * topk), so it needs a larger step than a LoRA weight to matter.
+    lr_scale: float = 100.0
 
     def __post_init__(self) -> None:
         if self.n_keys < 2 or self.heads < 1 or self.key_dim % 2 or not 1 <= self.topk <= self.n_keys:
@@ -48,16 +55,25 @@ class MemorySettings:
             )
         if not self.layers:
             raise ConfigError("memory.layers is empty", "name at least one decoder layer, e.g. (-3,)")
+        if self.train_slots < 1 or self.lr_scale <= 0:
+            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 1024 and 100")
 
     @property
     def slots(self) -> int:
         return self.n_keys**2
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemorySettings:
+        """From a config.json's object (JSON has lists where the settings keep tuples)."""
+        return cls(**{**d, **({"layers": tuple(d["layers"])} if "layers" in d else {})})
+
 
 class MemoryLayer(nn.Module):
     """Product-key lookup from `width`-wide hidden states into `slots` value vectors of that width."""
 
-    counts: torch.Tensor  # reads per slot while `counting` (a buffer, not saved)
+    background: torch.Tensor  # reads per slot on background text (saved: slot selection's denominator)
+    counts: torch.Tensor  # reads per slot while `counting`
+    batch_reads: torch.Tensor  # reads per slot by forwards that build a gradient, since the last step
 
     def __init__(self, width: int, settings: MemorySettings, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -71,15 +87,21 @@ class MemoryLayer(nn.Module):
         nn.init.normal_(self.query.weight, std=1.0 / math.sqrt(width), generator=generator)
         self.values = nn.Embedding(s.slots, width)
         nn.init.zeros_(self.values.weight)  # inserted, it changes nothing
+        self.register_buffer("background", torch.zeros(s.slots, dtype=torch.float64))
         self.register_buffer("counts", torch.zeros(s.slots, dtype=torch.float64), persistent=False)
+        self.register_buffer("batch_reads", torch.zeros(s.slots, dtype=torch.float64), persistent=False)
         self.counting = False
         self.enabled = True
+
+    def queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., heads, key_dim): the normalised query of each token, per head."""
+        s = self.settings
+        return self.query_norm(self.query(hidden).unflatten(-1, (s.heads, s.key_dim)))
 
     def lookup(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slot indices and weights for each token: (..., heads * topk) each."""
         s = self.settings
-        q = self.query_norm(self.query(hidden).unflatten(-1, (s.heads, s.key_dim)))  # (..., H, D)
-        q1, q2 = q.chunk(2, dim=-1)  # (..., H, D/2) each
+        q1, q2 = self.queries(hidden).chunk(2, dim=-1)  # (..., H, D/2) each
         s1 = torch.einsum("...hd,hkd->...hk", q1, self.keys[0])  # (..., H, n_keys)
         s2 = torch.einsum("...hd,hkd->...hk", q2, self.keys[1])
         top1, i1 = s1.topk(s.topk, dim=-1)  # (..., H, k)
@@ -94,8 +116,11 @@ class MemoryLayer(nn.Module):
         if not self.enabled:
             return torch.zeros_like(hidden)
         slots, weights = self.lookup(hidden)
+        ones = torch.ones(slots.numel(), dtype=torch.float64)
         if self.counting:
-            self.counts.index_add_(0, slots.flatten(), torch.ones(slots.numel(), dtype=self.counts.dtype))
+            self.counts.index_add_(0, slots.flatten(), ones)
+        if torch.is_grad_enabled() and self.values.weight.requires_grad:
+            self.batch_reads.index_add_(0, slots.flatten(), ones)
         flat = slots.reshape(-1, slots.shape[-1])
         out = F.embedding_bag(flat, self.values.weight, per_sample_weights=weights.reshape(flat.shape), mode="sum")
         return out.reshape(hidden.shape)
@@ -135,8 +160,9 @@ def insert_memory(model: nn.Module, settings: MemorySettings, seed: int = 0) -> 
         if block is None:
             raise ConfigError(f"decoder layer {index} has no `mlp` block", "use a Llama-family model")
         param = next(block.parameters())
-        memory = MemoryLayer(width, settings, generator).to(dtype=param.dtype, device=param.device)
-        for p in memory.parameters():
+        memory = MemoryLayer(width, settings, generator).to(device=param.device)
+        for p in memory.parameters():  # the model's dtype; the read counts stay float64
+            p.data = p.data.to(param.dtype)
             p.requires_grad_(False)
         memory.values.weight.requires_grad_(True)
         layer.mlp = WithMemory(block, memory)
@@ -146,6 +172,18 @@ def insert_memory(model: nn.Module, settings: MemorySettings, seed: int = 0) -> 
 
 def memories_of(model: nn.Module) -> list[MemoryLayer]:
     return [m for m in model.modules() if isinstance(m, MemoryLayer)]
+
+
+@contextmanager
+def memories_off(memories: Sequence[MemoryLayer]) -> Iterator[None]:
+    """In the block the memories read nothing: the model is the pretrained one."""
+    for m in memories:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in memories:
+            m.enabled = True
 
 
 @contextmanager
@@ -173,50 +211,80 @@ def tfidf_slots(batch: torch.Tensor, background: torch.Tensor, top: int) -> torc
     return score.topk(k).indices if k > 0 else torch.zeros(0, dtype=torch.long)
 
 
-class SparseValueUpdate:
-    """Keeps a memory's value gradient on the chosen slots only (set per batch with `choose`)."""
+@contextmanager
+def only_chosen_slots(memories: Sequence[MemoryLayer]) -> Iterator[None]:
+    """Wrap an optimizer step so that each memory changes only the `train_slots` its batch chose.
 
-    def __init__(self, memory: MemoryLayer) -> None:
-        self.memory = memory
-        self._mask: torch.Tensor | None = None
-        self._handle = memory.values.weight.register_hook(self._masked)
-
-    def choose(self, slots: torch.Tensor) -> None:
-        mask = torch.zeros(self.memory.settings.slots, 1, dtype=self.memory.values.weight.dtype)
-        mask[slots] = 1.0
-        self._mask = mask
-
-    def _masked(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad if self._mask is None else grad * self._mask
-
-    def remove(self) -> None:
-        self._handle.remove()
+    The candidates are the slots the batch read that have a gradient. On entry every other slot's
+    value gradient is zeroed (so clipping sees the sparse gradient);
+    on exit every other slot's value is put back, since Adam's momentum moves slots that earlier
+    steps trained. The batch's reads are reset for the next step."""
+    kept: list[tuple[MemoryLayer, torch.Tensor, torch.Tensor]] = []
+    for m in memories:
+        grad = m.values.weight.grad
+        # Only slots the loss reaches can learn: a read whose output no loss depends on (a prompt
+        # token past the last layer that matters) has no gradient, so it is not a candidate.
+        reads = m.batch_reads if grad is None else torch.where(grad.abs().sum(-1) > 0, m.batch_reads, 0.0)
+        chosen = tfidf_slots(reads, m.background, m.settings.train_slots)
+        frozen = torch.ones(m.settings.slots, dtype=torch.bool)
+        frozen[chosen] = False
+        if grad is not None:
+            grad[frozen] = 0.0
+        kept.append((m, frozen, m.values.weight.detach()[frozen].clone()))
+        m.batch_reads.zero_()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, frozen, values in kept:
+                m.values.weight[frozen] = values
 
 
 @torch.no_grad()
-def count_background(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Read background text (token id batches) through the model, counting slot reads into each
-    memory's `counts`: the denominator of TF-IDF slot selection."""
-    memories = memories_of(model)
-    for m in memories:
-        m.counting = True
+def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequence[Sequence[int]]) -> None:
+    """Fit the memories to background text (token id lists, read one at a time): each head's
+    half-keys become distinct queries the model makes on it (unit length), then the background's
+    reads are counted into `background`. Values are untouched, so the model's outputs are too."""
+    seen: dict[int, list[torch.Tensor]] = {id(m): [] for m in memories}
+
+    def keep_queries(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen[id(module)].append(module.queries(args[0]).flatten(0, -3))  # type: ignore[operator]
+
+    hooks = [m.register_forward_pre_hook(keep_queries) for m in memories]
     try:
-        for ids in batches:
-            model(input_ids=ids)
+        for ids in texts:
+            model(input_ids=torch.tensor([list(ids)]))
     finally:
-        for m in memories:
-            m.counting = False
+        for h in hooks:
+            h.remove()
+    generator = torch.Generator().manual_seed(0)
+    for m in memories:
+        queries = torch.cat(seen[id(m)])  # (tokens, heads, key_dim)
+        for half, part in enumerate(queries.chunk(2, dim=-1)):  # (tokens, heads, key_dim / 2)
+            for head in range(m.settings.heads):
+                rows = part[:, head].unique(dim=0)
+                pick = torch.randperm(len(rows), generator=generator)[: m.settings.n_keys]
+                if len(pick) < m.settings.n_keys:  # too little text: the rest keep their random keys
+                    m.keys.data[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
+                else:
+                    m.keys.data[half, head] = F.normalize(rows[pick], dim=-1)
+    with counting(memories) as counts:
+        for ids in texts:
+            model(input_ids=torch.tensor([list(ids)]))
+    for m, c in zip(memories, counts, strict=True):
+        m.background.copy_(c)
 
 
 __all__ = [
     "MemoryLayer",
     "MemorySettings",
-    "SparseValueUpdate",
     "WithMemory",
-    "count_background",
     "counting",
     "decoder_layers",
+    "heal_memory",
     "insert_memory",
     "memories_of",
+    "memories_off",
+    "only_chosen_slots",
     "tfidf_slots",
 ]

@@ -18,14 +18,19 @@ tokens the sampler saw (no re-templating that could drop earlier reasoning).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import enum
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
+from lifelong.model.memory_layer import MemoryLayer, MemorySettings, heal_memory, insert_memory, memories_off
 from lifelong.model.sampler import STOP, ControlFn, Force, SampledRow, Shaping, TokenFn, sample
 from lifelong.timing import part
 from lifelong.types import Completion, StopReason
@@ -33,6 +38,41 @@ from lifelong.types import Completion, StopReason
 ANSWER_MARKER = "Answer:"
 EFFORT_BUDGETS = {"none": 0, "low": 32, "medium": 128, "high": 512}
 SYSTEM_PROMPT = "Think briefly, then end with the line 'Answer: <answer>'."
+# Diverse requests whose replies are the memory unit's background text (no task's items).
+HEALING_PROMPTS = (
+    "Tell me about the history of Rome.",
+    "How do plants make food from sunlight?",
+    "Write a short poem about the sea.",
+    "What should I pack for a camping trip?",
+    "Explain how a bicycle works.",
+    "Give me a recipe for pancakes.",
+    "Why is the sky blue?",
+    "Describe your favourite city.",
+    "How do I write a good cover letter?",
+    "What is a prime number?",
+    "Summarise the plot of a famous novel.",
+    "How does the heart pump blood?",
+    "Tell me a story about a dragon.",
+    "What are the rules of chess?",
+    "How can I save money each month?",
+    "Explain what a computer program is.",
+    "What causes earthquakes?",
+    "Describe a day at the beach.",
+    "How do vaccines work?",
+    "What is the difference between weather and climate?",
+    "Give advice to a new student.",
+    "How do airplanes stay in the air?",
+    "Write a letter to a friend.",
+    "What is democracy?",
+    "Explain how to make a cup of tea.",
+    "What animals live in the ocean?",
+    "How do I learn a new language?",
+    "Describe the water cycle.",
+    "What is the capital of Japan and what is it known for?",
+    "Why do we need sleep?",
+    "Explain fractions to a child.",
+    "What makes music sound happy or sad?",
+)
 # Called with (row, text) as a plain reply grows; the pieces of a row add up to its answer.
 TextFn = Callable[[int, str], None]
 
@@ -111,9 +151,47 @@ class LoraSettings:
     dropout: float = 0.0
 
 
+class Unit(enum.StrEnum):
+    """What learns: which weights a learner's optimizer moves (`--unit`)."""
+
+    LORA = "lora"  # low-rank adapters on every linear layer; the base model never changes
+    MEMORY = "memory"  # product-key memory values beside a few feed-forward blocks (issue 21)
+    FULL = "full"  # every weight of the model; a frozen copy is the pretrained reference
+
+
+UNITS = tuple(Unit)
+
+
+def check_unit(unit: str) -> Unit:
+    """`unit` as a `Unit`, or a ConfigError that names the choices."""
+    if unit not in UNITS:
+        raise ConfigError(f"unknown unit {unit!r}", f"use one of {', '.join(UNITS)}")
+    return Unit(unit)
+
+
+class UnitChoice(Protocol):
+    """A config that says what learns (RunConfig, ServeConfig)."""
+
+    @property
+    def lora(self) -> LoraSettings: ...
+    @property
+    def unit(self) -> Unit: ...
+    @property
+    def memory_unit(self) -> MemorySettings: ...
+
+
+def require_lora(unit: Unit | str, where: str) -> None:
+    """A ConfigError unless `unit` is LoRA: `where` (Ray, vLLM) exchanges LoRA weights only."""
+    if check_unit(unit) is not Unit.LORA:
+        raise ConfigError(
+            f"--unit {unit} is not supported with {where} yet: it exchanges LoRA adapters only",
+            f"run without {where}, or with --unit lora",
+        )
+
+
 class Policy:
-    """Model + tokenizer + adapters. The sampler and the learner share this one module, so the
-    sampler always acts with the latest adapters (no weight sync to go stale)."""
+    """Model + tokenizer + the unit that learns. The sampler and the learner share this one module,
+    so the sampler always acts with the latest weights (no weight sync to go stale)."""
 
     def __init__(
         self,
@@ -122,11 +200,16 @@ class Policy:
         name: str = "model",
         lora: LoraSettings = LoraSettings(),
         system_prompt: str = SYSTEM_PROMPT,
+        unit: Unit | str = Unit.LORA,
+        memory: MemorySettings = MemorySettings(),
     ) -> None:
         self.tokenizer = tokenizer
         self.name = name
         self.system_prompt = system_prompt
-        if not isinstance(model, PeftModel):
+        self.unit = check_unit(unit)
+        self.memories: list[MemoryLayer] = []
+        self._reference: Any = None  # the full unit's frozen pretrained copy
+        if self.unit is Unit.LORA and not isinstance(model, PeftModel):
             config = LoraConfig(
                 r=lora.rank,
                 lora_alpha=lora.alpha,
@@ -135,7 +218,14 @@ class Policy:
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, config)
-        self.model: PeftModel = model
+        elif self.unit is Unit.MEMORY:
+            model.requires_grad_(False)
+            self.memories = insert_memory(model, memory)
+        elif self.unit is Unit.FULL:
+            self._reference = copy.deepcopy(model).eval().requires_grad_(False)
+            model.requires_grad_(True)
+        # Typed as Any: a PeftModel for LoRA, the Hugging Face model itself for the other units.
+        self.model: Any = model
         self.version = 0  # bumped by the learner after every kept update
         eos = {tokenizer.eos_token_id}
         if getattr(model.generation_config, "eos_token_id", None) is not None:
@@ -145,6 +235,42 @@ class Policy:
         self.pad_id: int = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         self._marker_ids = self._encode("\n" + ANSWER_MARKER)
         self._bare_marker_ids = self._encode(ANSWER_MARKER)
+        if self.memories:
+            # Keys fitted to the model's own text and its background reads counted, before any value
+            # moves: the inserted memory reads 0 until learning writes its values.
+            heal_memory(self.model, self.memories, self._healing_text())
+
+    @classmethod
+    def for_config(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, config: UnitChoice
+    ) -> Policy:
+        """The policy with the learning unit `config` chose."""
+        return cls(model, tokenizer, name=name, lora=config.lora, unit=config.unit, memory=config.memory_unit)
+
+    @contextmanager
+    def pretrained(self) -> Iterator[None]:
+        """Inside the block `self.model` is the pretrained model: LoRA switched off, the memories
+        read nothing, or (full unit) the frozen copy in its place. Fetch `policy.model` inside the
+        block; a reference taken before it is still the live model under the full unit."""
+        if self.unit is Unit.LORA:
+            with self.model.disable_adapter():
+                yield
+        elif self.unit is Unit.MEMORY:
+            with memories_off(self.memories):
+                yield
+        else:
+            live, self.model = self.model, self._reference
+            try:
+                yield
+            finally:
+                self.model = live
+
+    def _healing_text(self) -> list[list[int]]:
+        """Token ids of the pretrained model's own replies to diverse questions, question included:
+        background text like the model's own, for the memory's keys and background counts."""
+        contexts = [self.chat_start(q) for q in HEALING_PROMPTS]
+        replies = self.chat(contexts, GenerationConfig(protocol=False, temperature=0.0, answer_tokens=48))
+        return [list(c) + list(r.token_ids) for c, r in zip(contexts, replies, strict=True)]
 
     # ---- prompts -------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:

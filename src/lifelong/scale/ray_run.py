@@ -25,6 +25,7 @@ from typing import Any
 
 from lifelong.errors import ConfigError
 from lifelong.loop.runtime import Progress, RunConfig, RunSummary
+from lifelong.model.policy import require_lora
 from lifelong.scale.ray_actor import CarriedError, RolloutWorker, carry_errors
 
 SAMPLERS = ("torch", "vllm")
@@ -153,7 +154,7 @@ class Learner:
         # LoRA initialisation (drawn from it by peft) is the same for the same run seed.
         torch.manual_seed(run_config.seed)
         model, tokenizer, name = load_model(run_config.model)
-        policy = Policy(model, tokenizer, name=name, lora=run_config.lora)
+        policy = Policy(model, tokenizer, name=name, lora=run_config.lora)  # LoRA only (require_lora)
         path = Path(run_dir)
         actor = RayActor(
             policy,
@@ -199,6 +200,7 @@ def run_on_ray(
 ) -> RunSummary:
     """Run `config` to its end (or `stop_after` updates) on Ray; same run folder and summary as
     `Runtime.run` in one process."""
+    require_lora(config.unit, "Ray")
     ray = _import_ray()
     started = start_ray(ray_config)
     actors: list[Any] = []

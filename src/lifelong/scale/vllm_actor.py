@@ -20,7 +20,7 @@ import torch
 
 from lifelong.loop.actor import Job, play
 from lifelong.loop.runtime import Progress, RunConfig, Runtime
-from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.model.policy import GenerationConfig, Policy, require_lora
 from lifelong.model.vllm_sampler import Engine, VLLMPolicy
 from lifelong.scale.ray_actor import task_map
 from lifelong.scale.sync import adapter_state, check_staleness, write_rollout
@@ -78,6 +78,7 @@ def vllm_runtime(
     config: RunConfig, policy: Policy, run_dir: Path, progress: Progress | None = None, **options: Any
 ) -> Runtime:
     """The single-process Runtime with a VLLMActor that draws from the run's own generator."""
+    require_lora(config.unit, "vLLM")
     run_dir.mkdir(parents=True, exist_ok=True)
     actor = VLLMActor(policy, config, run_dir, **options)
     runtime = Runtime(config, policy, run_dir, progress, actor=actor)

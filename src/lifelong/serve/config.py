@@ -18,7 +18,8 @@ from typing import Any
 from lifelong.errors import ConfigError
 from lifelong.loop.tenants import TenantLearningConfig
 from lifelong.memory.recall import RecallConfig
-from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings
+from lifelong.model.memory_layer import MemorySettings
+from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings, Unit, check_unit
 
 # Tenant names become folder names under <store>/adapters/; keep them boring.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,12 +91,15 @@ class ServeConfig:
     threads: int = 2  # torch threads for answering
     probes_file: Path | None = None  # JSONL of {"prompt", "answer", "tenant"?}; None = built-in probes
     lora: LoraSettings = field(default_factory=LoraSettings)
+    unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
+    memory_unit: MemorySettings = field(default_factory=MemorySettings)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
     memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store", Path(self.store))
+        object.__setattr__(self, "unit", check_unit(self.unit))
         if self.reasoning_effort not in EFFORT_BUDGETS:
             raise ConfigError(
                 f"unknown reasoning_effort {self.reasoning_effort!r}", f"use one of {', '.join(EFFORT_BUDGETS)}"
@@ -135,6 +139,7 @@ class ServeConfig:
     def from_dict(cls, d: dict[str, Any]) -> ServeConfig:
         d = dict(d)
         d["lora"] = LoraSettings(**d.get("lora", {}))
+        d["memory_unit"] = MemorySettings.from_dict(d.get("memory_unit", {}))
         if "gate" in d or "gate" in d.get("learner", {}):
             raise ConfigError(
                 "the serving gate's settings moved into the guard",

@@ -94,7 +94,7 @@ class Server:
             say(note)
         torch.set_num_threads(config.threads)
         model, tokenizer, name = load_model(config.model)
-        self.policy = Policy(model, tokenizer, name=name, lora=config.lora)
+        self.policy = Policy.for_config(model, tokenizer, name, config)
         self.store = ExperienceStore(config.database_location)
         old = config.store / "serve.sqlite"
         if old.is_file():  # a store of the old separate serving schema: carry it over, keep the file

@@ -98,7 +98,7 @@ def build_learner(config: ServeConfig, store: ExperienceStore) -> TenantLearner:
     from lifelong.model.loading import load_model
 
     model, tokenizer, name = load_model(config.model)
-    policy = Policy(model, tokenizer, name=name, lora=config.lora)
+    policy = Policy.for_config(model, tokenizer, name, config)
     initial = ensure_initial_adapter(policy, adapters_folder(config))
     probes = load_operator_probes(config.probes_file)
     return TenantLearner(config.learning, policy, store, adapters_folder(config), initial, probes)
