@@ -125,3 +125,25 @@ def test_kill_9_then_resume_loses_nothing_and_continues(tiny_model_dir: Path, tm
     assert [u["step"] for u in resumed_updates] == [last_step + 1, last_step + 2]
     assert version >= last_step - 1 > 0  # the coin task has reward spread: updates were applied
     assert resumed_updates[0]["adapter_version"] == version + 1  # learning went on from the checkpoint
+
+
+def test_a_memory_unit_run_checkpoints_its_slots_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = _tiny_args(tiny_model_dir, tmp_path, "--unit", "memory", task="tests.support_envs:coin")
+    assert main([*args, "--episodes", "96", "--max-steps", "1"]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["unit"] == "memory"
+    first = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))[-1]
+    from safetensors.torch import load_file
+
+    state = load_file(first / "adapter_model.safetensors")
+    assert {"memory.0.keys", "memory.0.background", "memory.0.rows", "memory.0.values"} <= set(state)
+    assert 0 < state["memory.0.rows"].numel() <= 1024  # one sparse step wrote at most train_slots
+    assert main([*args, "--resume", "--max-steps", "1"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "update"][-1] == 2
+
+
+def test_ray_and_vllm_refuse_a_unit_other_than_lora(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--ray"], ["--sampler", "vllm"]):
+        assert main(["run", "--unit", "memory", "--runs-dir", str(tmp_path), *extra]) == 2
+        line = _one_error_line(capsys)
+        assert "--unit memory is not supported" in line and "--unit lora" in line

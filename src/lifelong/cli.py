@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifelong.learn.sft import SFTConfig
     from lifelong.loop.runtime import RunConfig, Runtime
     from lifelong.model.loading import load_model, resolve_model_folder
-    from lifelong.model.policy import Policy
+    from lifelong.model.policy import Policy, require_lora
 
     torch.set_num_threads(args.threads)
     run_dir = _run_dir(args)
@@ -171,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
+    if args.ray or args.ray_address or args.sampler == "vllm":  # before the model loads and heals
+        require_lora(config.unit, "vLLM" if args.sampler == "vllm" else "Ray")
     progress = ConsoleProgress(enabled=not args.quiet)
     resolve_model_folder(config.model, announce=progress.note)  # bad paths fail before any output
     if args.ray or args.ray_address:  # the same Runtime inside a Ray learner actor (lifelong.scale)

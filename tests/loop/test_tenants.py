@@ -29,6 +29,7 @@ from lifelong.loop.tenants import (
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.adapters import adapter_state
 from lifelong.model.loading import load_model
+from lifelong.model.memory_layer import MemorySettings
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.types import AdapterStatus, FeedbackKind
 
@@ -356,3 +357,25 @@ def test_a_learning_config_with_an_unknown_setting_says_which_and_what_exists() 
     with pytest.raises(ConfigError, match="consolidate_lessons_per_step") as err:
         TenantLearningConfig.from_dict({"consolidate_lessons_per_step": 16, "steps_per_round": 2})
     assert "consolidate_paraphrases" in str(err.value)  # the fix lists the settings there are
+
+
+def test_the_memory_unit_learns_corrections_per_tenant_as_sparse_slots(tmp_path: Path, serve_model_dir: Path) -> None:
+    model, tokenizer, name = load_model(str(serve_model_dir))
+    small = MemorySettings(n_keys=32, heads=2, topk=8, key_dim=16, layers=(-1,), train_slots=64)
+    policy = Policy(model, tokenizer, name=name, unit="memory", memory=small)
+    learner = learner_for(tmp_path, policy, replace(FAST, correction_rule=CorrectionRule.NLL))
+    store = learner.store
+    correct(store, policy, 4)
+
+    def blue() -> float:
+        req = store.request("r0")
+        assert req is not None
+        return reply_likelihood(policy, [reply_sample(policy, req.prompt_ids, "blue")])
+
+    before = blue()
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE, record.reason
+    assert blue() > before + 1.0
+    saved = load_file(learner.folder / (store.live_versions()["t"][0].path or "") / "adapter_model.safetensors")
+    assert 0 < saved["memory.0.rows"].numel() <= FAST.steps_per_round * small.train_slots
+    assert learner.initial["memory.0.rows"].numel() == 0  # every other tenant still reads nothing learnt

@@ -75,7 +75,7 @@ def test_every_unit_learns_through_the_shared_learner_and_round_trips_as_a_value
     policy = _policy(tokenizer, unit, learnable=True)
     learner = SFTLearner(policy, SFTConfig(learning_rate=1e-2))
     batch = _sft_batch(policy)
-    first = pretrained_kl(policy, batch.samples)
+    first = pretrained_kl(policy, batch.samples).detach()
     for _ in range(3):
         assert learner.update(batch).applied
     learnt = adapter_state(policy)

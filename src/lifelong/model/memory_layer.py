@@ -43,9 +43,11 @@ class MemorySettings:
     key_dim: int = 128  # query width per head (two halves of key_dim / 2)
     layers: tuple[int, ...] = (-3,)  # decoder layers that get a memory beside their feed-forward block
     train_slots: int = 1024  # slots a step may change, per layer (TF-IDF's top t)
-    # The values' learning rate over the learner's: a value starts at zero and a token reads it with
-    # weight ~1 / (heads * topk), so it needs a larger step than a LoRA weight to matter.
-    lr_scale: float = 100.0
+    # The values' learning rate over the learner's (whose defaults, 2e-4, suit LoRA): a value starts
+    # at zero and a token reads it with weight ~1 / (heads * topk), so it needs a far larger step to
+    # matter. 5000 gives the values a rate of 1.0 (dev/LOG.md, stop 23: 0.02 learnt nothing on the
+    # demo's first task, 1.0 learnt most, 5.0 drifted past the guard's budget).
+    lr_scale: float = 5000.0
 
     def __post_init__(self) -> None:
         if self.n_keys < 2 or self.heads < 1 or self.key_dim % 2 or not 1 <= self.topk <= self.n_keys:
@@ -56,7 +58,7 @@ class MemorySettings:
         if not self.layers:
             raise ConfigError("memory.layers is empty", "name at least one decoder layer, e.g. (-3,)")
         if self.train_slots < 1 or self.lr_scale <= 0:
-            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 1024 and 100")
+            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 1024 and 5000")
 
     @property
     def slots(self) -> int:

@@ -1,0 +1,179 @@
+"""The frontier of new learning against forgetting, per unit of learning (issue 21).
+
+For each unit (`full` fine-tuning, `lora`, `memory` values with sparse updates) at several learning
+rates: a fresh embedded model (or --model) is taught made-up facts (benchmarks/knowledge.py's, so
+nothing a pretrained model can know) in two batches by plain NLL on the answer (the correction
+learner's rule; learn/sft.py), each batch `--steps` full-batch steps. Measured closed book (the
+weights alone, greedy, asked as knowledge.py asks: after example turns, " Answer in one word."):
+
+  new            accuracy on the second batch's facts after it was taught (their teaching question)
+  paraphrase     the same facts asked with three paraphrases no teaching saw
+  earlier_loss   accuracy on the first batch's facts after batch 1 minus after batch 2
+  general_loss   accuracy on chat_parity.py's 40 general questions before teaching minus after
+
+One seed for the sweep (`--seeds 0,1,2` for the points a claim rests on). A plot of the frontier
+(general_loss against new, one curve per unit) and the JSON go to --out; the last stdout line with
+--json is {"units": {"full"|"lora"|"memory": [{"lr", "new", "general_loss", "earlier_loss", ...}]}}
+(means over seeds, and per-seed lists where several were run).
+
+    python benchmarks/frontier.py --json
+    python benchmarks/frontier.py --units memory --lrs memory=1e-3,3e-3 --facts 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # knowledge.py and chat_parity.py beside this file
+from chat_parity import QUESTIONS as GENERAL
+from chat_parity import first_word
+from knowledge import Fact, Progress, make_facts, messages, say
+
+from lifelong.cli import _quiet_libraries
+from lifelong.learn.sft import SFTConfig, SFTLearner
+from lifelong.loop.feedback import correction_completion
+from lifelong.model.loading import load_model
+from lifelong.model.policy import GenerationConfig, Policy
+from lifelong.types import Batch, Sample
+
+# Rates spanning too little to too much for each unit at 135M (memory values move lr x lr_scale 5000).
+DEFAULT_LRS = {"full": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3), "memory": (5e-5, 2e-4, 1e-3)}
+SHOTS = 3
+GREEDY = GenerationConfig(protocol=False, temperature=0.0, answer_tokens=8)
+
+
+def ask(policy: Policy, questions: Sequence[str]) -> list[str]:
+    contexts = [policy.chat_ids(messages(q, SHOTS), protocol=False) for q in questions]
+    return [c.answer for c in policy.chat(contexts, GREEDY)]
+
+
+def accuracy(policy: Policy, questions: Sequence[str], answers: Sequence[str]) -> float:
+    replies = ask(policy, questions)
+    return sum(first_word(r) == a.lower() for r, a in zip(replies, answers, strict=True)) / max(1, len(answers))
+
+
+def teaching(policy: Policy, facts: Sequence[Fact]) -> Batch:
+    """Each fact's teaching question, asked as measured, with its answer as the reply to learn."""
+    tok = policy.tokenizer
+    samples = []
+    for f in facts:
+        prompt = tuple(policy.chat_ids(messages(f.teach, SHOTS), protocol=False))
+        reply = correction_completion(tok, f.answer, int(tok.eos_token_id))
+        samples.append(Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 1.0))
+    return Batch(tuple(samples), len(samples), 0, 1.0, 0.0, ())
+
+
+def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)
+    model, tokenizer, name = load_model(args.model)
+    policy = Policy(model, tokenizer, name=name, unit=unit)
+    facts = make_facts(args.facts, 2, seed)
+    first, second = [f for f in facts if f.batch == 0], [f for f in facts if f.batch == 1]
+    general_q, general_a = [q for q, _ in GENERAL], [a for _, a in GENERAL]
+    general_before = accuracy(policy, general_q, general_a)
+    learner = SFTLearner(policy, SFTConfig(learning_rate=lr, warmup_steps=0, anchor_coef=0.0))
+    for _ in range(args.steps):
+        learner.update(teaching(policy, first))
+    first_learnt = accuracy(policy, [f.teach for f in first], [f.answer for f in first])
+    for _ in range(args.steps):
+        learner.update(teaching(policy, second))
+    paraphrases = [(p, f.answer) for f in second for p in f.paraphrases]
+    return {
+        "new": accuracy(policy, [f.teach for f in second], [f.answer for f in second]),
+        "paraphrase": accuracy(policy, [p for p, _ in paraphrases], [a for _, a in paraphrases]),
+        "first_learnt": first_learnt,
+        "earlier_loss": first_learnt - accuracy(policy, [f.teach for f in first], [f.answer for f in first]),
+        "general_loss": general_before - accuracy(policy, general_q, general_a),
+    }
+
+
+def plot(units: dict[str, list[dict[str, Any]]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for unit, points in units.items():
+        xs = [100 * p["new"] for p in points]
+        ys = [100 * p["general_loss"] for p in points]
+        ax.plot(xs, ys, marker="o", label=unit)
+        for p, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(f"{p['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("new facts learnt (%, closed book)")
+    ax.set_ylabel("general questions lost (points)")
+    ax.set_title("Learning vs forgetting per unit (labels: learning rate)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "frontier.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="a local Hugging Face model folder (default: the embedded one)")
+    parser.add_argument("--units", default="full,lora,memory")
+    parser.add_argument("--lrs", help="per unit, e.g. memory=1e-3,3e-3;lora=3e-4 (default: three each)")
+    parser.add_argument("--facts", type=int, default=40, help="made-up facts, taught in two batches (40)")
+    parser.add_argument("--steps", type=int, default=12, help="full-batch steps per batch (12)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="reports/frontier")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    torch.set_num_threads(args.threads)
+    lrs: dict[str, tuple[float, ...]] = dict(DEFAULT_LRS)
+    for part in (args.lrs or "").split(";"):
+        if part.strip():
+            unit, _, values = part.partition("=")
+            lrs[unit.strip()] = tuple(float(v) for v in values.split(","))
+    units = [u.strip() for u in args.units.split(",") if u.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(sum(len(lrs[u]) for u in units) * len(seeds))
+    result: dict[str, list[dict[str, Any]]] = {}
+    started = time.time()
+    for unit in units:
+        result[unit] = []
+        for lr in lrs[unit]:
+            runs = []
+            for seed in seeds:
+                runs.append(one_point(args, unit, lr, seed))
+                progress.step(
+                    f"{unit} lr {lr:g} seed {seed}: {json.dumps({k: round(v, 3) for k, v in runs[-1].items()})}"
+                )
+            point: dict[str, Any] = {"lr": lr, **{k: statistics.mean(r[k] for r in runs) for k in runs[0]}}
+            if len(seeds) > 1:
+                point["per_seed"] = runs
+            result[unit].append(point)
+    figure = plot(result, out)
+    summary = {"units": result, "facts": args.facts, "steps": args.steps, "seeds": seeds,
+               "minutes": round((time.time() - started) / 60, 1)}  # fmt: skip
+    (out / "frontier.json").write_text(json.dumps(summary, indent=1))
+    say(f"plot: {figure}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for unit, points in result.items():
+            for p in points:
+                new, general, earlier = (100 * p[k] for k in ("new", "general_loss", "earlier_loss"))
+                say(f"{unit:7s} lr {p['lr']:<8g}: new {new:4.1f}%, general lost {general:4.1f}, earlier {earlier:4.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
