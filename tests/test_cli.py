@@ -136,7 +136,7 @@ def test_a_memory_unit_run_checkpoints_its_slots_and_resumes(tiny_model_dir: Pat
 
     state = load_file(first / "adapter_model.safetensors")
     assert {"memory.0.keys", "memory.0.background", "memory.0.rows", "memory.0.values"} <= set(state)
-    assert 0 < state["memory.0.rows"].numel() <= 1024  # one sparse step wrote at most train_slots
+    assert 0 < state["memory.0.rows"].numel() <= 4096  # one sparse step wrote at most train_slots
     assert main([*args, "--resume", "--max-steps", "1"]) == 0
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "update"][-1] == 2

@@ -42,7 +42,9 @@ class MemorySettings:
     topk: int = 32  # slots read per head and token
     key_dim: int = 128  # query width per head (two halves of key_dim / 2)
     layers: tuple[int, ...] = (-3,)  # decoder layers that get a memory beside their feed-forward block
-    train_slots: int = 1024  # slots a step may change, per layer (TF-IDF's top t)
+    # Slots a step may change, per layer (TF-IDF's top t). On the demo's first task 4096 learnt
+    # more than 1024 or 16384 (one seed each, dev/LOG.md, stop 23).
+    train_slots: int = 4096
     # The values' learning rate over the learner's (whose defaults, 2e-4, suit LoRA): a value starts
     # at zero and a token reads it with weight ~1 / (heads * topk), so it needs a far larger step to
     # matter. 5000 gives the values a rate of 1.0 (dev/LOG.md, stop 23: 0.02 learnt nothing on the
@@ -58,7 +60,7 @@ class MemorySettings:
         if not self.layers:
             raise ConfigError("memory.layers is empty", "name at least one decoder layer, e.g. (-3,)")
         if self.train_slots < 1 or self.lr_scale <= 0:
-            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 1024 and 5000")
+            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 4096 and 5000")
 
     @property
     def slots(self) -> int:
