@@ -90,8 +90,12 @@ def test_every_unit_learns_through_the_shared_learner_and_round_trips_as_a_value
     load_adapter(fresh, learnt)
     assert torch.allclose(fresh.model(input_ids=taught).logits, logits, atol=1e-5)
     other = _policy(tokenizer, unit, learnable=True)
-    ring.restore(ring.latest(), other, None)  # type: ignore[arg-type]
+    resumed = SFTLearner(other, SFTConfig(learning_rate=1e-2)).optimizer
+    ring.restore(ring.latest(), other, resumed)  # type: ignore[arg-type]
     assert torch.allclose(other.model(input_ids=taught).logits, logits, atol=1e-5)
+    pairs = zip(trainable(policy), trainable(other), strict=True)
+    moments = [(learner.optimizer.state[a]["exp_avg"], resumed.state[b]["exp_avg"]) for a, b in pairs]
+    assert moments and all(torch.equal(x, y) for x, y in moments)  # Adam's state too (sparse rows for memory)
 
 
 def test_a_memory_units_state_is_a_sparse_delta_and_an_update_moves_at_most_train_slots(

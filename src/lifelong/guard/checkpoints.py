@@ -54,6 +54,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _rows_sparse(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with each mostly-zero matrix kept as its nonzero rows (a memory
+    unit's Adam moments: 65,536 rows of which a run touches a few thousand, 300 MB dense)."""
+    per_param = {
+        key: {
+            name: t.to_sparse(1) if t.dim() == 2 and int(t.abs().sum(-1).count_nonzero()) < t.shape[0] // 2 else t
+            for name, t in entry.items()
+        }
+        for key, entry in state["state"].items()
+    }
+    return {**state, "state": per_param}
+
+
+def _rows_dense(state: dict[str, Any]) -> dict[str, Any]:
+    per_param = {
+        key: {name: t.to_dense() if isinstance(t, torch.Tensor) and t.is_sparse else t for name, t in entry.items()}
+        for key, entry in state["state"].items()
+    }
+    return {**state, "state": per_param}
+
+
 class CheckpointRing:
     def __init__(self, folder: str | Path, keep: int = 3) -> None:
         if keep < 1:
@@ -77,7 +98,7 @@ class CheckpointRing:
             if policy.unit is Unit.LORA:
                 policy.model.peft_config["default"].save_pretrained(str(tmp))
             if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / _OPTIMIZER)
+                torch.save(_rows_sparse(optimizer.state_dict()), tmp / _OPTIMIZER)
             (tmp / _STATE).write_text(json.dumps({**state, "step": step}, indent=1))
             manifest = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
             (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -147,7 +168,8 @@ class CheckpointRing:
         try:
             load_adapter(policy, load_file(checkpoint.path / ADAPTER_FILE))
             if optimizer is not None and (checkpoint.path / _OPTIMIZER).is_file():
-                optimizer.load_state_dict(torch.load(checkpoint.path / _OPTIMIZER, weights_only=True))
+                saved = torch.load(checkpoint.path / _OPTIMIZER, weights_only=True)
+                optimizer.load_state_dict(_rows_dense(saved))
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"checkpoint {checkpoint.path} does not fit this model ({str(exc)[:120]})",
