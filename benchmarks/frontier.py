@@ -47,7 +47,9 @@ from lifelong.types import Batch, Sample
 
 # Rates spanning too little to too much for each unit at 135M (memory values move lr x lr_scale 5000).
 DEFAULT_LRS = {"full": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3), "memory": (5e-5, 2e-4, 1e-3)}
-SHOTS = 3
+# Two example turns before each question: asked alone the model answers in sentences; every
+# shot lengthens every training forward (full fine-tuning on 2 cores is the slowest point).
+SHOTS = 2
 GREEDY = GenerationConfig(protocol=False, temperature=0.0, answer_tokens=8)
 
 
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="a local Hugging Face model folder (default: the embedded one)")
     parser.add_argument("--units", default="full,lora,memory")
     parser.add_argument("--lrs", help="per unit, e.g. memory=1e-3,3e-3;lora=3e-4 (default: three each)")
-    parser.add_argument("--facts", type=int, default=40, help="made-up facts, taught in two batches (40)")
-    parser.add_argument("--steps", type=int, default=12, help="full-batch steps per batch (12)")
+    parser.add_argument("--facts", type=int, default=20, help="made-up facts, taught in two batches (20)")
+    parser.add_argument("--steps", type=int, default=8, help="full-batch steps per batch (8)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")

@@ -12,7 +12,7 @@ through the helpers here, so none of them needs to know which unit learns or how
   earlier version;
 * `Adapter` (a state dict), `adapter_state`, `load_adapter`: the unit as a value a checkpoint
   keeps and a server swaps per tenant. LoRA: peft's tensors. Memory: each memory's healed keys
-  and background counts, and its values as a sparse delta (only the slots learning wrote). Full:
+  and background document frequencies, and its values as a sparse delta (only the slots learning wrote). Full:
   the model's whole state dict.
 """
 
@@ -29,7 +29,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from lifelong.model.policy import Policy, Unit
 
 Adapter = dict[str, torch.Tensor]  # state-dict keys -> tensors of the learning unit
-_MEMORY_FIXED = ("keys", "query.weight", "query_norm.weight", "query_norm.bias", "background")
+_MEMORY_FIXED = ("keys", "query.weight", "query_norm.weight", "query_norm.bias", "background", "background_texts")
 
 
 def trainable(policy: Policy) -> list[torch.nn.Parameter]:

@@ -10,11 +10,13 @@ did, and only the values learn: a slot's value moves only when a batch reads it.
 
 Healing (`heal_memory`): the half-keys are set to queries the model itself makes on background
 text (its own replies to diverse questions), so the slots cover the hidden states the model
-visits, and the background's reads are counted. The values stay zero, so healing moves no output.
+visits, and for each slot the number of background texts that read it is kept (its document
+frequency). The values stay zero, so healing moves no output.
 
 Sparse memory finetuning (Lin et al., 2025): every forward that builds a gradient counts the slots
 it reads (`MemoryLayer.batch_reads`); at the optimizer step, `only_chosen_slots` keeps the
-`train_slots` that the batch reads far more than the background does (TF-IDF, `tfidf_slots`) and
+`train_slots` that the batch reads most and background text reads least (TF-IDF with Lin et al.'s
+document frequency: a slot every background text reads scores zero, `tfidf_slots`) and
 no other slot's value changes, Adam's momentum from earlier steps included.
 """
 
@@ -75,7 +77,8 @@ class MemorySettings:
 class MemoryLayer(nn.Module):
     """Product-key lookup from `width`-wide hidden states into `slots` value vectors of that width."""
 
-    background: torch.Tensor  # reads per slot on background text (saved: slot selection's denominator)
+    background: torch.Tensor  # background texts that read each slot (saved: slot selection's denominator)
+    background_texts: torch.Tensor  # how many background texts were read (a scalar)
     counts: torch.Tensor  # reads per slot while `counting`
     batch_reads: torch.Tensor  # reads per slot by forwards that build a gradient, since the last step
 
@@ -92,6 +95,7 @@ class MemoryLayer(nn.Module):
         self.values = nn.Embedding(s.slots, width)
         nn.init.zeros_(self.values.weight)  # inserted, it changes nothing
         self.register_buffer("background", torch.zeros(s.slots, dtype=torch.float64))
+        self.register_buffer("background_texts", torch.zeros((), dtype=torch.float64))
         self.register_buffer("counts", torch.zeros(s.slots, dtype=torch.float64), persistent=False)
         self.register_buffer("batch_reads", torch.zeros(s.slots, dtype=torch.float64), persistent=False)
         self.counting = False
@@ -205,11 +209,12 @@ def counting(memories: Sequence[MemoryLayer]) -> Iterator[list[torch.Tensor]]:
             counts.append(m.counts - b)
 
 
-def tfidf_slots(batch: torch.Tensor, background: torch.Tensor, top: int) -> torch.Tensor:
+def tfidf_slots(batch: torch.Tensor, background: torch.Tensor, texts: float, top: int) -> torch.Tensor:
     """The `top` slots the batch reads most against the background: tf = the batch's share of
-    reads of a slot, idf = log((N + 1) / (background reads + 1)) with N the background's total."""
+    reads of a slot, idf = log((texts + 1) / (background texts that read it + 1)). Among slots the
+    batch read; a slot every background text reads scores 0 and comes last."""
     tf = batch / batch.sum().clamp(min=1)
-    idf = torch.log((background.sum() + 1) / (background + 1))
+    idf = torch.log((texts + 1) / (background + 1))
     score = torch.where(batch > 0, tf * idf, torch.full_like(tf, -math.inf))
     k = min(top, int((batch > 0).sum()))
     return score.topk(k).indices if k > 0 else torch.zeros(0, dtype=torch.long)
@@ -229,7 +234,7 @@ def only_chosen_slots(memories: Sequence[MemoryLayer]) -> Iterator[None]:
         # Only slots the loss reaches can learn: a read whose output no loss depends on (a prompt
         # token past the last layer that matters) has no gradient, so it is not a candidate.
         reads = m.batch_reads if grad is None else torch.where(grad.abs().sum(-1) > 0, m.batch_reads, 0.0)
-        chosen = tfidf_slots(reads, m.background, m.settings.train_slots)
+        chosen = tfidf_slots(reads, m.background, float(m.background_texts), m.settings.train_slots)
         frozen = torch.ones(m.settings.slots, dtype=torch.bool)
         frozen[chosen] = False
         if grad is not None:
@@ -247,8 +252,9 @@ def only_chosen_slots(memories: Sequence[MemoryLayer]) -> Iterator[None]:
 @torch.no_grad()
 def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequence[Sequence[int]]) -> None:
     """Fit the memories to background text (token id lists, read one at a time): each head's
-    half-keys become distinct queries the model makes on it (unit length), then the background's
-    reads are counted into `background`. Values are untouched, so the model's outputs are too."""
+    half-keys become distinct queries the model makes on it (unit length), then each slot's count
+    of texts that read it goes into `background`. Values are untouched, so the model's outputs are
+    too."""
     seen: dict[int, list[torch.Tensor]] = {id(m): [] for m in memories}
 
     def keep_queries(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -272,11 +278,14 @@ def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequen
                     m.keys.data[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
                 else:
                     m.keys.data[half, head] = F.normalize(rows[pick], dim=-1)
-    with counting(memories) as counts:
-        for ids in texts:
+    for m in memories:
+        m.background.zero_()
+        m.background_texts.fill_(len(texts))
+    for ids in texts:
+        with counting(memories) as counts:
             model(input_ids=torch.tensor([list(ids)]))
-    for m, c in zip(memories, counts, strict=True):
-        m.background.copy_(c)
+        for m, c in zip(memories, counts, strict=True):
+            m.background += (c > 0).double()
 
 
 __all__ = [
