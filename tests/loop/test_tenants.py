@@ -108,6 +108,13 @@ def correct(store: ExperienceStore, policy: Policy, n: int, start: int = 0, answ
         store.add_feedback(f"r{i}", 0, "t", CORRECTION, correction=answer)
 
 
+def blue_likelihood(store: ExperienceStore, policy: Policy) -> float:
+    """How likely the policy finds the correction "blue" as its reply to the first request."""
+    req = store.request("r0")
+    assert req is not None
+    return reply_likelihood(policy, [reply_sample(policy, req.prompt_ids, "blue")])
+
+
 def test_nll_corrections_make_the_corrected_reply_likelier_and_rounds_continue_from_live(
     tmp_path: Path, serve_policy: Policy
 ) -> None:
@@ -116,9 +123,7 @@ def test_nll_corrections_make_the_corrected_reply_likelier_and_rounds_continue_f
     correct(store, serve_policy, 4)
 
     def blue() -> float:
-        req = store.request("r0")
-        assert req is not None
-        return reply_likelihood(serve_policy, [reply_sample(serve_policy, req.prompt_ids, "blue")])
+        return blue_likelihood(store, serve_policy)
 
     before = blue()
     first = learner.round("t", store.pending_feedback("t"))
@@ -366,16 +371,10 @@ def test_the_memory_unit_learns_corrections_per_tenant_as_sparse_slots(tmp_path:
     learner = learner_for(tmp_path, policy, replace(FAST, correction_rule=CorrectionRule.NLL))
     store = learner.store
     correct(store, policy, 4)
-
-    def blue() -> float:
-        req = store.request("r0")
-        assert req is not None
-        return reply_likelihood(policy, [reply_sample(policy, req.prompt_ids, "blue")])
-
-    before = blue()
+    before = blue_likelihood(store, policy)
     record = learner.round("t", store.pending_feedback("t"))
     assert record.status == AdapterStatus.LIVE, record.reason
-    assert blue() > before + 1.0
+    assert blue_likelihood(store, policy) > before + 1.0
     saved = load_file(learner.folder / (store.live_versions()["t"][0].path or "") / "adapter_model.safetensors")
     assert 0 < saved["memory.0.rows"].numel() <= FAST.steps_per_round * small.train_slots
     assert learner.initial["memory.0.rows"].numel() == 0  # every other tenant still reads nothing learnt

@@ -122,7 +122,7 @@ def test_a_memory_units_state_is_a_sparse_delta_and_an_update_moves_at_most_trai
 
 def test_a_state_of_another_unit_or_shape_is_refused(tokenizer: PreTrainedTokenizerBase) -> None:
     lora, memory = _policy(tokenizer, "lora"), _policy(tokenizer, "memory")
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="number of memory layers"):
         load_adapter(memory, adapter_state(lora))
     bigger = Policy(make_tiny_model(tokenizer), tokenizer, unit="memory", memory=MemorySettings(n_keys=32, key_dim=8))
     with pytest.raises(RuntimeError):

@@ -12,8 +12,8 @@ through the helpers here, so none of them needs to know which unit learns or how
   earlier version;
 * `Adapter` (a state dict), `adapter_state`, `load_adapter`: the unit as a value a checkpoint
   keeps and a server swaps per tenant. LoRA: peft's tensors. Memory: each memory's healed keys
-  and background document frequencies, and its values as a sparse delta (only the slots learning wrote). Full:
-  the model's whole state dict.
+  and background document frequencies, and its values as a sparse delta (only the slots that
+  learning wrote). Full: the model's whole state dict.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def load_adapter(policy: Policy, adapter: Adapter) -> None:
     if policy.unit is Unit.FULL:
         policy.model.load_state_dict(adapter)
         return
+    if len(policy.memories) != len({k.split(".")[1] for k in adapter if k.startswith("memory.")}):
+        raise ValueError("the state holds another number of memory layers")
     for i, memory in enumerate(policy.memories):
         fixed = {name: adapter[f"memory.{i}.{name}"] for name in _MEMORY_FIXED}
         missing, unexpected = memory.load_state_dict({**fixed, "values.weight": memory.values.weight}, strict=False)
@@ -115,8 +117,6 @@ def load_adapter(policy: Policy, adapter: Adapter) -> None:
         with torch.no_grad():
             memory.values.weight.zero_()
             memory.values.weight[adapter[f"memory.{i}.rows"]] = adapter[f"memory.{i}.values"]
-    if len(policy.memories) != len({k.split(".")[1] for k in adapter if k.startswith("memory.")}):
-        raise ValueError("the state holds another number of memory layers")
 
 
 __all__ = [
