@@ -30,6 +30,7 @@ import torch
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_logprobs, hold_to_pretrained, micro_batches
 from lifelong.learn.optim import clipped_step, make_optimizer, set_learning_rate
+from lifelong.model.adapters import trainable
 from lifelong.model.policy import Policy
 from lifelong.types import Batch, Episode, Sample, UpdateReport
 
@@ -108,7 +109,7 @@ class GRPOLearner:
         # The guard's cheapest check: skip a step whose gradient is NaN/Inf. Off only in the
         # unguarded baselines, to show what it prevents.
         self.refuse_nonfinite = refuse_nonfinite
-        if not any(p.requires_grad for p in policy.model.parameters()):
+        if not trainable(policy):
             raise ConfigError("the policy has no trainable parameters", "create the Policy with a learning unit")
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.step = 0

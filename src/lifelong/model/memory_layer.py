@@ -124,11 +124,12 @@ class MemoryLayer(nn.Module):
         if not self.enabled:
             return torch.zeros_like(hidden)
         slots, weights = self.lookup(hidden)
-        ones = torch.ones(slots.numel(), dtype=torch.float64)
-        if self.counting:
-            self.counts.index_add_(0, slots.flatten(), ones)
+        # Reads are counted while healing and by forwards that learn, never while sampling.
+        tallies = [self.counts] if self.counting else []
         if torch.is_grad_enabled() and self.values.weight.requires_grad:
-            self.batch_reads.index_add_(0, slots.flatten(), ones)
+            tallies.append(self.batch_reads)
+        for tally in tallies:
+            tally.index_add_(0, slots.flatten(), torch.ones(slots.numel(), dtype=tally.dtype))
         flat = slots.reshape(-1, slots.shape[-1])
         out = F.embedding_bag(flat, self.values.weight, per_sample_weights=weights.reshape(flat.shape), mode="sum")
         return out.reshape(hidden.shape)
@@ -274,10 +275,8 @@ def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequen
             for head in range(m.settings.heads):
                 rows = part[:, head].unique(dim=0)
                 pick = torch.randperm(len(rows), generator=generator)[: m.settings.n_keys]
-                if len(pick) < m.settings.n_keys:  # too little text: the rest keep their random keys
-                    m.keys.data[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
-                else:
-                    m.keys.data[half, head] = F.normalize(rows[pick], dim=-1)
+                # With too little text for n_keys distinct queries, the rest keep their random keys.
+                m.keys.data[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
     for m in memories:
         m.background.zero_()
         m.background_texts.fill_(len(texts))
