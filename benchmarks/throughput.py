@@ -15,6 +15,11 @@ the same format, and both sides are read the same way from them:
   sampled_tokens_per_s  tokens the model sampled (the loss-mask tokens of the stored training
                         episodes) per second of act time (sampling + scoring)
 
+  sampled_tokens_per_s_limit
+                        the fp32 line for our side: 2 x parameters FLOPs a token at the best fp32
+                        matmul rate this machine reaches (`sampling_limit`); our sampler may decode
+                        in bf16 (`--sampler-precision`) and pass it
+
 The first --warmup updates of each side are played but not timed. The ratio is lifelong / TRL.
 
 --method picks our side's method: `grpo` (plain, as above) or `lifelong` (the full method as `make
@@ -80,6 +85,37 @@ def measure(run_dir: Path, warmup: int) -> dict[str, Any]:
         "sampled_tokens_per_s": round(tokens / act, 2) if act > 0 else None,
         "success_train": round(sum(r["success/train"] for r in updates) / len(updates), 3) if updates else None,
     }
+
+
+def sampling_limit(model_folder: str | None, threads: int) -> dict[str, float]:
+    """The fp32 line for sampled tokens/s on this machine: a token costs 2 x parameters FLOPs (one
+    multiply-add per weight, the tied embedding counted once as the output layer), at the best fp32
+    matmul rate measured here over batches of 1 to 512 rows of the model's own layer shapes."""
+    import torch
+    from transformers import AutoConfig
+
+    from lifelong.model.loading import resolve_model_folder
+
+    folder = resolve_model_folder(model_folder)
+    config = AutoConfig.from_pretrained(folder)
+    hidden, wide = int(config.hidden_size), int(config.intermediate_size)
+    torch.set_num_threads(threads)
+    weight = torch.randn(wide, hidden)
+    best = 0.0
+    for rows in (1, 8, 32, 128, 256, 512):
+        x = torch.randn(rows, hidden)
+        for _ in range(3):
+            x @ weight.T
+        repeats = max(5, 4096 // rows)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ weight.T
+        best = max(best, 2 * rows * hidden * wide * repeats / (time.perf_counter() - start))
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return {"params": float(params), "fp32_gflops": round(best / 1e9, 1), "tokens_per_s": round(best / (2 * params), 1)}
 
 
 def breakdown(run_dir: Path, warmup: int) -> dict[str, Any]:
@@ -168,6 +204,7 @@ def main() -> int:
             if side == "lifelong" and args.breakdown:
                 results[side]["breakdown"] = breakdown(run_dir, args.warmup)
     ours, trl = results["lifelong"], results["trl"]
+    limit = sampling_limit(args.model, args.threads)
 
     def ratio(key: str) -> float | None:
         return round(ours[key] / trl[key], 3) if ours[key] and trl[key] else None
@@ -186,6 +223,9 @@ def main() -> int:
         "trl": trl,
         "ratio/episodes_per_min": ratio("episodes_per_min"),
         "ratio/sampled_tokens_per_s": ratio("sampled_tokens_per_s"),
+        "fp32_matmul_gflops": limit["fp32_gflops"],
+        "sampled_tokens_per_s_limit": limit["tokens_per_s"],
+        "ratio/sampled_tokens_per_s_limit": round((ours["sampled_tokens_per_s"] or 0) / limit["tokens_per_s"], 3),
     }
     print(
         f"model {summary['model']}, task {summary['task']}, batch 4 prompts x 8 samples, "
@@ -201,6 +241,11 @@ def main() -> int:
     print(
         f"ratio lifelong/TRL: episodes/min {summary['ratio/episodes_per_min']}, "
         f"sampled tokens/s {summary['ratio/sampled_tokens_per_s']}"
+    )
+    print(
+        f"sampled tokens/s limit {limit['tokens_per_s']:.0f} (2 x {limit['params'] / 1e6:.1f}M parameters a token at "
+        f"the best fp32 matmul rate here, {limit['fp32_gflops']} GF/s): ours at "
+        f"{summary['ratio/sampled_tokens_per_s_limit']:.2f} of it"
     )
     if args.breakdown:
         b = ours["breakdown"]

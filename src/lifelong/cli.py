@@ -168,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             store=args.store,
             unit=args.unit,
+            sampler_precision=args.sampler_precision,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
@@ -356,6 +357,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "probes_file": args.probes,
         "threads": args.threads,
         "unit": args.unit,
+        "sampler_precision": args.sampler_precision,
     }
     settings |= {k: v for k, v in flags.items() if v is not None}
     if args.no_learn:
@@ -407,7 +409,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def make_policy() -> Policy:
         model, tokenizer, name = load_model(args.model)
-        return Policy(model, tokenizer, name=name, unit=args.unit)
+        return Policy(model, tokenizer, name=name, unit=args.unit, sampler_precision=args.sampler_precision)
 
     if seeds is not None:
         try:
@@ -590,6 +592,13 @@ def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> 
         choices=["lora", "memory", "full"],
         default=default,
         help="what learns: LoRA adapters, memory-layer values (sparse), or every weight (default: lora)",
+    )
+    parser.add_argument(
+        "--sampler-precision",
+        choices=["auto", "float32", "bfloat16"],
+        default=default and "auto",
+        help="the dtype the sampler decodes in; the learner stays float32 (default: auto = bfloat16 where the "
+        "CPU or GPU has bf16 units, else float32)",
     )
 
 

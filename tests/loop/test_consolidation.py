@@ -191,11 +191,11 @@ def test_a_consolidated_item_deleted_is_unlearned_by_the_next_one(tmp_path: Path
     new = store.add_memory(qa_item("Where does Brannoc live?", "Ostrel"))
 
     # Unlearned by self-distillation (NLL has no text to imitate; short samples and no paraphrases, for
-    # speed), in 12 steps: the round starts with the Adam moments the teaching round left (one
+    # speed), in 16 steps: the round starts with the Adam moments the teaching round left (one
     # optimizer state per tenant, restored every round), which carry its first ~6 steps on towards
     # the answer.
     short = replace(FAST_LEARNING.distill, student_samples=2, answer_tokens=4)
-    learner.config = replace(FAST_LEARNING, steps_per_round=12, consolidate_paraphrases=0, distill=short)
+    learner.config = replace(FAST_LEARNING, steps_per_round=16, consolidate_paraphrases=0, distill=short)
     record = learner.consolidate("t")
 
     assert record is not None and record.status == AdapterStatus.LIVE, record

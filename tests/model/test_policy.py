@@ -58,36 +58,37 @@ def test_reasoning_tokens_are_never_targets(tiny_policy: Policy) -> None:
 
 
 # ---- the run path, pinned --------------------------------------------------------------------------
-# Computed with the code before plain chat and sampling options existed (tiny model, seed 0 weights):
-# the run path must give these tokens, masks, stop reasons and texts bit for bit.
+# Computed with the code before plain chat and sampling options existed (tiny model, seed 0 weights),
+# and again when the sampler's draw changed from torch.multinomial to one uniform per row (stop 24;
+# test_sampler.py checks that draw's frequencies): the run path must give these tokens, masks, stop
+# reasons and texts bit for bit.
 RUN_PATH_PINNED = {
     "think5_t1": (
         GenerationConfig(thinking_tokens=5, answer_tokens=4, temperature=1.0),
         0,
         [
-            ([19703, 10232, 5435, 40099, 18986, 198, 21350, 42, 37346, 1501, 15718, 6688], 5,
-             "answer_budget", "Myths fin Chen flight", "enchatileteGeoAsk", -97.7914),
-            ([21415, 33711, 17527, 42460, 30993, 198, 21350, 42, 9723, 25035, 48609, 49087], 5,
-             "answer_budget", "proud knots----------------------------------------odb", "lagibus ic adsorption Olive",
-             -97.0188),
+            ([47687, 22577, 31708, 8769, 28576, 198, 21350, 42, 23676, 20031, 32658, 10325], 5,
+             "answer_budget", "lington hell SCI representative", "STRUCT </bps exceedchu", -97.4359),
+            ([34792, 45251, 38887, 17248, 14170, 198, 21350, 42, 21643, 10093, 38571, 33255], 5,
+             "answer_budget", "electrodes ionYP disclosed", "estim reincarnation\ufffd\ufffd deaf Ball", -98.0773),
         ],
     ),
     "none_t1": (
         GenerationConfig("none", answer_tokens=4, temperature=1.0),
         1,
         [
-            ([21350, 42, 9247, 13504, 46222, 41849], 0, "answer_budget", "vania executeppm underworld", "", -42.7798),
-            ([21350, 42, 40937, 14435, 42647, 36241], 0, "answer_budget", "fourteenthsoleipeg porch", "", -42.572),
+            ([21350, 42, 3011, 11494, 27352, 22646], 0, "answer_budget", "amples dinner impurities <<", "", -42.5582),
+            ([21350, 42, 11036, 8736, 5371, 34839], 0, "answer_budget", "Cell Author completedGW", "", -42.8985),
         ],
     ),
     "think3_t07": (
         GenerationConfig(thinking_tokens=3, answer_tokens=3, temperature=0.7),
         3,
         [
-            ([26319, 38770, 25704, 198, 21350, 42, 15630, 4173, 13618], 3, "answer_budget", "bug Parkysics",
-             "Regularस vivo", -64.365),
-            ([15032, 26322, 16611, 198, 21350, 42, 15981, 8598, 43305], 3, "answer_budget", "suppress coding Oy",
-             "unto PeerLP", -63.9223),
+            ([1669, 38013, 37124, 198, 21350, 42, 9178, 21934, 47687], 3, "answer_budget",
+             "addiction reluctantSTRUCT", "fri prioritizing tonic", -64.9656),
+            ([14068, 8587, 29915, 198, 21350, 42, 29199, 16809, 4286], 3, "answer_budget",
+             "formatted padding regions", "secularpeutic Glac", -65.4141),
         ],
     ),
 }  # fmt: skip
@@ -141,11 +142,11 @@ def test_a_stop_string_cuts_the_answer(tiny_policy: Policy) -> None:
     stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
     c = tiny_policy.chat(ctx, replace(gen, stop=("never there", stop)), torch.Generator().manual_seed(0))[0]
     assert c.answer == whole[: whole.index(stop)] and c.stop == StopReason.ANSWERED
-    # the protocol's answer line is cut the same way (the pinned none_t1 case answers "vania executeppm ...")
-    proto = GenerationConfig("none", answer_tokens=4, temperature=1.0, stop=("exec",))
+    # the protocol's answer line is cut the same way (the pinned none_t1 case answers "amples dinner ...")
+    proto = GenerationConfig("none", answer_tokens=4, temperature=1.0, stop=("dinner",))
     questions = [tiny_policy.start("What is 1 + 1?"), tiny_policy.start("Name a color.")]
     c = tiny_policy.respond(questions, proto, torch.Generator().manual_seed(1))[0]
-    assert c.answer == "vania" and c.stop != StopReason.ANSWER_BUDGET  # finished, not cut by the budget
+    assert c.answer == "amples" and c.stop != StopReason.ANSWER_BUDGET  # finished, not cut by the budget
 
 
 def test_plain_chat_streams_pieces_that_add_up_to_the_answer(tiny_policy: Policy) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.model.sampler import STOP, Force, Shaping, left_pad, penalise, positions, sample, truncate
+from lifelong.model.sampler import STOP, Force, Shaping, draw, left_pad, penalise, positions, sample, truncate
 
 
 def test_left_pad_aligns_right_and_positions_start_at_zero() -> None:
@@ -72,15 +72,27 @@ def test_broken_weights_give_text_not_a_crash(tiny_model, tokenizer) -> None:
 
 
 def test_default_sampling_is_unchanged(tiny_model, tokenizer) -> None:
-    """Pinned before top-k/top-p/penalties existed: the default path samples exactly as it did."""
+    """Pinned when the draw became one uniform per row (stop 24); the default path samples exactly so."""
     rows = sample(tiny_model, [tokenizer.encode("hello")] * 3, max_new_tokens=6, eos_ids=set(), pad_id=2,
                   temperature=0.8, generator=torch.Generator().manual_seed(5))  # fmt: skip
     assert [r.token_ids for r in rows] == [
-        [46934, 3895, 11809, 47481, 46691, 21074],
-        [17841, 6666, 25587, 32473, 15850, 25200],
-        [16108, 45802, 35138, 15531, 46685, 43222],
+        [31528, 15502, 28443, 22245, 39396, 16195],
+        [12765, 13111, 35382, 17589, 10714, 17373],
+        [17739, 41857, 41650, 15974, 5456, 18255],
     ]
-    assert [sum(r.logprobs) for r in rows] == pytest.approx([-65.1142, -64.8674, -63.9075], abs=1e-3)
+    assert [sum(r.logprobs) for r in rows] == pytest.approx([-65.0221, -64.1476, -65.5742], abs=1e-3)
+
+
+def test_a_draw_follows_the_distribution_and_never_picks_an_impossible_token() -> None:
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.3, 0.0])
+    logp = probs.log().expand(20_000, -1)
+    drawn = draw(logp, torch.Generator().manual_seed(0)).flatten()
+    freq = torch.bincount(drawn, minlength=6).double() / len(drawn)
+    assert freq[probs == 0].sum() == 0
+    # binomial standard error at n = 20000 is at most 0.0036: 4 of them
+    assert torch.allclose(freq, probs.double(), atol=0.015)
+    # a row whose mass sits on its last token, after a flat stretch, still draws it
+    assert draw(torch.tensor([[float("-inf")] * 5 + [0.0]]), torch.Generator().manual_seed(1)).item() == 5
 
 
 def test_top_k_1_and_a_tiny_top_p_sample_the_greedy_tokens(tiny_model, tokenizer) -> None:

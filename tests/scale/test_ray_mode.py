@@ -50,9 +50,10 @@ def _train_items(run_dir: Path, step: int) -> list[tuple[str, int, str, str]]:
 def test_ray_cli_run_gives_the_single_process_json_with_bounded_staleness(
     ray_session: None, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # fp32 sampling: a stale weight then shows as mismatch, not hidden in bf16's rounding
     args = ["run", "--model", str(tiny_model_dir), "--tasks", COIN, "--episodes", "96", "--probe-size", "4",
             "--runs-dir", str(tmp_path), "--run-id", "r", "--quiet", "--threads", "1", "--json",
-            "--ray", "--ray-workers", "2"]  # fmt: skip
+            "--ray", "--ray-workers", "2", "--sampler-precision", "float32"]  # fmt: skip
     assert main(args) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     single_process_keys = {"model", "tasks", "episodes", "before", "after", "minutes"}  # as tests/test_cli.py
@@ -82,6 +83,7 @@ def _coin_config(model_dir: Path) -> RunConfig:
         eval_every=2,
         answer_tokens=3,
         grpo=GRPOConfig(group_size=4, learning_rate=1e-3),
+        sampler_precision="float32",  # the local run's sampler: same tokens bit for bit
     )
 
 

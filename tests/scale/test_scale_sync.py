@@ -24,7 +24,13 @@ COIN = "tests.support_envs:coin"
 
 def coin_config(model_dir: Path) -> RunConfig:
     stream = Stream("t", (Stage(Task.of(COIN), 8),), probe_size=4)
-    return RunConfig(stream=stream.to_dict(), model=str(model_dir), answer_tokens=3, lora=LoraSettings(rank=4, alpha=8))
+    return RunConfig(
+        stream=stream.to_dict(),
+        model=str(model_dir),
+        answer_tokens=3,
+        lora=LoraSettings(rank=4, alpha=8),
+        sampler_precision="float32",  # the learner's own precision: exact agreement is what is tested
+    )
 
 
 def test_staleness_is_the_lag_behind_the_learner_within_the_bound() -> None:

@@ -304,7 +304,8 @@ class _TRLRun(TrainerCallback):  # type: ignore[misc]
         self.note = note
         lm, tokenizer, name = load_model(model)
         torch.manual_seed(config.seed)  # the same adapter initialisation as the harness gives ours
-        self.policy = Policy(lm, tokenizer, name=name, lora=config.lora)  # TRL trains LoRA
+        # TRL trains LoRA; our probes read its adapter with the sampler ours uses.
+        self.policy = Policy(lm, tokenizer, name=name, lora=config.lora, sampler_precision=config.sampler_precision)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         self.runtime = Runtime(self.config, self.policy, run_dir)

@@ -20,7 +20,7 @@ from lifelong.loop.curriculum import CurriculumConfig
 from lifelong.loop.explore import ExplorationConfig
 from lifelong.memory.book import MemoryConfig
 from lifelong.model.memory_layer import MemorySettings
-from lifelong.model.policy import GenerationConfig, LoraSettings, Unit, check_unit
+from lifelong.model.policy import GenerationConfig, LoraSettings, Precision, Unit, check_precision, check_unit
 
 
 class Method(enum.StrEnum):
@@ -79,6 +79,8 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
+    # The dtype acting decodes in; the learner keeps fp32 (model/sampler_copy.py, issue 20).
+    sampler_precision: Precision = Precision.AUTO
     guard: GuardConfig = field(default_factory=GuardConfig)
     # What the agent does with its experience (see `for_method` for the named combinations).
     method: Method = Method.LIFELONG
@@ -115,6 +117,7 @@ class RunConfig:
         object.__setattr__(self, "update_rule", UpdateRule(self.update_rule))
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "unit", check_unit(self.unit))
+        object.__setattr__(self, "sampler_precision", check_precision(self.sampler_precision))
         if self.consolidate and self.update_rule is UpdateRule.NONE:
             raise ConfigError("consolidate needs weights that learn", "set update_rule to grpo or sft")
         if self.prompts_per_step < 1:

@@ -59,8 +59,12 @@ class AdapterSnapshot:
 
     def restore(self, policy: Policy) -> None:
         """Put the snapshot's adapter weights back in place of the live ones."""
-        for p, saved in zip(trainable(policy), self._params, strict=True):
+        params = trainable(policy)
+        for p, saved in zip(params, self._params, strict=True):
+            # Through .data: `loaded()` swaps weights under a live autograd graph, which a versioned
+            # write would invalidate; so the sampler's copy is told instead.
             p.data.copy_(saved)
+        policy.weights_written(params)
 
     @contextmanager
     def loaded(self, policy: Policy) -> Iterator[None]:

@@ -276,7 +276,7 @@ def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequen
                 rows = part[:, head].unique(dim=0)
                 pick = torch.randperm(len(rows), generator=generator)[: m.settings.n_keys]
                 # With too little text for n_keys distinct queries, the rest keep their random keys.
-                m.keys.data[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
+                m.keys[half, head, : len(pick)] = F.normalize(rows[pick], dim=-1)
     for m in memories:
         m.background.zero_()
         m.background_texts.fill_(len(texts))

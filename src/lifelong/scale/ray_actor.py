@@ -115,7 +115,7 @@ class RolloutWorker:
             from lifelong.model.loading import load_model
 
             model, tokenizer, name = load_model(run_config.model)
-            policy = Policy(model, tokenizer, name=name, lora=run_config.lora)  # LoRA only (require_lora)
+            policy = Policy.for_config(model, tokenizer, name, run_config)  # LoRA only (require_lora)
             self.policy, self._load = policy, partial(load_adapter_state, policy)
         mirror_version(self.policy, -1)  # holds no learner weights yet: every first call must bring them
         self.tasks = task_map(run_config.stream)

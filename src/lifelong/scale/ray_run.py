@@ -154,7 +154,7 @@ class Learner:
         # LoRA initialisation (drawn from it by peft) is the same for the same run seed.
         torch.manual_seed(run_config.seed)
         model, tokenizer, name = load_model(run_config.model)
-        policy = Policy(model, tokenizer, name=name, lora=run_config.lora)  # LoRA only (require_lora)
+        policy = Policy.for_config(model, tokenizer, name, run_config)  # LoRA only (require_lora)
         path = Path(run_dir)
         actor = RayActor(
             policy,

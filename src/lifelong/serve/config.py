@@ -19,7 +19,7 @@ from lifelong.errors import ConfigError
 from lifelong.loop.tenants import TenantLearningConfig
 from lifelong.memory.recall import RecallConfig
 from lifelong.model.memory_layer import MemorySettings
-from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings, Unit, check_unit
+from lifelong.model.policy import EFFORT_BUDGETS, LoraSettings, Precision, Unit, check_precision, check_unit
 
 # Tenant names become folder names under <store>/adapters/; keep them boring.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -93,6 +93,7 @@ class ServeConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
+    sampler_precision: Precision = Precision.AUTO  # the dtype answers decode in (model/sampler_copy.py)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
     memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
@@ -100,6 +101,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "store", Path(self.store))
         object.__setattr__(self, "unit", check_unit(self.unit))
+        object.__setattr__(self, "sampler_precision", check_precision(self.sampler_precision))
         if self.reasoning_effort not in EFFORT_BUDGETS:
             raise ConfigError(
                 f"unknown reasoning_effort {self.reasoning_effort!r}", f"use one of {', '.join(EFFORT_BUDGETS)}"
