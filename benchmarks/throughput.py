@@ -33,7 +33,8 @@ Timings on a shared 2-core machine are noisy: run it with `nice` and compare rat
 Needs the `[compare]` extra (TRL); without it, it stops with a message and exit code 2.
 
     python benchmarks/throughput.py [--method grpo|lifelong] [--breakdown] [--steps 5] [--warmup 1]
-                                    [--threads 2] [--model PATH] [--json]
+                                    [--threads 2] [--model PATH] [--sampler-precision auto|float32|bfloat16]
+                                    [--learner-precision float32|bfloat16|auto] [--json]
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("grpo", "lifelong"), default="grpo", help="our side's method")
     parser.add_argument("--breakdown", action="store_true", help="also report where our side's time went")
+    parser.add_argument("--sampler-precision", default="auto", help="our side's sampler dtype (default: auto)")
+    parser.add_argument("--learner-precision", default="float32", help="our side's learner dtype (default: float32)")
     parser.add_argument("--out", help="keep both run folders here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = parser.parse_args()
@@ -176,10 +179,12 @@ def main() -> int:
         guard=GuardConfig(drift_prompts=2),
     )  # fmt: skip
     general = replace(stream, general=(Task.of("facts"), Task.of("instruct")))
-    config = (
+    config = replace(
         trl_config
         if args.method == "grpo"
-        else RunConfig.for_method("lifelong", stream=general.to_dict(), model=args.model, seed=args.seed)
+        else RunConfig.for_method("lifelong", stream=general.to_dict(), model=args.model, seed=args.seed),
+        sampler_precision=args.sampler_precision,
+        learner_precision=args.learner_precision,
     )
     assert config.episodes_per_step == 32 and config.reasoning_effort == "none"
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,6 +217,7 @@ def main() -> int:
     summary = {
         "model": args.model or "smollm2-135m-instruct",
         "method": args.method,
+        "precision": {"sampler": config.sampler_precision, "learner": config.learner_precision},
         "task": f"{TASK}(max_value={PARAMS['max_value']})",
         "batch": {"prompts": config.prompts_per_step, "samples": config.grpo.group_size},
         "answer_tokens": config.answer_tokens,

@@ -169,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             store=args.store,
             unit=args.unit,
             sampler_precision=args.sampler_precision,
+            learner_precision=args.learner_precision,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
         )
@@ -358,6 +359,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "unit": args.unit,
         "sampler_precision": args.sampler_precision,
+        "learner_precision": args.learner_precision,
     }
     settings |= {k: v for k, v in flags.items() if v is not None}
     if args.no_learn:
@@ -409,7 +411,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def make_policy() -> Policy:
         model, tokenizer, name = load_model(args.model)
-        return Policy(model, tokenizer, name=name, unit=args.unit, sampler_precision=args.sampler_precision)
+        return Policy(
+            model,
+            tokenizer,
+            name=name,
+            unit=args.unit,
+            sampler_precision=args.sampler_precision,
+            learner_precision=args.learner_precision,
+        )
 
     if seeds is not None:
         try:
@@ -586,6 +595,9 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0 if taught or not failed else EXIT_BAD_INPUT
 
 
+PRECISION_CHOICES = ["auto", "float32", "bfloat16"]  # model/policy.py's Precision, without importing torch
+
+
 def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> None:
     parser.add_argument(
         "--unit",
@@ -593,12 +605,18 @@ def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> 
         default=default,
         help="what learns: LoRA adapters, memory-layer values (sparse), or every weight (default: lora)",
     )
+    # The defaults are RunConfig's (tests/test_cli.py checks); serve leaves them to its ServeConfig.
     parser.add_argument(
         "--sampler-precision",
-        choices=["auto", "float32", "bfloat16"],
+        choices=PRECISION_CHOICES,
         default=default and "auto",
-        help="the dtype the sampler decodes in; the learner stays float32 (default: auto = bfloat16 where the "
-        "CPU or GPU has bf16 units, else float32)",
+        help="the dtype the sampler decodes in (default: auto = bfloat16 where the CPU or GPU has bf16 units)",
+    )
+    parser.add_argument(
+        "--learner-precision",
+        choices=PRECISION_CHOICES,
+        default=default and "float32",
+        help="the dtype the learners' forwards and backwards compute in, over fp32 weights (default: float32)",
     )
 
 

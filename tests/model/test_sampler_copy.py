@@ -9,7 +9,7 @@ from tests.conftest import make_tiny_model
 
 from lifelong.learn.logprobs import completion_logprobs
 from lifelong.model.adapters import AdapterSnapshot, adapter_state, load_adapter, trainable
-from lifelong.model.policy import GenerationConfig, LoraSettings, Policy, sampler_dtype
+from lifelong.model.policy import GenerationConfig, LoraSettings, Policy, precision_dtype
 from lifelong.model.sampler_copy import SamplerCopy
 from lifelong.types import Sample
 
@@ -126,7 +126,7 @@ def test_a_bfloat16_policy_samples_from_the_copy_and_its_log_probs_stay_near_the
 
 def test_auto_precision_is_bfloat16_only_where_the_machine_has_bf16_units() -> None:
     fast = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert sampler_dtype("auto") == (torch.bfloat16 if fast else torch.float32)
-    assert sampler_dtype("float32") == torch.float32 and sampler_dtype("bfloat16") == torch.bfloat16
+    assert precision_dtype("auto") == (torch.bfloat16 if fast else torch.float32)
+    assert precision_dtype("float32") == torch.float32 and precision_dtype("bfloat16") == torch.bfloat16
     with pytest.raises(Exception, match="use one of auto, float32, bfloat16"):
-        sampler_dtype("fp8")
+        precision_dtype("fp8")

@@ -130,14 +130,15 @@ class SelfDistiller:
         # the same gradient, each part divided by the whole step's tokens.
         tokens = float(sum(sum(student.loss_mask) for student, _, _ in pairs))
         kl = anchored = 0.0
-        for rows in micro_batches([student.prompt_ids for student, _, _ in pairs], cfg.micro_batch):
-            part_kl, part_anchored = self._accumulate(pairs[rows], reference, tokens)
-            kl, anchored = kl + part_kl, anchored + part_anchored
         general: dict[str, float] = {}
-        if anchors and cfg.anchor_coef > 0:
-            general = {
-                "anchor/kl": hold_to_pretrained(self.policy, anchors, cfg.anchor_coef, pretrained=self.pretrained)
-            }
+        with self.policy.learning():
+            for rows in micro_batches([student.prompt_ids for student, _, _ in pairs], cfg.micro_batch):
+                part_kl, part_anchored = self._accumulate(pairs[rows], reference, tokens)
+                kl, anchored = kl + part_kl, anchored + part_anchored
+            if anchors and cfg.anchor_coef > 0:
+                general = {
+                    "anchor/kl": hold_to_pretrained(self.policy, anchors, cfg.anchor_coef, pretrained=self.pretrained)
+                }
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, memories=self.policy.memories)
         applied = math.isfinite(grad_norm)
         self.step += int(applied)

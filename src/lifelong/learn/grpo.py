@@ -138,13 +138,14 @@ class GRPOLearner:
         grad_norm = 0.0
         for _ in range(cfg.epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for rows in micro_batches([s.prompt_ids for s in batch.samples], cfg.micro_batch):
-                for k, v in self._accumulate(list(batch.samples[rows]), total_tokens).items():
-                    sums[k] += v
-            if anchors:
-                sums["anchor/kl"] += hold_to_pretrained(
-                    self.policy, anchors, cfg.anchor_coef, cfg.temperature, self.pretrained
-                )
+            with self.policy.learning():
+                for rows in micro_batches([s.prompt_ids for s in batch.samples], cfg.micro_batch):
+                    for k, v in self._accumulate(list(batch.samples[rows]), total_tokens).items():
+                        sums[k] += v
+                if anchors:
+                    sums["anchor/kl"] += hold_to_pretrained(
+                        self.policy, anchors, cfg.anchor_coef, cfg.temperature, self.pretrained
+                    )
             grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite, self.policy.memories)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 model.eval()

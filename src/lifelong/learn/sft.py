@@ -90,16 +90,19 @@ class SFTLearner:
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         nll = 0.0
-        for i in range(0, len(batch.samples), cfg.micro_batch):
-            logp, _, mask = completion_logprobs(model, batch.samples[i : i + cfg.micro_batch], self.policy.pad_id)
-            loss = -(logp * mask).sum() / total  # token mean over the whole batch
-            loss.backward()
-            nll += float(loss.detach())
         held: dict[str, float] = {}
-        if batch.anchors and cfg.anchor_coef > 0:
-            held = {
-                "anchor/kl": hold_to_pretrained(self.policy, batch.anchors, cfg.anchor_coef, pretrained=self.pretrained)
-            }
+        with self.policy.learning():
+            for i in range(0, len(batch.samples), cfg.micro_batch):
+                logp, _, mask = completion_logprobs(model, batch.samples[i : i + cfg.micro_batch], self.policy.pad_id)
+                loss = -(logp * mask).sum() / total  # token mean over the whole batch
+                loss.backward()
+                nll += float(loss.detach())
+            if batch.anchors and cfg.anchor_coef > 0:
+                held = {
+                    "anchor/kl": hold_to_pretrained(
+                        self.policy, batch.anchors, cfg.anchor_coef, pretrained=self.pretrained
+                    )
+                }
         grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite, self.policy.memories)
         model.eval()
         if self.refuse_nonfinite and not math.isfinite(grad_norm):

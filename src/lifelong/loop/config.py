@@ -81,6 +81,7 @@ class RunConfig:
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
     # The dtype acting decodes in; the learner keeps fp32 (model/sampler_copy.py, issue 20).
     sampler_precision: Precision = Precision.AUTO
+    learner_precision: Precision = Precision.FLOAT32  # bf16 autocast for the learners' forwards
     guard: GuardConfig = field(default_factory=GuardConfig)
     # What the agent does with its experience (see `for_method` for the named combinations).
     method: Method = Method.LIFELONG
@@ -118,6 +119,7 @@ class RunConfig:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "unit", check_unit(self.unit))
         object.__setattr__(self, "sampler_precision", check_precision(self.sampler_precision))
+        object.__setattr__(self, "learner_precision", check_precision(self.learner_precision))
         if self.consolidate and self.update_rule is UpdateRule.NONE:
             raise ConfigError("consolidate needs weights that learn", "set update_rule to grpo or sft")
         if self.prompts_per_step < 1:

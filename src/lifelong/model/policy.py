@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -171,9 +171,10 @@ def check_unit(unit: str) -> Unit:
 
 
 class Precision(enum.StrEnum):
-    """The dtype the sampler decodes in (`--sampler-precision`); the learner keeps the model's."""
+    """The dtype the sampler decodes in (`--sampler-precision`, model/sampler_copy.py) or the
+    learners compute in (`--learner-precision`, bf16 autocast over fp32 weights)."""
 
-    AUTO = "auto"  # bfloat16 where the machine has bf16 units (model/sampler_copy.py), else float32
+    AUTO = "auto"  # bfloat16 where the machine has bf16 units, else the model's dtype
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
 
@@ -188,9 +189,9 @@ def check_precision(precision: str) -> Precision:
     return Precision(precision)
 
 
-def sampler_dtype(precision: Precision | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
-    """The dtype `precision` decodes in on this machine: `auto` is bfloat16 on a GPU or a CPU with
-    bf16 instructions (AVX512-BF16, AMX), where it runs about twice as fast; otherwise the model's."""
+def precision_dtype(precision: Precision | str, model_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype `precision` means on this machine: `auto` is bfloat16 on a GPU or a CPU with bf16
+    instructions (AVX512-BF16, AMX), where a matmul runs about twice as fast; otherwise the model's."""
     precision = check_precision(precision)
     if precision is Precision.AUTO:
         fast = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -209,6 +210,8 @@ class UnitChoice(Protocol):
     def memory_unit(self) -> MemorySettings: ...
     @property
     def sampler_precision(self) -> Precision: ...
+    @property
+    def learner_precision(self) -> Precision: ...
 
 
 def require_lora(unit: Unit | str, where: str) -> None:
@@ -234,6 +237,7 @@ class Policy:
         unit: Unit | str = Unit.LORA,
         memory: MemorySettings = MemorySettings(),
         sampler_precision: Precision | str = Precision.FLOAT32,
+        learner_precision: Precision | str = Precision.FLOAT32,
     ) -> None:
         self.tokenizer = tokenizer
         self.name = name
@@ -258,11 +262,12 @@ class Policy:
             model.requires_grad_(True)
         # Typed as Any: a PeftModel for LoRA, the Hugging Face model itself for the other units.
         self.model: Any = model
-        dtype = sampler_dtype(sampler_precision, model.dtype)
+        dtype = precision_dtype(sampler_precision, model.dtype)
         # Decoding runs on a faster copy of the live weights when the precision differs; inside
         # `pretrained()` it runs on the live model, as everything else does.
         self._sampler_copy = SamplerCopy(dtype) if dtype != model.dtype else None
         self._pretrained_depth = 0
+        self._learner_dtype = precision_dtype(learner_precision, model.dtype)
         self.version = 0  # bumped by the learner after every kept update
         eos = {tokenizer.eos_token_id}
         if getattr(model.generation_config, "eos_token_id", None) is not None:
@@ -276,6 +281,13 @@ class Policy:
             # Keys fitted to the model's own text and its background reads counted, before any value
             # moves: the inserted memory reads 0 until learning writes its values.
             heal_memory(self.model, self.memories, self._healing_text())
+
+    def learning(self) -> AbstractContextManager[Any]:
+        """Where a learner's forwards and backwards run: under bf16 autocast when the learner
+        precision asks for it (weights, gradients and the optimizer stay fp32), else as they are."""
+        if self._learner_dtype == self.model.dtype:
+            return nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self._learner_dtype)
 
     def weights_written(self, params: Sequence[torch.Tensor]) -> None:
         """`params` were written in a way autograd does not see (through `.data`): the sampler's
@@ -296,6 +308,7 @@ class Policy:
             unit=config.unit,
             memory=config.memory_unit,
             sampler_precision=config.sampler_precision,
+            learner_precision=config.learner_precision,
         )
 
     @contextmanager

@@ -94,6 +94,7 @@ class ServeConfig:
     unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
     sampler_precision: Precision = Precision.AUTO  # the dtype answers decode in (model/sampler_copy.py)
+    learner_precision: Precision = Precision.FLOAT32  # bf16 autocast for the learners' forwards
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
     memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
@@ -102,6 +103,7 @@ class ServeConfig:
         object.__setattr__(self, "store", Path(self.store))
         object.__setattr__(self, "unit", check_unit(self.unit))
         object.__setattr__(self, "sampler_precision", check_precision(self.sampler_precision))
+        object.__setattr__(self, "learner_precision", check_precision(self.learner_precision))
         if self.reasoning_effort not in EFFORT_BUDGETS:
             raise ConfigError(
                 f"unknown reasoning_effort {self.reasoning_effort!r}", f"use one of {', '.join(EFFORT_BUDGETS)}"
