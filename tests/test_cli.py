@@ -147,3 +147,24 @@ def test_ray_and_vllm_refuse_a_unit_other_than_lora(tmp_path: Path, capsys: pyte
         assert main(["run", "--unit", "memory", "--runs-dir", str(tmp_path), *extra]) == 2
         line = _one_error_line(capsys)
         assert "--unit memory is not supported" in line and "--unit lora" in line
+
+
+def test_the_precision_flags_default_to_the_configs_and_serve_leaves_them_to_its_config() -> None:
+    from dataclasses import fields
+
+    from lifelong.cli import PRECISION_CHOICES, build_parser
+    from lifelong.loop.config import RunConfig
+    from lifelong.model.policy import PRECISIONS
+    from lifelong.serve import ServeConfig
+
+    parser, defaults = build_parser(), {f.name: f.default for f in fields(RunConfig)}
+    for command in (["run"], ["eval"]):
+        args = parser.parse_args(command)
+        assert (args.sampler_precision, args.learner_precision) == (
+            defaults["sampler_precision"],
+            defaults["learner_precision"],
+        )
+    serve = parser.parse_args(["serve"])
+    assert serve.sampler_precision is None and serve.learner_precision is None
+    assert {f.name: f.default for f in fields(ServeConfig)}["sampler_precision"] == defaults["sampler_precision"]
+    assert list(PRECISIONS) == PRECISION_CHOICES

@@ -163,3 +163,30 @@ def test_the_anchor_holds_untrained_prompts_near_the_pretrained_model(tokenizer)
         drift[coef] = _anchor_kl(policy, anchors)
     assert drift[0.0] > 0.01, drift  # training the one prompt really moves the others
     assert drift[10.0] < 0.5 * drift[0.0], drift
+
+
+def test_a_bf16_learner_takes_nearly_the_fp32_step_and_keeps_fp32_weights(tokenizer) -> None:
+    """Under `--learner-precision bfloat16` the forwards and backwards run in bf16 autocast; the
+    weights, their gradients and Adam stay fp32, and the gradient points where fp32's does."""
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        policy = Policy(
+            make_tiny_model(tokenizer), tokenizer, lora=LoraSettings(rank=4, alpha=8), learner_precision=precision
+        )
+        with torch.no_grad():  # LoRA's B starts at zero; move it so every adapter weight gets a gradient
+            for name, p in policy.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        batch = make_batch(_sampled_episodes(policy, lambda c: float(c.token_ids[-1] % 2), n=8, seed=3))
+        assert batch.samples
+        learner = GRPOLearner(policy, GRPOConfig(kl_coef=0.02))
+        learner.optimizer.step = lambda *a, **k: None  # keep the gradient to compare it
+        report = learner.update(batch)
+        assert report.applied
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+        grads[precision] = torch.cat([p.grad.flatten() for p in params])
+    fp32, bf16 = grads["float32"], grads["bfloat16"]
+    assert not torch.equal(fp32, bf16)  # it did compute in bf16
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.98

@@ -94,12 +94,17 @@ def test_a_memory_unit_copy_follows_its_values(tokenizer) -> None:
     from lifelong.model.memory_layer import MemorySettings
 
     small = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=16, layers=(-1,), train_slots=64)
-    policy = Policy(make_tiny_model(tokenizer), tokenizer, name="tiny", unit="memory", memory=small)
-    sampler = SamplerCopy(torch.float32)
-    sampler(policy.model)
+    policy = Policy(
+        make_tiny_model(tokenizer), tokenizer, name="tiny", unit="memory", memory=small, sampler_precision="bfloat16"
+    )
+    before = _logits(policy.sampling_model())
+    assert _close(before, _logits(policy.model))
     with torch.no_grad():
-        policy.memories[0].values.weight.normal_()
-    assert torch.allclose(_logits(sampler(policy.model)), _logits(policy.model), atol=1e-4)
+        policy.memories[0].values.weight.normal_(0, 0.05)
+    assert not _close(before, _logits(policy.model))
+    assert _close(_logits(policy.sampling_model()), _logits(policy.model))
+    replies = policy.respond([policy.start("hi")] * 2, GenerationConfig("none", answer_tokens=4))
+    assert all(len(r.token_ids) == 6 for r in replies)  # "Answer:" and 4 tokens, decoded in bf16
 
 
 def test_a_bfloat16_policy_samples_from_the_copy_and_its_log_probs_stay_near_the_learners(policy: Policy) -> None:

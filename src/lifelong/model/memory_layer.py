@@ -77,6 +77,8 @@ class MemorySettings:
 class MemoryLayer(nn.Module):
     """Product-key lookup from `width`-wide hidden states into `slots` value vectors of that width."""
 
+    keeps_dtype = True  # a faster copy of the model leaves it in fp32 (model/sampler_copy.py)
+
     background: torch.Tensor  # background texts that read each slot (saved: slot selection's denominator)
     background_texts: torch.Tensor  # how many background texts were read (a scalar)
     counts: torch.Tensor  # reads per slot while `counting`
@@ -123,6 +125,11 @@ class MemoryLayer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return torch.zeros_like(hidden)
+        # In its own dtype, whatever the model's or autocast's: in bf16 the top-k would pick other slots.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._read(hidden.to(self.values.weight.dtype)).to(hidden.dtype)
+
+    def _read(self, hidden: torch.Tensor) -> torch.Tensor:
         slots, weights = self.lookup(hidden)
         # Reads are counted while healing and by forwards that learn, never while sampling.
         tallies = [self.counts] if self.counting else []

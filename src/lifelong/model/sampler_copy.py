@@ -12,7 +12,8 @@ The sampler's log-probs are the copy's; the learner's importance ratio (learn/gr
 them, so the rounding is corrected for, and its size is the `policy/sampler_mismatch` metric.
 
 Buffers (rotary frequencies, a memory's read counts) keep their dtype: rounding RoPE's frequencies
-to bf16 would move every position.
+to bf16 would move every position. So does a module marked `keeps_dtype` (a memory layer, whose
+top-k over bf16 scores would read other slots than the learner's).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class SamplerCopy:
 
     def _build(self, model: nn.Module) -> None:
         twin = copy.deepcopy(model).eval().requires_grad_(False)
+        kept = {id(p) for m in twin.modules() if getattr(m, "keeps_dtype", False) for p in m.parameters()}
         for p in twin.parameters():
-            if p.is_floating_point():
+            if p.is_floating_point() and id(p) not in kept:
                 p.data = p.data.to(self.dtype)
         live_modules: dict[str, Any] = dict(model.named_modules())  # peft's LoRA layers are typed as mixins
         merged: set[str] = set()  # parameter names a merged LoRA layer covers
