@@ -615,8 +615,8 @@ def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> 
     parser.add_argument(
         "--learner-precision",
         choices=PRECISION_CHOICES,
-        default=default and "float32",
-        help="the dtype the learners' forwards and backwards compute in, over fp32 weights (default: float32)",
+        default=default and "auto",
+        help="the dtype the learners' forwards and backwards compute in, over fp32 weights (default: auto)",
     )
 
 

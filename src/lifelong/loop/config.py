@@ -81,7 +81,7 @@ class RunConfig:
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
     # The dtype acting decodes in; the learner keeps fp32 (model/sampler_copy.py, issue 20).
     sampler_precision: Precision = Precision.AUTO
-    learner_precision: Precision = Precision.FLOAT32  # bf16 autocast for the learners' forwards
+    learner_precision: Precision = Precision.AUTO  # bf16 autocast for the learners' forwards, fp32 weights
     guard: GuardConfig = field(default_factory=GuardConfig)
     # What the agent does with its experience (see `for_method` for the named combinations).
     method: Method = Method.LIFELONG

@@ -94,7 +94,7 @@ class ServeConfig:
     unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
     sampler_precision: Precision = Precision.AUTO  # the dtype answers decode in (model/sampler_copy.py)
-    learner_precision: Precision = Precision.FLOAT32  # bf16 autocast for the learners' forwards
+    learner_precision: Precision = Precision.AUTO  # bf16 autocast for the learners' forwards, fp32 weights
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
     memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
