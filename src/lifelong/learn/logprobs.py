@@ -3,8 +3,9 @@
 Samples that share a prompt (a GRPO group) run the prompt through the model once; its KV cache is
 copied to every completion of the group and the completions run as one block on top of it. Autograd
 flows through the shared cache, so this is exact, and it costs the prompt once per group instead of
-once per sample. The arithmetic mirrors the sampler's (left padding, same positions), so sampler and
-learner agree to float precision on the same weights.
+once per sample. Likewise the prefix every distinct prompt shares (the chat template's system
+turn) runs once for all of them. The arithmetic mirrors the sampler's (left padding, same
+positions), so sampler and learner agree to float precision on the same weights.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from lifelong.model.policy import Policy
 from lifelong.model.sampler import left_pad, positions
 from lifelong.timing import part
 from lifelong.types import Sample
+
+# A shared prefix shorter than this runs with each prompt: copying its cache would cost more.
+MIN_SHARED_PREFIX = 8
 
 
 def completion_log_softmax(
@@ -37,16 +41,8 @@ def completion_log_softmax(
         raise ValueError("no samples to score")
     unique: dict[tuple[int, ...], int] = {}
     row_of = [unique.setdefault(s.prompt_ids, len(unique)) for s in samples]
-    prompt_ids, prompt_mask = left_pad(list(unique), pad_id)
     cache = DynamicCache()
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=positions(prompt_mask),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out, prompt_mask = _prompts_forward(model, list(unique), pad_id, cache)
     expand = torch.tensor(row_of, dtype=torch.long)
     if len(unique) < len(samples):
         cache.batch_select_indices(expand)
@@ -76,6 +72,54 @@ def completion_log_softmax(
         )
         logits = torch.cat([first_logits, out.logits], dim=1)  # (B, C, V)
     return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+
+
+def _prompts_forward(
+    model: torch.nn.Module, prompts: list[tuple[int, ...]], pad_id: int, cache: DynamicCache
+) -> tuple[Any, torch.Tensor]:
+    """Run distinct prompts into `cache` (one row each); (the output, its last position's logits
+    kept, and the (rows, length) attention mask of the cache).
+
+    The prefix all prompts share (a chat template's system turn: 23 of the ~38 tokens of a task
+    prompt) runs once and its cache is copied to every row, as a group's prompt is; each prompt's
+    own remainder runs on top of it, left-padded after the prefix. Autograd flows through the copy,
+    so this is the same computation as running each prompt whole (tests/learn pin the gradient)."""
+    shared = 0
+    if len(prompts) > 1:
+        shortest = min(len(p) for p in prompts)
+        while shared < shortest - 1 and all(p[shared] == prompts[0][shared] for p in prompts):
+            shared += 1
+    if shared < MIN_SHARED_PREFIX:
+        ids, mask = left_pad(prompts, pad_id)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions(mask),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out, mask
+    prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long)
+    model(
+        input_ids=prefix,
+        position_ids=torch.arange(shared).unsqueeze(0),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(len(prompts))
+    ids, own = left_pad([p[shared:] for p in prompts], pad_id)
+    mask = torch.cat([torch.ones(len(prompts), shared, dtype=own.dtype), own], dim=-1)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask)[:, shared:],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out, mask
 
 
 def completion_logprobs(
