@@ -72,9 +72,14 @@ def test_the_kept_reference_is_bounded(tiny_policy: Policy) -> None:
     assert kept._rows <= kept.max_rows or len(kept._kept) == 1
 
 
-def test_the_prefix_prompts_share_runs_once_and_gives_each_samples_gradient(tiny_policy: Policy) -> None:
+def test_the_prefix_prompts_share_runs_once_and_gives_each_samples_gradient(
+    tiny_policy: Policy, monkeypatch: Any
+) -> None:
     """Distinct prompts share the chat template's system turn: it runs once, then each prompt's own
     tokens on top. Log-probs and gradients are those of running every sample whole, alone."""
+    from lifelong.learn import logprobs
+
+    monkeypatch.setattr(logprobs, "MIN_SAVED_TOKENS", 1)  # three prompts would not pay for it otherwise
     _moved(tiny_policy)
     questions = ["What is 2 + 2?", "Name a colour.", "Name a colour.", "Spell cat backwards, please."]
     samples = _samples(tiny_policy, questions)

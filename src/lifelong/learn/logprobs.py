@@ -22,8 +22,10 @@ from lifelong.model.sampler import left_pad, positions
 from lifelong.timing import part
 from lifelong.types import Sample
 
-# A shared prefix shorter than this runs with each prompt: copying its cache would cost more.
-MIN_SHARED_PREFIX = 8
+# The prefix runs once only when that saves at least this many prompt tokens: the extra forward
+# call costs about as much (bf16, 2 threads: 16 anchor prompts 1.80 -> 1.19 s a step, 8 prompts
+# 1.16 -> 1.01 s, 4 prompts 0.79 -> 0.86 s, 2 prompts 0.61 -> 0.75 s; dev/LOG.md, stop 24).
+MIN_SAVED_TOKENS = 128
 
 
 def completion_log_softmax(
@@ -81,15 +83,16 @@ def _prompts_forward(
     kept, and the (rows, length) attention mask of the cache).
 
     The prefix all prompts share (a chat template's system turn: 23 of the ~38 tokens of a task
-    prompt) runs once and its cache is copied to every row, as a group's prompt is; each prompt's
-    own remainder runs on top of it, left-padded after the prefix. Autograd flows through the copy,
-    so this is the same computation as running each prompt whole (tests/learn pin the gradient)."""
+    prompt) runs once, where that saves enough, and its cache is copied to every row, as a group's
+    prompt is; each prompt's own remainder runs on top of it, left-padded after the prefix.
+    Autograd flows through the copy, so this is the same computation as running each prompt whole
+    (tests/learn pin the gradient)."""
     shared = 0
     if len(prompts) > 1:
         shortest = min(len(p) for p in prompts)
         while shared < shortest - 1 and all(p[shared] == prompts[0][shared] for p in prompts):
             shared += 1
-    if shared < MIN_SHARED_PREFIX:
+    if (len(prompts) - 1) * shared < MIN_SAVED_TOKENS:
         ids, mask = left_pad(prompts, pad_id)
         out = model(
             input_ids=ids,
