@@ -168,3 +168,20 @@ def test_the_precision_flags_default_to_the_configs_and_serve_leaves_them_to_its
     assert serve.sampler_precision is None and serve.learner_precision is None
     assert {f.name: f.default for f in fields(ServeConfig)}["sampler_precision"] == defaults["sampler_precision"]
     assert list(PRECISIONS) == PRECISION_CHOICES
+
+
+def test_two_runs_of_one_seed_start_from_the_same_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The adapters' random initialisation follows --seed, whatever the process drew from the
+    global generator before: two runs of one seed hold the same weights after their first step."""
+    import torch
+    from safetensors.torch import load_file
+
+    def first_adapters(runs: Path) -> dict[str, torch.Tensor]:
+        assert main(_tiny_args(tiny_model_dir, runs, "--episodes", "64", "--max-steps", "1", "--method", "grpo")) == 0
+        first = sorted((runs / "r" / "checkpoints").glob("step-*"))[0]
+        return load_file(first / "adapter_model.safetensors")
+
+    a = first_adapters(tmp_path / "a")
+    torch.rand(7)  # whatever the process did in between
+    b = first_adapters(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

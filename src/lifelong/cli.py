@@ -182,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         model, tokenizer, name = load_model(config.model)
         progress.note(f"run folder {run_dir}")
+        # LoRA's A matrices are drawn from the global generator: unseeded, two runs of one seed
+        # differed by ~1% in their first gradient and ~10 points in the demo (dev/LOG.md, stop 24).
+        torch.manual_seed(config.seed)
         policy = Policy.for_config(model, tokenizer, name, config)
         if args.sampler == "vllm":  # sample on this machine's GPU with vLLM; learn here as always
             from lifelong.scale.vllm_actor import vllm_runtime
