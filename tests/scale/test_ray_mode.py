@@ -83,7 +83,9 @@ def _coin_config(model_dir: Path) -> RunConfig:
         eval_every=2,
         answer_tokens=3,
         grpo=GRPOConfig(group_size=4, learning_rate=1e-3),
-        sampler_precision="float32",  # the local run's sampler: same tokens bit for bit
+        # the local run's Policy samples and learns in fp32: the same tokens and losses bit for bit
+        sampler_precision="float32",
+        learner_precision="float32",
     )
 
 

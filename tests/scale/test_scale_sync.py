@@ -30,6 +30,7 @@ def coin_config(model_dir: Path) -> RunConfig:
         answer_tokens=3,
         lora=LoraSettings(rank=4, alpha=8),
         sampler_precision="float32",  # the learner's own precision: exact agreement is what is tested
+        learner_precision="float32",
     )
 
 
