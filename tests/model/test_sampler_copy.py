@@ -103,6 +103,9 @@ def test_a_memory_unit_copy_follows_its_values(tokenizer) -> None:
         policy.memories[0].values.weight.normal_(0, 0.05)
     assert not _close(before, _logits(policy.model))
     assert _close(_logits(policy.sampling_model()), _logits(policy.model))
+    with policy.pretrained():  # its pretrained copy's memory reads nothing, as the live one's does here
+        assert _close(_logits(policy.sampling_model()), _logits(policy.model))
+        assert not _close(_logits(policy.sampling_model()), _logits(policy._sampler_copy(policy.model)))
     replies = policy.respond([policy.start("hi")] * 2, GenerationConfig("none", answer_tokens=4))
     assert all(len(r.token_ids) == 6 for r in replies)  # "Answer:" and 4 tokens, decoded in bf16
 
@@ -120,13 +123,16 @@ def test_a_bfloat16_policy_samples_from_the_copy_and_its_log_probs_stay_near_the
         sampled[i, : len(r.logprobs)] = torch.tensor(r.logprobs)
     mismatch = ((logp - sampled).abs() * mask).sum() / mask.sum()
     assert 0 < mismatch < 0.05  # bf16 rounding: not the fp32 sampler's exact agreement, but close
-    # inside pretrained() the live fp32 model samples, as every other pretrained forward runs
-    greedy = GenerationConfig("none", answer_tokens=6, temperature=0.0)
-    with fast.pretrained():
-        a = fast.respond(ctx[:1], greedy)[0].logprobs
-    with policy.pretrained():
-        b = policy.respond(ctx[:1], greedy)[0].logprobs
-    assert a == b
+
+    # inside pretrained() a bf16 copy of the pretrained model samples, so that the guard compares
+    # like with like (its answers against the adapted model's), and it stays pretrained
+    for _ in range(2):
+        with fast.pretrained():
+            pretrained = fast.sampling_model()
+            assert _close(_logits(pretrained), _logits(fast.model))  # LoRA off
+            assert next(pretrained.parameters()).dtype == torch.bfloat16
+        assert not _close(_logits(pretrained), _logits(fast.model))  # the adapted model differs
+        assert fast.sampling_model() is not pretrained
 
 
 def test_auto_precision_is_bfloat16_only_where_the_machine_has_bf16_units() -> None:

@@ -263,9 +263,11 @@ class Policy:
         # Typed as Any: a PeftModel for LoRA, the Hugging Face model itself for the other units.
         self.model: Any = model
         dtype = precision_dtype(sampler_precision, model.dtype)
-        # Decoding runs on a faster copy of the live weights when the precision differs; inside
-        # `pretrained()` it runs on the live model, as everything else does.
+        # Decoding runs on a faster copy of the live weights when the precision differs, and inside
+        # `pretrained()` on a copy of the pretrained model in the same dtype: the guard compares
+        # the two models' answers, and bf16 against fp32 decoding alone flipped a few of them.
         self._sampler_copy = SamplerCopy(dtype) if dtype != model.dtype else None
+        self._pretrained_copy = SamplerCopy(dtype) if dtype != model.dtype else None
         self._pretrained_depth = 0
         self._learner_dtype = precision_dtype(learner_precision, model.dtype)
         self.version = 0  # bumped by the learner after every kept update
@@ -418,11 +420,10 @@ class Policy:
 
     # ---- acting ----------------------------------------------------------------------------
     def sampling_model(self) -> Any:
-        """The module the sampler decodes with now: the live model, or outside `pretrained()` its
-        faster copy, brought up to date (model/sampler_copy.py)."""
-        if self._sampler_copy is None or self._pretrained_depth > 0:
-            return self.model
-        return self._sampler_copy(self.model)
+        """The module the sampler decodes with now: the live model, or its faster copy brought up
+        to date (model/sampler_copy.py); inside `pretrained()`, the pretrained model's."""
+        copy = self._pretrained_copy if self._pretrained_depth > 0 else self._sampler_copy
+        return self.model if copy is None else copy(self.model)
 
     @torch.no_grad()
     def _sample(

@@ -61,7 +61,9 @@ class SamplerCopy:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> nn.Module:
-        """The copy of `model`, with every change made to `model` since the last call."""
+        """The copy of `model`, with every change made to `model` since the last call. Made inside
+        `Policy.pretrained()`, it is a copy of the pretrained model: LoRA off, memories reading
+        nothing, or the full unit's frozen reference."""
         if self._copy is None or self._source is not model:
             self._build(model)
         for mirror in self._mirrors:
@@ -93,7 +95,8 @@ class SamplerCopy:
         merged: set[str] = set()  # parameter names a merged LoRA layer covers
         mirrors: list[_Mirror] = []
         for name, twin_layer in twin.named_modules():
-            if not isinstance(twin_layer, LoraLayer) or not twin_layer.active_adapters:
+            # Copied with its adapters switched off (inside `disable_adapter()`), it stays so.
+            if not isinstance(twin_layer, LoraLayer) or not twin_layer.active_adapters or twin_layer.disable_adapters:
                 continue
             layer: Any = twin_layer
             live = live_modules[name]
