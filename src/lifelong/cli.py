@@ -608,7 +608,8 @@ def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> 
         default=default,
         help="what learns: LoRA adapters, memory-layer values (sparse), or every weight (default: lora)",
     )
-    # The defaults are RunConfig's (tests/test_cli.py checks); serve leaves them to its ServeConfig.
+    # The defaults are RunConfig's (tests/test_cli.py checks); serve leaves them to its ServeConfig,
+    # which decodes in fp32 unless asked.
     parser.add_argument(
         "--sampler-precision",
         choices=PRECISION_CHOICES,

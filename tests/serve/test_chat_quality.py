@@ -6,7 +6,6 @@ benchmarks/chat_parity.py measures it on 40 questions."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,6 @@ def test_plain_chat_is_token_for_token_the_bare_model(
 
     model, tokenizer, _ = load_model(str(serve_model_dir))
     bare = [bare_reply(model, tokenizer, [{"role": "user", "content": q}], 12) for q in QUESTIONS]
-    # The bare model here decodes in fp32; so does the server (its bf16 sampler is measured apart).
-    serve_config = replace(serve_config, sampler_precision="float32")
     url = start_server(serve_config)
     assert served_replies(url, model_id, serve_config, 12) == bare  # no sampling parameters: the model's greedy
     assert served_replies(url, model_id, serve_config, 12, temperature=0) == bare
@@ -62,11 +59,7 @@ def test_the_real_model_answers_through_the_server_as_it_does_alone(
     bare = [bare_reply(model, tokenizer, [{"role": "user", "content": q}], 16) for q in QUESTIONS]
     assert "Paris" in tokenizer.decode(bare[0], skip_special_tokens=True)
     config = ServeConfig(
-        store=tmp_path / "serve",
-        keys=(("alice", "sk-alice"),),
-        threads=2,
-        learner=LearnerConfig(enabled=False),
-        sampler_precision="float32",
+        store=tmp_path / "serve", keys=(("alice", "sk-alice"),), threads=2, learner=LearnerConfig(enabled=False)
     )
     url = start_server(config)
     assert served_replies(url, name, config, 16, temperature=0) == bare
