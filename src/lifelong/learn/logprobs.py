@@ -79,8 +79,8 @@ def completion_log_softmax(
 def _prompts_forward(
     model: torch.nn.Module, prompts: list[tuple[int, ...]], pad_id: int, cache: DynamicCache
 ) -> tuple[Any, torch.Tensor]:
-    """Run distinct prompts into `cache` (one row each); (the output, its last position's logits
-    kept, and the (rows, length) attention mask of the cache).
+    """Run distinct prompts into `cache`, one row each. Returns the model's output (the last
+    position's logits only) and the cache's (rows, length) attention mask.
 
     The prefix all prompts share (a chat template's system turn: 23 of the ~38 tokens of a task
     prompt) runs once, where that saves enough, and its cache is copied to every row, as a group's
