@@ -36,8 +36,8 @@ Timings on a shared 2-core machine are noisy: run it with `nice` and compare rat
 Needs the `[compare]` extra (TRL); without it, it stops with a message and exit code 2.
 
     python benchmarks/throughput.py [--method grpo|lifelong] [--breakdown] [--steps 5] [--warmup 1]
-                                    [--threads 2] [--model PATH] [--sampler-precision auto|float32|bfloat16]
-                                    [--learner-precision auto|float32|bfloat16] [--json]
+                                    [--threads 2] [--model PATH] [--sampler-precision float32|auto|bfloat16]
+                                    [--learner-precision float32|auto|bfloat16] [--json]
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("grpo", "lifelong"), default="grpo", help="our side's method")
     parser.add_argument("--breakdown", action="store_true", help="also report where our side's time went")
-    parser.add_argument("--sampler-precision", default="auto", help="our side's sampler dtype (default: auto)")
-    parser.add_argument("--learner-precision", default="auto", help="our side's learner dtype (default: auto)")
+    parser.add_argument("--sampler-precision", default="float32", help="our side's sampler dtype (default: float32)")
+    parser.add_argument("--learner-precision", default="float32", help="our side's learner dtype (default: float32)")
     parser.add_argument("--out", help="keep both run folders here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = parser.parse_args()

@@ -613,14 +613,15 @@ def _add_unit(parser: argparse.ArgumentParser, default: str | None = "lora") -> 
     parser.add_argument(
         "--sampler-precision",
         choices=PRECISION_CHOICES,
-        default=default and "auto",
-        help="the dtype the sampler decodes in (default: auto = bfloat16 where the CPU or GPU has bf16 units)",
+        default=default and "float32",
+        help="the dtype the sampler decodes in; auto = bfloat16 where the CPU or GPU has bf16 units "
+        "(faster; default: float32)",
     )
     parser.add_argument(
         "--learner-precision",
         choices=PRECISION_CHOICES,
-        default=default and "auto",
-        help="the dtype the learners' forwards and backwards compute in, over fp32 weights (default: auto)",
+        default=default and "float32",
+        help="the dtype the learners' forwards and backwards compute in, over fp32 weights (default: float32)",
     )
 
 

@@ -96,7 +96,7 @@ class ServeConfig:
     # fp32: with bf16 decoding the embedded model's greedy answers matched the bare fp32 model's on
     # 36 of 40 questions, one right answer (a near tie) lost (dev/LOG.md, stop 24); `auto` opts in.
     sampler_precision: Precision = Precision.FLOAT32
-    learner_precision: Precision = Precision.AUTO  # bf16 autocast for the learners' forwards, fp32 weights
+    learner_precision: Precision = Precision.FLOAT32  # as RunConfig's (loop/config.py says why)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     learning: TenantLearningConfig = field(default_factory=TenantLearningConfig)
     memory: RecallConfig = field(default_factory=RecallConfig)  # corrections and documents in context
