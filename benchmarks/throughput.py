@@ -150,8 +150,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("grpo", "lifelong"), default="grpo", help="our side's method")
     parser.add_argument("--breakdown", action="store_true", help="also report where our side's time went")
-    parser.add_argument("--sampler-precision", default="float32", help="our side's sampler dtype (default: float32)")
-    parser.add_argument("--learner-precision", default="float32", help="our side's learner dtype (default: float32)")
+    precisions = ["float32", "auto", "bfloat16"]
+    parser.add_argument("--sampler-precision", choices=precisions, default="float32", help="our side's sampler dtype")
+    parser.add_argument("--learner-precision", choices=precisions, default="float32", help="our side's learner dtype")
     parser.add_argument("--out", help="keep both run folders here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
     args = parser.parse_args()

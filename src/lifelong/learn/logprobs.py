@@ -93,16 +93,27 @@ def _prompts_forward(
         while shared < shortest - 1 and all(p[shared] == prompts[0][shared] for p in prompts):
             shared += 1
     if (len(prompts) - 1) * shared < MIN_SAVED_TOKENS:
-        ids, mask = left_pad(prompts, pad_id)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask),
+        shared = 0  # each prompt runs whole
+    else:
+        model(
+            input_ids=torch.tensor([prompts[0][:shared]], dtype=torch.long),
+            position_ids=torch.arange(shared).unsqueeze(0),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        return out, mask
+        cache.batch_repeat_interleave(len(prompts))
+    ids, own = left_pad([p[shared:] for p in prompts], pad_id)
+    mask = torch.cat([torch.ones(len(prompts), shared, dtype=own.dtype), own], dim=-1)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask)[:, shared:],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out, mask
     prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long)
     model(
         input_ids=prefix,

@@ -79,9 +79,10 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     unit: Unit = Unit.LORA  # what learns: LoRA, memory-layer values (`memory_unit`) or every weight
     memory_unit: MemorySettings = field(default_factory=MemorySettings)
-    # bf16 decoding (model/sampler_copy.py) and bf16 autocast in the learners run 1.7x the episodes
-    # a minute, but the demo's addition, paired over seeded runs, ended 10.9 points lower on both
-    # seeds measured (dev/LOG.md, stop 24): opt-in (`auto`) until that is understood.
+    # bf16 decoding (model/sampler_copy.py) and bf16 autocast in the learners are faster (with
+    # stop 24's other changes, grpo went 3.45x -> 5.47x TRL's episodes/min, lifelong 1.31x -> 2.40x),
+    # but the demo's addition, paired over seeded runs, ended 10.9 points lower on both seeds
+    # measured (dev/LOG.md, stop 24): opt-in (`auto`) until that is understood.
     sampler_precision: Precision = Precision.FLOAT32
     learner_precision: Precision = Precision.FLOAT32
     guard: GuardConfig = field(default_factory=GuardConfig)

@@ -293,9 +293,10 @@ class Policy:
 
     def weights_written(self, params: Sequence[torch.Tensor]) -> None:
         """`params` were written in a way autograd does not see (through `.data`): the sampler's
-        copy must take them again."""
-        if self._sampler_copy is not None:
-            self._sampler_copy.invalidate(params)
+        copies must take them again."""
+        for faster in (self._sampler_copy, self._pretrained_copy):
+            if faster is not None:
+                faster.invalidate(params)
 
     @classmethod
     def for_config(
@@ -422,8 +423,8 @@ class Policy:
     def sampling_model(self) -> Any:
         """The module the sampler decodes with now: the live model, or its faster copy brought up
         to date (model/sampler_copy.py); inside `pretrained()`, the pretrained model's."""
-        copy = self._pretrained_copy if self._pretrained_depth > 0 else self._sampler_copy
-        return self.model if copy is None else copy(self.model)
+        faster = self._pretrained_copy if self._pretrained_depth > 0 else self._sampler_copy
+        return self.model if faster is None else faster(self.model)
 
     @torch.no_grad()
     def _sample(

@@ -66,16 +66,14 @@ class SamplerCopy:
         nothing, or the full unit's frozen reference."""
         if self._copy is None or self._source is not model:
             self._build(model)
-        for mirror in self._mirrors:
-            mirror.refresh()
+        self.refreshed()
         assert self._copy is not None
         return self._copy
 
+    @torch.no_grad()
     def refreshed(self) -> int:
-        """Refresh now; the number of tensors that had changed (for tests and benchmarks)."""
-        assert self._copy is not None and self._source is not None
-        with torch.no_grad():
-            return sum(mirror.refresh() for mirror in self._mirrors)
+        """Bring the copy up to date; the number of its tensors that had changed."""
+        return sum(mirror.refresh() for mirror in self._mirrors)
 
     def invalidate(self, tensors: Iterable[torch.Tensor]) -> None:
         """Take these live tensors again at the next use: they were written without a version bump
@@ -112,8 +110,6 @@ class SamplerCopy:
                 continue
             source = live_tensors[name]
             mirrors.append(_Mirror(tensor, (source,), source.detach))
-        for mirror in mirrors:
-            mirror.refresh()
         self._source, self._copy, self._mirrors = model, twin, mirrors
 
 
