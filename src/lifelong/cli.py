@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lifelong.learn.grpo import GRPOConfig
     from lifelong.learn.sft import SFTConfig
     from lifelong.loop.runtime import RunConfig, Runtime
+    from lifelong.loop.world import WorldConfig
     from lifelong.model.loading import load_model, resolve_model_folder
     from lifelong.model.policy import Policy, require_lora
 
@@ -172,6 +173,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             learner_precision=args.learner_precision,
             grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
+            world=WorldConfig(
+                learn=args.world_model, auxiliary=args.world_auxiliary, imagined_per_item=args.world_imagined
+            ),
         )
     if args.ray or args.ray_address or args.sampler == "vllm":  # before the model loads and heals
         require_lora(config.unit, "vLLM" if args.sampler == "vllm" else "Ray")
@@ -298,11 +302,17 @@ def _knobs_from_args(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    """A person plays an environment in the terminal: observations on stdout, actions from stdin."""
+    """A person plays an environment in the terminal: observations on stdout, actions from stdin.
+    With `--agent RUN_DIR` the run's agent plays instead, planning with its world model when one
+    is there (`--show-plan` prints each imagined move before the real one)."""
     import random
 
     from lifelong.envs.registry import make
 
+    if args.agent is not None:
+        return _agent_plays(args)
+    if args.show_plan or args.world is not None:
+        raise ConfigError("--show-plan and --world need an agent", "add --agent RUN_DIR (a run folder)")
     env = make(args.env, **_knobs_from_args(args.knob or []))
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     observation, info = env.reset(seed=seed)
@@ -327,6 +337,57 @@ def cmd_play(args: argparse.Namespace) -> int:
         print(observation)
     verdict = "solved" if total >= env.success_threshold else "not solved"
     print(f"\nreward {total:.2f} ({verdict}); answer: {info.get('answer', '')}")
+    return 0
+
+
+def _agent_plays(args: argparse.Namespace) -> int:
+    """`lifelong play GAME --agent RUN_DIR [--show-plan]`: one game played by a run's agent."""
+    import random
+
+    import torch
+
+    from lifelong.envs.registry import make
+    from lifelong.guard.checkpoints import CheckpointRing
+    from lifelong.loop.actor import Job, LocalActor
+    from lifelong.loop.runtime import RunConfig
+    from lifelong.model.loading import load_model
+    from lifelong.model.policy import Policy
+    from lifelong.world.model import WorldModel, WorldModelConfig
+    from lifelong.world.planner import Planner, describe_plan, plan_for_effort
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.agent)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--agent {run_dir} is not a run folder (no config.json)", "pass a folder under runs/")
+    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    knobs = _knobs_from_args(args.knob or [])
+    make(args.env, **knobs)  # a bad name or knob fails here, before any model loads
+    model, tokenizer, name = load_model(config.model)
+    policy = Policy.for_config(model, tokenizer, name, config)
+    ring = CheckpointRing(run_dir / "checkpoints")
+    checkpoint = ring.latest_good()
+    if checkpoint is not None:
+        ring.restore(checkpoint, policy, None)
+    world_dir = Path(args.world) if args.world is not None else run_dir / "world"
+    decide = None
+    if args.show_plan or args.world is not None or world_dir.is_dir():
+        lm, tok, _ = load_model(config.model)
+        world = WorldModel(Policy(lm, tok, name=f"{name} world model"), WorldModelConfig())
+        world.load(world_dir)
+        on_plan = (
+            (lambda plan: print(f"game: {plan.state.observation}\n{describe_plan(plan)}\n")) if args.show_plan else None
+        )
+        decide = Planner(policy, world, plan_for_effort(args.plan_effort), on_plan=on_plan).decide
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    version = f"version {checkpoint.step}" if checkpoint is not None else "no checkpoint: the pretrained model"
+    print(f"{args.env} (seed {seed}) played by {run_dir.name} ({version}){', planning' if decide else ''}\n")
+    actor = LocalActor(policy, lambda _: make(args.env, **knobs), torch.Generator().manual_seed(seed), decide)
+    episode = actor.play([Job(args.env, seed)], config.generation(0.0))[0]
+    for n, turn in enumerate(episode.turns if not args.show_plan else (), 1):  # --show-plan printed them live
+        print(f"game: {turn.observation}\nagent [{n}]: {turn.completion.answer}\n")
+    print(f"game: {episode.info.get('last_observation', '')}")
+    verdict = "solved" if episode.success else "not solved"
+    print(f"\nreward {episode.reward:.2f} ({verdict}) in {len(episode.turns)} moves")
     return 0
 
 
@@ -653,6 +714,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["lifelong", "grpo", "sft", "memory", "frozen"],
         help="what to do with experience (default: lifelong = GRPO + anchor + guard + rehearsal + consolidation)",
     )
+    run.add_argument(
+        "--world-model",
+        action="store_true",
+        help="learn a world model of the run's games (saved in RUN_DIR/world; `lifelong play --agent` plans with it)",
+    )
+    run.add_argument(
+        "--world-auxiliary", action="store_true", help="the policy's updates also predict the games' replies"
+    )
+    run.add_argument(
+        "--world-imagined",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Dyna: N episodes per item played inside the world model and learnt from (needs --world-model)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     run.add_argument("--runs-dir", default="runs")
@@ -728,6 +804,13 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("env", help="an environment name from `lifelong envs`, e.g. guess_number or rg:chain_sum")
     play.add_argument("--seed", type=int, help="which item or game (default: random)")
     play.add_argument("--knob", action="append", metavar="NAME=VALUE", help="a difficulty knob; repeat for more")
+    play.add_argument("--agent", metavar="RUN_DIR", help="let a run's agent play (its newest good checkpoint)")
+    play.add_argument("--world", metavar="DIR", help="the agent's world model (default: RUN_DIR/world, if there)")
+    play.add_argument("--show-plan", action="store_true", help="print each imagined move before the real one")
+    play.add_argument(
+        "--plan-effort", choices=["low", "medium", "high"], default="low", help="planning width and depth (low)"
+    )
+    play.add_argument("--threads", type=int, default=2, help="torch threads for --agent (default: 2)")
     play.set_defaults(func=cmd_play)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible server that learns from feedback")

@@ -90,7 +90,8 @@ class Batch:
 
     `anchors` are samples of skills the update must keep (general ability), answered by the
     pretrained model; a learner with an anchor term holds them in place (learn/grpo.py), others
-    ignore them.
+    ignore them. `auxiliary` are teacher-forced targets a learner may add as a likelihood term:
+    the game's real replies to the agent's moves (implicit world modelling, loop/world.py).
     """
 
     samples: tuple[Sample, ...]
@@ -99,6 +100,7 @@ class Batch:
     reward_mean: float
     reward_std: float
     anchors: tuple[Sample, ...] = ()
+    auxiliary: tuple[Sample, ...] = ()
 
 
 class LessonTeacher(enum.StrEnum):

@@ -21,7 +21,7 @@ import enum
 import random
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -64,6 +64,19 @@ class Env(ABC):
     @abstractmethod
     def step(self, action: str) -> StepResult:
         """Apply the agent's answer; returns the next observation and the reward for this step."""
+
+    @classmethod
+    def step_all(cls, envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult | Exception]:
+        """Step several environments of this class, one action each (the actor's turn). One by one
+        here; a class whose steps share work overrides it (an imagined game asks its world model
+        once for all). An environment that raises gets its exception back, not the others'."""
+        results: list[StepResult | Exception] = []
+        for env, action in zip(envs, actions, strict=True):
+            try:
+                results.append(env.step(action))
+            except Exception as exc:  # a broken environment fails its own episode only
+                results.append(exc)
+        return results
 
     def item_key(self, seed: int) -> str:
         """What identifies the item behind a seed (two seeds may give the same item). Probe sets

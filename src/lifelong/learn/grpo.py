@@ -14,7 +14,10 @@ The whole update in one place, top to bottom:
      samples, prompts of skills the run must keep but never trains (general ability), answered by
      the pretrained model itself. The k3 term above only sees the task being learned; this one
      holds the rest of the distribution in place inside the same update (Learning without
-     Forgetting, Li & Hoiem 2016, with the pretrained model as the old network).
+     Forgetting, Li & Hoiem 2016, with the pretrained model as the old network);
+  7. optionally an auxiliary likelihood term on the batch's `auxiliary` targets: the games' real
+     replies to the agent's moves, so the policy also learns how its world responds (implicit
+     world modelling, "Early Experience", 2025). Weight `auxiliary_coef`, token mean.
 Reasoning tokens are optimised only through the outcome reward: no loss term ever targets them.
 """
 
@@ -52,10 +55,13 @@ class GRPOConfig:
     temperature: float = 1.0  # must match the sampler's
     anchor_coef: float = 1.0  # weight of the anchor KL (point 6 above); 0 = no anchor
     warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
+    auxiliary_coef: float = 0.1  # weight of the auxiliary likelihood (point 7), when a batch has targets
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}", "try 2e-4 for LoRA")
+        if self.auxiliary_coef < 0:
+            raise ConfigError("auxiliary_coef must be >= 0", "use 0 to switch the auxiliary term off")
         if self.group_size < 2:
             raise ConfigError(
                 f"group_size must be >= 2, got {self.group_size}", "group-relative advantages need 2+ samples per item"
@@ -123,13 +129,14 @@ class GRPOLearner:
         (answer tokens masked in) are held to the pretrained model with weight `anchor_coef`."""
         cfg, model = self.config, self.policy.model
         anchors = batch.anchors if cfg.anchor_coef > 0 else ()
+        auxiliary = batch.auxiliary if cfg.auxiliary_coef > 0 else ()
         base = {
             "reward/mean": batch.reward_mean,
             "reward/std": batch.reward_std,
             "batch/groups": float(batch.num_groups),
             "batch/zero_variance_frac": batch.num_dropped_groups / max(batch.num_groups, 1),
         }
-        if not batch.samples:
+        if not batch.samples and not auxiliary:  # the auxiliary targets alone still teach
             return UpdateReport(self.step, False, base, reason="no group had reward spread")
         total_tokens = sum(sum(s.loss_mask) for s in batch.samples)
         lr = set_learning_rate(self.optimizer, cfg.learning_rate * lr_scale, cfg.warmup_steps)
@@ -146,13 +153,15 @@ class GRPOLearner:
                     sums["anchor/kl"] += hold_to_pretrained(
                         self.policy, anchors, cfg.anchor_coef, cfg.temperature, self.pretrained
                     )
+                if auxiliary:
+                    sums["auxiliary/nll"] += self._auxiliary(auxiliary)
             grad_norm = clipped_step(self.optimizer, cfg.max_grad_norm, self.refuse_nonfinite, self.policy.memories)
             if self.refuse_nonfinite and not math.isfinite(grad_norm):
                 model.eval()
                 return UpdateReport(self.step, False, {**base, "grad/norm": grad_norm}, reason="non-finite gradient")
         model.eval()
         self.step += 1
-        denom = total_tokens * cfg.epochs
+        denom = max(total_tokens, 1) * cfg.epochs
         metrics = {
             **base,
             "loss/policy": sums["loss/policy"] / denom,
@@ -162,12 +171,24 @@ class GRPOLearner:
             "policy/clip_frac": sums["policy/clip_frac"] / denom,
             "policy/sampler_mismatch": sums["policy/sampler_mismatch"] / denom,
             **({"anchor/kl": sums["anchor/kl"] / cfg.epochs} if anchors else {}),
+            **({"auxiliary/nll": sums["auxiliary/nll"] / cfg.epochs} if auxiliary else {}),
             "grad/norm": grad_norm,
             "optim/lr": lr,
             "batch/samples": float(len(batch.samples)),
             "batch/tokens": float(total_tokens),
         }
         return UpdateReport(self.step, True, metrics)
+
+    def _auxiliary(self, targets: Sequence[Sample]) -> float:
+        """Backward `auxiliary_coef` x the token-mean NLL of the auxiliary targets; returns the NLL."""
+        total = sum(sum(s.loss_mask) for s in targets)
+        nll = 0.0
+        for rows in micro_batches([s.prompt_ids for s in targets], self.config.micro_batch):
+            logp, _, mask = completion_logprobs(self.policy.model, list(targets[rows]), self.policy.pad_id)
+            loss = -(logp * mask).sum() / total
+            (self.config.auxiliary_coef * loss).backward()
+            nll += float(loss.detach())
+        return nll
 
     def _accumulate(self, chunk: list[Sample], total_tokens: int) -> dict[str, float]:
         """Forward/backward one micro-batch; returns token-summed metrics."""

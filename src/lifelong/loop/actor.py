@@ -16,10 +16,16 @@ from typing import Any, Protocol
 
 import torch
 
-from lifelong.envs.base import Env
+from lifelong.envs.base import Env, StepResult
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.timing import part
 from lifelong.types import Completion, Episode, Turn
+from lifelong.world.transitions import GameState
+
+# Chooses the reply of every live episode for one turn: (contexts, game states, sampling settings)
+# -> one completion each. By default the policy's own sample; a planner imagines first
+# (world/planner.py). Whatever decides, only the actor steps the real environment.
+Decide = Callable[[Sequence[Sequence[int]], Sequence[GameState], GenerationConfig], list[Completion]]
 
 
 @dataclass(frozen=True)
@@ -50,17 +56,23 @@ class Actor(Protocol):
 
 
 class LocalActor:
-    """Plays in this process with the live policy (the learner's own weights)."""
+    """Plays in this process with the live policy (the learner's own weights); `decide`, when
+    given, chooses each reply instead of the policy's plain sample (a planner)."""
 
     def __init__(
-        self, policy: Policy, make_env: Callable[[str], Env], generator: torch.Generator | None = None
+        self,
+        policy: Policy,
+        make_env: Callable[[str], Env],
+        generator: torch.Generator | None = None,
+        decide: Decide | None = None,
     ) -> None:
         self.policy = policy
         self.make_env = make_env
         self.generator = generator
+        self.decide = decide
 
     def play(self, jobs: Sequence[Job], gen: GenerationConfig) -> list[Episode]:
-        return play(self.policy, jobs, self.make_env, gen, self.generator)
+        return play(self.policy, jobs, self.make_env, gen, self.generator, self.decide)
 
     def prefetch(self, jobs: Sequence[Job], gen: GenerationConfig) -> None:
         pass  # it plays with the live weights on demand: nothing to sample ahead
@@ -77,6 +89,11 @@ class _Live:
     reward: float = 0.0
     done: bool = False
 
+    def state(self) -> GameState:
+        """Where the game stands, for a planner: every earlier move and the next move's number."""
+        history = tuple((t.observation, t.completion.answer) for t in self.turns)
+        return GameState(self.job.env, self.observation, history, len(self.turns) + 1, self.env.max_turns)
+
 
 def play(
     policy: Policy,
@@ -84,8 +101,10 @@ def play(
     make_env: Callable[[str], Env],
     gen: GenerationConfig,
     generator: torch.Generator | None = None,
+    decide: Decide | None = None,
 ) -> list[Episode]:
-    """Play every job to the end; returns episodes in the order of `jobs`."""
+    """Play every job to the end; returns episodes in the order of `jobs`. Each turn's replies come
+    from `decide` when given, else from the policy's sampler."""
     live: list[_Live] = []
     for job in jobs:
         env = make_env(job.env)
@@ -100,19 +119,34 @@ def play(
         active = [e for e in live if not e.done]
         if not active:
             break
-        completions = policy.respond([e.context for e in active], gen, generator)
-        for e, completion in zip(active, completions, strict=True):
-            _advance(policy, e, completion)
+        contexts = [e.context for e in active]
+        if decide is None:
+            completions = policy.respond(contexts, gen, generator)
+        else:
+            completions = decide(contexts, [e.state() for e in active], gen)
+        with part("score"):
+            results = _step_all([e.env for e in active], [c.answer for c in completions])
+        for e, completion, result in zip(active, completions, results, strict=True):
+            _advance(policy, e, completion, result)
     return [_episode(e, policy.version) for e in live]
 
 
-def _advance(policy: Policy, e: _Live, completion: Completion) -> None:
+def _step_all(envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult | Exception]:
+    """Every environment's step, each class stepping its own environments together (`Env.step_all`)."""
+    results: list[StepResult | Exception | None] = [None] * len(envs)
+    by_class: dict[type[Env], list[int]] = {}
+    for i, env in enumerate(envs):
+        by_class.setdefault(type(env), []).append(i)
+    for cls, rows in by_class.items():
+        for i, result in zip(rows, cls.step_all([envs[i] for i in rows], [actions[i] for i in rows]), strict=True):
+            results[i] = result
+    return [r for r in results if r is not None]
+
+
+def _advance(policy: Policy, e: _Live, completion: Completion, result: StepResult | Exception) -> None:
     observation = e.observation
-    try:
-        with part("score"):
-            result = e.env.step(completion.answer)
-    except Exception as exc:
-        e.info["error"] = f"step: {type(exc).__name__}: {exc}"
+    if isinstance(result, Exception):
+        e.info["error"] = f"step: {type(result).__name__}: {result}"
         e.turns.append(Turn(tuple(e.context), completion, observation, 0.0))
         e.done = True
         return
@@ -122,6 +156,10 @@ def _advance(policy: Policy, e: _Live, completion: Completion) -> None:
     if result.terminated or result.truncated or len(e.turns) >= e.env.max_turns:
         e.done = True
         e.info["truncated"] = bool(result.truncated or (not result.terminated))
+        # What the game said last and how many moves it allowed: with every turn's observation,
+        # the experience a world model learns from (world/transitions.py).
+        e.info["last_observation"] = result.observation
+        e.info["max_turns"] = e.env.max_turns
     else:
         e.context = policy.extend(e.context, completion, result.observation)
         e.observation = result.observation

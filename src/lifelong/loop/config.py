@@ -18,6 +18,7 @@ from lifelong.learn.grpo import GRPOConfig
 from lifelong.learn.sft import SFTConfig
 from lifelong.loop.curriculum import CurriculumConfig
 from lifelong.loop.explore import ExplorationConfig
+from lifelong.loop.world import WorldConfig
 from lifelong.memory.book import MemoryConfig
 from lifelong.model.memory_layer import MemorySettings
 from lifelong.model.policy import GenerationConfig, LoraSettings, Precision, Unit, check_precision, check_unit
@@ -111,6 +112,9 @@ class RunConfig:
     # stage ends once they are spent: equal budgets for methods that sample differently (issue 22).
     # Off: they count the schedule's own episodes, and retries and exploration come on top.
     count_every_sample: bool = False
+    # A world model of the games the run plays, learnt from its own moves, and what it feeds back
+    # into learning (loop/world.py, issue 23). Off by default.
+    world: WorldConfig = field(default_factory=WorldConfig)
 
     def __post_init__(self) -> None:
         # Plain strings (a config.json, a caller) become the enums here, so the fields always are.
@@ -164,6 +168,7 @@ class RunConfig:
         d["memory"] = MemoryConfig(**d.get("memory", {}))
         d["curriculum"] = CurriculumConfig(**d.get("curriculum", {}))
         d["exploration"] = ExplorationConfig(**d.get("exploration", {}))
+        d["world"] = WorldConfig.from_dict(d.get("world", {}))
         return cls(**d)
 
     @classmethod

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +134,14 @@ class LearningCore:
             self._log(record)
 
     # ---- learning ---------------------------------------------------------------------------------
-    def learn(self, step: int, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> StepResult:
+    def learn(
+        self, step: int, episodes: Sequence[Episode], anchors: Sequence[Sample] = (), auxiliary: Sequence[Sample] = ()
+    ) -> StepResult:
         """One update from episodes: the guard screens them, the learner makes its batch (with
-        `anchors`, the general-ability items its update holds) and learns from it (`update`)."""
+        `anchors`, the general-ability items its update holds, and `auxiliary` targets, the
+        games' replies a learner may also predict) and learns from it (`update`)."""
         learnable = self.guard.screen(step, list(episodes))
-        batch = self.learner.batch(learnable, anchors)
+        batch = replace(self.learner.batch(learnable, anchors), auxiliary=tuple(auxiliary))
         return self.update(step, batch, screened_out=len(episodes) - len(learnable))
 
     def update(self, step: int, batch: Batch, screened_out: int = 0) -> StepResult:

@@ -46,6 +46,7 @@ from lifelong.loop.explore import exploration_metrics, explore
 from lifelong.loop.learning import LearningCore, MetricsLog
 from lifelong.loop.schedule import Schedule, Slot
 from lifelong.loop.state import NoProgress, Progress, RunState, RunSummary
+from lifelong.loop.world import WorldJob, WorldStep
 from lifelong.memory.book import MemoryBook, notes
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import Policy
@@ -123,6 +124,8 @@ class Runtime:
         ring = CheckpointRing(run_dir / "checkpoints", keep=config.checkpoints_kept)
         log = MetricsLog(run_dir / "metrics.jsonl")
         self.core = LearningCore(policy, learner, guard, ring, distiller, keep_good, log)
+        world = config.world
+        self.world = WorldJob(world, policy, config.model, run_dir, config.seed) if world.enabled else None
         self.state = RunState()
         self._clock = time.time()
 
@@ -238,7 +241,14 @@ class Runtime:
         with part("anchor_pool"):
             anchors = self.anchors.for_step(slot.step) if self.config.update_rule is UpdateRule.GRPO else []
         learned = episodes + explored
-        result = self.core.learn(slot.step, learned, anchors)
+        world = WorldStep()
+        if self.world is not None:  # learns how the games respond; may imagine more episodes
+            with part("world"):
+                world = self.world.step(episodes, sampling, self.generator)
+            if world.imagined:
+                with part("store"):
+                    self.store.add(world.imagined, run_id=self.run_id, step=slot.step, model=self.policy.name)
+        result = self.core.learn(slot.step, learned + list(world.imagined), anchors, world.auxiliary)
         verdict, report = result.verdict, result.report
         consolidation: dict[str, float] = {}
         if verdict.keep and self.config.consolidate:
@@ -271,6 +281,7 @@ class Runtime:
                 **report.metrics,
                 **consolidation,
                 **signal,
+                **world.metrics,
             }
         )
         self.progress.advance(len(episodes), float(report.metrics.get("reward/mean", 0.0)), stage)
@@ -339,6 +350,8 @@ class Runtime:
         if self.curriculum is not None:
             self.state.curriculum = self.curriculum.state()
         self.core.checkpoint(step, good, {**self.state.to_dict(), "rng": self.generator.get_state().tolist()})
+        if self.world is not None:
+            self.world.save()
 
     def restore(self) -> int:
         """Load the newest checkpoint (adapters, optimizer, loop and guard state); returns its step."""
@@ -349,6 +362,8 @@ class Runtime:
         if self.curriculum is not None:
             self.curriculum.restore(self.state.curriculum)
         self.generator.set_state(torch.tensor(restored.state["rng"], dtype=torch.uint8))
+        if self.world is not None:
+            self.world.restore(self.store.episodes(run_id=self.run_id, split="train"))
         self.core.log({"type": "resume", "step": restored.step, "version": self.core.version})
         return restored.step
 
