@@ -117,3 +117,17 @@ def test_world_settings_are_checked_and_round_trip() -> None:
     world = WorldConfig(learn=True, imagined_per_item=4, model=WorldModelConfig(history_turns=2))
     config = RunConfig(stream=Stream("s", (Stage(Task.of("maze"), 8),)).to_dict(), world=world)
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).world == world
+
+
+def test_the_auxiliary_term_predicts_a_bounded_draw_of_the_steps_moves(tiny_policy: Policy, tmp_path: Path) -> None:
+    from lifelong.loop.world import WorldJob
+
+    episodes = play(tiny_policy, [Job("maze", s) for s in range(3)], lambda _: GridMaze(), GenerationConfig("none"),
+                    torch.Generator().manual_seed(0))  # fmt: skip
+    job = WorldJob(WorldConfig(auxiliary=True, auxiliary_moves=3), tiny_policy, None, tmp_path, seed=0)
+    step = job.step(episodes, GenerationConfig("none"), torch.Generator())
+    assert job.model is None and not step.imagined  # the auxiliary term needs no world model
+    assert len(step.auxiliary) == 3 and step.metrics["world/moves"] == sum(len(e.turns) for e in episodes)
+    targets = [world_sample(tiny_policy, t) for t in all_transitions(episodes)]
+    moves = {(m.prompt_ids, m.completion_ids) for m in targets}
+    assert {(s.prompt_ids, s.completion_ids) for s in step.auxiliary} <= moves

@@ -46,12 +46,17 @@ class WorldConfig:
     updates_per_step: int = 4  # world-model updates a step (`model.batch_size` moves each)
     replay: int = 1024  # the newest real moves the world model learns from
     auxiliary: bool = False  # the policy's update also predicts the games' replies
+    # Moves a step's auxiliary term predicts, drawn from the step's own: every move of 32 maze
+    # games made the update 4x as long as the policy term alone (dev/LOG.md, stop 25).
+    auxiliary_moves: int = 32
     imagined_per_item: int = 0  # Dyna: episodes a step item plays inside the world model (0: off)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
 
     def __post_init__(self) -> None:
-        if self.updates_per_step < 1 or self.replay < 1 or self.imagined_per_item < 0:
-            raise ConfigError("updates_per_step and replay must be >= 1, imagined_per_item >= 0", "the defaults work")
+        if min(self.updates_per_step, self.replay, self.auxiliary_moves) < 1 or self.imagined_per_item < 0:
+            raise ConfigError(
+                "updates_per_step, replay and auxiliary_moves must be >= 1, imagined_per_item >= 0", "the defaults work"
+            )
         if self.imagined_per_item and not self.learn:
             raise ConfigError("imagined episodes need a world model that learns", "set learn to true as well")
         if self.imagined_per_item == 1:
@@ -92,8 +97,11 @@ class WorldJob:
         moves = all_transitions(episodes, self.config.model.history_turns)
         self.replay.extend(moves)
         metrics: dict[str, float] = {"world/moves": float(len(moves))}
-        known = [m for m in moves if m.outcome.observation is not None]
-        auxiliary = tuple(world_sample(self.policy, m) for m in known) if self.config.auxiliary else ()
+        auxiliary: tuple[Sample, ...] = ()
+        if self.config.auxiliary:
+            known = [m for m in moves if m.outcome.observation is not None]
+            picked = self.rng.sample(known, min(len(known), self.config.auxiliary_moves))
+            auxiliary = tuple(world_sample(self.policy, m) for m in picked)
         imagined: tuple[Episode, ...] = ()
         if self.model is not None and any(m.outcome.observation is not None for m in self.replay):
             reports = self.model.learn(list(self.replay), self.config.updates_per_step, self.rng)
