@@ -131,3 +131,15 @@ def test_the_auxiliary_term_predicts_a_bounded_draw_of_the_steps_moves(tiny_poli
     targets = [world_sample(tiny_policy, t) for t in all_transitions(episodes)]
     moves = {(m.prompt_ids, m.completion_ids) for m in targets}
     assert {(s.prompt_ids, s.completion_ids) for s in step.auxiliary} <= moves
+
+
+def test_a_failing_world_model_fails_its_imagined_games_not_the_batch(tiny_policy: Policy) -> None:
+    class Broken(CountingWorld):
+        def imagine(self, states: Sequence[GameState], actions: Sequence[str]) -> list[Outcome]:
+            raise ValueError("out of memory")
+
+    starts = {0: "start", 1: "start"}
+    episodes = play(tiny_policy, [Job("maze", s) for s in range(2)],
+                    lambda label: ImaginedGame(Broken(), label, starts, max_turns=4),  # type: ignore[arg-type]
+                    GenerationConfig("none", answer_tokens=3), torch.Generator().manual_seed(0))  # fmt: skip
+    assert all(len(e.turns) == 1 and "out of memory" in e.info["error"] and not e.success for e in episodes)

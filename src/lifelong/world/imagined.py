@@ -49,7 +49,8 @@ class ImaginedGame(Env):
 
     @classmethod
     def step_all(cls, envs: Sequence[Env], actions: Sequence[str]) -> list[StepResult | Exception]:
-        """One world-model call for every game's move (games of one world model each call)."""
+        """One world-model call for every game's move (games of one world model each call). A
+        world model that fails fails the games it was imagining, as a broken environment would."""
         games = [env for env in envs if isinstance(env, ImaginedGame)]
         if len(games) != len(envs) or any(g.state is None for g in games):
             raise RuntimeError("imagined games step together after reset()")
@@ -57,11 +58,18 @@ class ImaginedGame(Env):
         outcomes: dict[int, Any] = {}
         for world in dict.fromkeys(g.world for g in games):
             mine = [i for i, g in enumerate(games) if g.world is world]
-            imagined = world.imagine([games[i].state for i in mine], [actions[i] for i in mine])  # type: ignore[misc]
+            try:
+                imagined = world.imagine([games[i].state for i in mine], [actions[i] for i in mine])  # type: ignore[misc]
+            except Exception as exc:
+                outcomes.update((i, exc) for i in mine)
+                continue
             outcomes.update(zip(mine, imagined, strict=True))
         for i, game in enumerate(games):
             outcome, state = outcomes[i], game.state
             assert state is not None
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
             observation = outcome.observation or ""
             game.state = state.after(actions[i], observation, game.world.config.history_turns)
             truncated = not outcome.done and state.turn >= game.max_turns
