@@ -143,3 +143,22 @@ def test_a_failing_world_model_fails_its_imagined_games_not_the_batch(tiny_polic
                     lambda label: ImaginedGame(Broken(), label, starts, max_turns=4),  # type: ignore[arg-type]
                     GenerationConfig("none", answer_tokens=3), torch.Generator().manual_seed(0))  # fmt: skip
     assert all(len(e.turns) == 1 and "out of memory" in e.info["error"] and not e.success for e in episodes)
+
+
+def test_a_world_model_learning_beside_the_policy_leaves_the_policys_run_unchanged(
+    learnable_dir: Path, tmp_path: Path
+) -> None:
+    from lifelong.model.adapters import adapter_state
+    from lifelong.model.loading import load_model
+
+    def run(world: WorldConfig, name: str) -> dict[str, torch.Tensor]:
+        model, tok, model_name = load_model(str(learnable_dir))
+        torch.manual_seed(0)
+        policy = Policy(model, tok, name=model_name, lora=LoraSettings(rank=4, alpha=8))
+        Runtime(maze_config(learnable_dir, world), policy, tmp_path / name).run()
+        return adapter_state(policy)
+
+    plain = run(WorldConfig(), "plain")
+    beside = run(WorldConfig(learn=True, updates_per_step=1, model=WorldModelConfig(prediction_tokens=8)), "beside")
+    assert plain.keys() == beside.keys() and all(torch.equal(plain[k], beside[k]) for k in plain)
+    assert (tmp_path / "beside" / "world").is_dir() and not (tmp_path / "plain" / "world").exists()

@@ -88,7 +88,7 @@ class WorldJob:
         self.config = config
         self.policy = policy
         self.folder = run_dir / "world"
-        self.model: WorldModel | None = new_world_model(model, config.model) if config.learn else None
+        self.model: WorldModel | None = new_world_model(model, config.model, seed) if config.learn else None
         self.replay: deque[Transition] = deque(maxlen=config.replay)
         self.rng = random.Random(seed)
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lifelong.errors import ConfigError
 from lifelong.guard.checkpoints import CheckpointRing
 from lifelong.learn.sft import SFTConfig, SFTLearner
@@ -140,10 +142,17 @@ class WorldModel:
         self.learner.step = checkpoint.step
 
 
-def new_world_model(model: str | None = None, config: WorldModelConfig = WorldModelConfig()) -> WorldModel:
+def new_world_model(
+    model: str | None = None, config: WorldModelConfig = WorldModelConfig(), seed: int = 0
+) -> WorldModel:
     """A fresh world model: its own copy of the pretrained `model` (None: the embedded default)
-    with a new LoRA adapter, so the policy it serves never shares a weight with it."""
+    with a new LoRA adapter, so the policy it serves never shares a weight with it. Its adapter
+    is initialised from a generator of its own: making one leaves every other draw of the run as
+    it would have been."""
     from lifelong.model.loading import load_model
 
     lm, tokenizer, name = load_model(model)
-    return WorldModel(Policy(lm, tokenizer, name=f"{name} world model"), config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = Policy(lm, tokenizer, name=f"{name} world model")
+    return WorldModel(policy, config)
