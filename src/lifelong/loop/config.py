@@ -83,7 +83,8 @@ class RunConfig:
     # bf16 decoding (model/sampler_copy.py) and bf16 autocast in the learners are faster (with
     # stop 24's other changes, grpo went 3.45x -> 5.47x TRL's episodes/min, lifelong 1.31x -> 2.40x),
     # but the demo's addition, paired over seeded runs, ended 10.9 points lower on both seeds
-    # measured (dev/LOG.md, stop 24): opt-in (`auto`) until that is understood.
+    # measured (dev/LOG.md, stop 24); the bf16 learner alone cost 10.9 and 12.5, the sampler alone
+    # 6.2 and 0.0 (stop 25). Opt-in (`auto`) until the learner keeps that.
     sampler_precision: Precision = Precision.FLOAT32
     learner_precision: Precision = Precision.FLOAT32
     guard: GuardConfig = field(default_factory=GuardConfig)
