@@ -114,26 +114,6 @@ def _prompts_forward(
         logits_to_keep=1,
     )
     return out, mask
-    prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long)
-    model(
-        input_ids=prefix,
-        position_ids=torch.arange(shared).unsqueeze(0),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache.batch_repeat_interleave(len(prompts))
-    ids, own = left_pad([p[shared:] for p in prompts], pad_id)
-    mask = torch.cat([torch.ones(len(prompts), shared, dtype=own.dtype), own], dim=-1)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions(mask)[:, shared:],
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out, mask
 
 
 def completion_logprobs(
