@@ -352,7 +352,7 @@ def _agent_plays(args: argparse.Namespace) -> int:
     from lifelong.loop.runtime import RunConfig
     from lifelong.model.loading import load_model
     from lifelong.model.policy import Policy
-    from lifelong.world.model import WorldModel, WorldModelConfig
+    from lifelong.world.model import new_world_model
     from lifelong.world.planner import Planner, describe_plan, plan_for_effort
 
     torch.set_num_threads(args.threads)
@@ -371,8 +371,7 @@ def _agent_plays(args: argparse.Namespace) -> int:
     world_dir = Path(args.world) if args.world is not None else run_dir / "world"
     decide = None
     if args.show_plan or args.world is not None or world_dir.is_dir():
-        lm, tok, _ = load_model(config.model)
-        world = WorldModel(Policy(lm, tok, name=f"{name} world model"), WorldModelConfig())
+        world = new_world_model(config.model, config.world.model)  # the run's world-model settings
         world.load(world_dir)
         on_plan = (
             (lambda plan: print(f"game: {plan.state.observation}\n{describe_plan(plan)}\n")) if args.show_plan else None
