@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from lifelong.cli import ConsoleProgress, _quiet_libraries
+from lifelong.evaluate.seeds import estimate
 from lifelong.loop.actor import Job, LocalActor, play
 from lifelong.loop.config import RunConfig
 from lifelong.loop.runtime import Runtime
@@ -72,11 +73,8 @@ def mean(xs: list[float]) -> float:
 
 def paired(a: list[float], b: list[float]) -> str:
     """Mean ± SE of a - b over seeds, in points."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    if len(d) < 2:
-        return f"{100 * mean(d):+.1f} (one seed)"
-    se = math.sqrt(sum((x - mean(d)) ** 2 for x in d) / (len(d) - 1) / len(d))
-    return f"{100 * mean(d):+.1f} ± {100 * se:.1f}"
+    d = estimate([x - y for x, y in zip(a, b, strict=True)])
+    return f"{100 * d.mean:+.1f} (one seed)" if d.se is None else f"{100 * d.mean:+.1f} ± {100 * d.se:.1f}"
 
 
 def train(game: str, seed: int, variant: str, args: argparse.Namespace, out: Path) -> tuple[Runtime, Policy]:
