@@ -34,8 +34,8 @@ from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Episode, Sample
 from lifelong.world.imagined import SPLIT as IMAGINED
 from lifelong.world.imagined import ImaginedGame
-from lifelong.world.model import WorldModel, WorldModelConfig, new_world_model, world_sample
-from lifelong.world.transitions import Transition, all_transitions
+from lifelong.world.model import WorldModel, WorldModelConfig, new_world_model, world_targets
+from lifelong.world.transitions import all_transitions
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class WorldConfig:
 
     learn: bool = False  # keep a world model of the run's games, updated every step
     updates_per_step: int = 4  # world-model updates a step (`model.batch_size` moves each)
-    replay: int = 1024  # the newest real moves the world model learns from
+    replay: int = 1024  # the newest real moves (with a recorded reply) the world model learns from
     auxiliary: bool = False  # the policy's update also predicts the games' replies
     # Moves a step's auxiliary term predicts, drawn from the step's own: every move of 32 maze
     # games made the update 4x as long as the policy term alone (dev/LOG.md, stop 25).
@@ -89,22 +89,23 @@ class WorldJob:
         self.policy = policy
         self.folder = run_dir / "world"
         self.model: WorldModel | None = new_world_model(model, config.model, seed) if config.learn else None
-        self.replay: deque[Transition] = deque(maxlen=config.replay)
+        self.replay: deque[Sample] = deque(maxlen=config.replay)  # targets of the newest real moves
         self.rng = random.Random(seed)
 
     def step(self, episodes: Sequence[Episode], sampling: GenerationConfig, generator: torch.Generator) -> WorldStep:
         """Take in the step's real episodes; learn, and imagine, as configured."""
         moves = all_transitions(episodes, self.config.model.history_turns)
-        self.replay.extend(moves)
+        # Tokenised once: the replay keeps them and the auxiliary term draws from them (the policy
+        # and the world model load the same model folder, so one tokenisation serves both).
+        targets = world_targets(self.policy, moves)
+        self.replay.extend(targets)
         metrics: dict[str, float] = {"world/moves": float(len(moves))}
         auxiliary: tuple[Sample, ...] = ()
         if self.config.auxiliary:
-            known = [m for m in moves if m.outcome.observation is not None]
-            picked = self.rng.sample(known, min(len(known), self.config.auxiliary_moves))
-            auxiliary = tuple(world_sample(self.policy, m) for m in picked)
+            auxiliary = tuple(self.rng.sample(targets, min(len(targets), self.config.auxiliary_moves)))
         imagined: tuple[Episode, ...] = ()
-        if self.model is not None and any(m.outcome.observation is not None for m in self.replay):
-            reports = self.model.learn(list(self.replay), self.config.updates_per_step, self.rng)
+        if self.model is not None and self.replay:
+            reports = self.model.fit(list(self.replay), self.config.updates_per_step, self.rng)
             metrics["world/nll"] = sum(r.metrics.get("loss/nll", 0.0) for r in reports) / len(reports)
             if self.config.imagined_per_item:
                 imagined = tuple(self.imagine(episodes, sampling, generator))
@@ -143,7 +144,7 @@ class WorldJob:
 
     def restore(self, episodes: Sequence[Episode]) -> None:
         """After a resume: the saved world model, and the replay refilled from the stored episodes."""
-        self.replay.extend(all_transitions(episodes, self.config.model.history_turns))
+        self.replay.extend(world_targets(self.policy, all_transitions(episodes, self.config.model.history_turns)))
         if self.model is not None and self.folder.is_dir():
             self.model.load(self.folder)
 

@@ -86,6 +86,11 @@ def world_sample(policy: Policy, transition: Transition) -> Sample:
     return Sample(tuple(prompt), ids, (0.0,) * len(ids), (1,) * len(ids), 1.0)
 
 
+def world_targets(policy: Policy, moves: Sequence[Transition]) -> list[Sample]:
+    """`world_sample` of every move whose next message was recorded (a reply is written whole)."""
+    return [world_sample(policy, t) for t in moves if t.outcome.observation is not None]
+
+
 class WorldModel:
     """A policy of its own that writes the game's reply; `learn` fits it to real moves, `imagine`
     predicts outcomes of moves never taken."""
@@ -96,12 +101,13 @@ class WorldModel:
         self.learner = SFTLearner(policy, SFTConfig(learning_rate=config.learning_rate, micro_batch=config.micro_batch))
 
     def learn(self, moves: Sequence[Transition], steps: int, rng: random.Random) -> list[UpdateReport]:
-        """`steps` updates on batches drawn from `moves` without replacement (reshuffled each pass).
-        Moves whose next message was not recorded are left out: a reply must be written whole."""
-        usable = [t for t in moves if t.outcome.observation is not None]
-        if not usable:
+        """`steps` updates on the moves' targets (`world_targets`, then `fit`)."""
+        return self.fit(world_targets(self.policy, moves), steps, rng)
+
+    def fit(self, samples: Sequence[Sample], steps: int, rng: random.Random) -> list[UpdateReport]:
+        """`steps` updates on batches drawn from `samples` without replacement (reshuffled each pass)."""
+        if not samples:
             raise ConfigError("no moves with a recorded reply to learn from", "play a multi-turn game first")
-        samples = [world_sample(self.policy, t) for t in usable]
         order: list[int] = []
         reports = []
         for _ in range(steps):
