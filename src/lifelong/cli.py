@@ -160,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {run_dir} already exists", "pass --resume to continue it, or a new --run-id")
         stream = _stream_from_args(args)
+        if args.turn_credit:
+            stream = stream.with_turn_credit()
         config = RunConfig.for_method(
             args.method,
             stream=stream.to_dict(),
@@ -171,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             unit=args.unit,
             sampler_precision=args.sampler_precision,
             learner_precision=args.learner_precision,
-            grpo=GRPOConfig(**({"learning_rate": args.lr} if args.lr else {})),
+            grpo=GRPOConfig(turn_advantages=args.turn_credit, **({"learning_rate": args.lr} if args.lr else {})),
             sft=SFTConfig(**({"learning_rate": args.lr} if args.lr else {})),
             world=WorldConfig(
                 learn=args.world_model, auxiliary=args.world_auxiliary, imagined_per_item=args.world_imagined
@@ -727,6 +729,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="Dyna: N episodes per item played inside the world model and learnt from (needs --world-model)",
+    )
+    run.add_argument(
+        "--turn-credit",
+        action="store_true",
+        help="games pay progress on the move that made it, and each move learns from what followed it",
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))

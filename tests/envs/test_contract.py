@@ -10,6 +10,7 @@ import pytest
 
 from lifelong.envs import env_specs, make
 from lifelong.envs.base import Env
+from lifelong.errors import ConfigError
 
 SPECS = env_specs()
 # Names reached through a library prefix without being listed: they must keep the parts of the
@@ -93,3 +94,31 @@ def test_the_catalog_spans_three_sources_and_enough_games() -> None:
     assert {"built-in", "reasoning-gym", "textarena"} <= sources
     assert len(SPECS) >= 25
     assert sum(s.multi_turn for s in SPECS) >= 3
+
+
+def _pays_turn_credit(spec) -> bool:
+    try:
+        make(spec.name, turn_credit=True)
+    except ConfigError:
+        return False
+    return True
+
+
+CREDITED = [s for s in SPECS if s.multi_turn and _pays_turn_credit(s)]
+
+
+@pytest.mark.parametrize("spec", CREDITED, ids=[s.name for s in CREDITED])
+def test_turn_credit_keeps_the_game_and_its_sums(spec) -> None:
+    """With turn credit a game plays the same, a win still sums to 1 and garbage to 0."""
+    for seed in range(3):
+        _, info = make(spec.name).reset(seed=seed)
+        plain = _play(make(spec.name), seed, info["solution"])
+        credited = _play(make(spec.name, turn_credit=True), seed, info["solution"])
+        assert credited[0] == plain[0] and credited[2]
+        assert credited[1] == pytest.approx(1.0)
+    env = make(spec.name, turn_credit=True)
+    assert _play(env, 7, ["%%garbage%%"] * env.max_turns)[1] == 0.0
+
+
+def test_most_games_can_pay_turn_credit() -> None:
+    assert {"guess_number", "wordle", "maze", "ta:TowerOfHanoi-v0", "ta:FrozenLake-v0"} <= {s.name for s in CREDITED}

@@ -101,3 +101,46 @@ def test_a_finished_game_refuses_more_moves(name: str) -> None:
     _finish(env, info["solution"])
     with pytest.raises(RuntimeError, match="reset"):
         env.step("x")
+
+
+def test_turn_credit_pays_progress_on_the_move_that_made_it() -> None:
+    """One good maze step, then nothing: without turn credit the last move is paid for the first
+    one's progress; with it the first move is paid, and the episode sums to the same."""
+    moves = None
+    totals, rewards = {}, {}
+    for credit in (False, True):
+        env = make("maze", size=5, max_turns=6, turn_credit=credit)
+        _, info = env.reset(seed=11)
+        moves = moves or [info["solution"][0]] + ["%%"] * 5
+        rewards[credit] = [env.step(m).reward for m in moves]
+        totals[credit] = sum(rewards[credit])
+        assert 0.0 < totals[credit] < PARTIAL_CREDIT
+    assert rewards[False][0] == 0.0 and rewards[False][-1] == totals[False]
+    assert rewards[True][0] == totals[True] and rewards[True][1:] == [0.0] * 5
+    assert totals[True] == pytest.approx(totals[False])
+
+
+def test_turn_credit_keeps_the_best_progress_and_a_win_sums_to_one() -> None:
+    env = make("maze", size=5, max_turns=8, turn_credit=True)
+    _, info = env.reset(seed=11)
+    forward = info["solution"][0]
+    back = {"up": "down", "down": "up", "left": "right", "right": "left"}[forward]
+    gained = env.step(forward)
+    assert gained.reward > 0 and gained.info["progress"] > 0
+    lost = env.step(back)  # ground lost is not taken back, and not paid again when regained
+    assert lost.reward == 0.0 and lost.info["progress"] == gained.info["progress"]
+    assert env.step(forward).reward == 0.0
+    total = gained.reward
+    for move in info["solution"][1:]:
+        result = env.step(move)
+        total += result.reward
+    assert result.terminated and result.info["outcome"] == "won" and total == pytest.approx(1.0)
+
+
+def test_turn_credit_is_a_knob_of_games_only_and_needs_progress() -> None:
+    with pytest.raises(ConfigError, match="no difficulty knob turn_credit"):
+        make("add", turn_credit=True)
+    with pytest.raises(ConfigError, match="true or false"):
+        make("maze", turn_credit="yes")
+    with pytest.raises(ConfigError, match="cannot say how far the agent got"):
+        make("ta:Secretary-v0", turn_credit=True)

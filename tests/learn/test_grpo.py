@@ -28,6 +28,37 @@ def test_advantages_are_group_relative_and_flat_groups_are_dropped() -> None:
     assert batch.reward_mean == pytest.approx(0.75)
 
 
+def _game(name: str, group: str, turn_rewards: list[float]) -> Episode:
+    """A multi-turn episode whose turn t has prompt (t,) and its own reward."""
+    c = Completion((4,), (-1.0,), (1,), "", "x", StopReason.ANSWERED)
+    turns = tuple(Turn((t,), c, "", r) for t, r in enumerate(turn_rewards))
+    return Episode(name, "g", 0, turns, sum(turn_rewards), False, {}, 0, group)
+
+
+def test_turn_advantages_credit_each_move_with_what_followed_it() -> None:
+    # a and b earn 0.25 in all, so their episodes tie, but a made its progress on its first move
+    # and b on its second; c ended after one move with nothing.
+    eps = [_game("a", "g", [0.25, 0.0, 0.0]), _game("b", "g", [0.0, 0.25, 0.0]), _game("c", "g", [0.0])]
+    shared = [round(s.advantage, 4) for s in make_batch(eps).samples]
+    assert shared == [0.7071] * 6 + [-1.4142]  # every move shares its episode's advantage
+    per_turn = [round(s.advantage, 4) for s in make_batch(eps, turn_advantages=True).samples]
+    a, b, c = per_turn[0:3], per_turn[3:6], per_turn[6:]
+    assert a[0] == b[0] == 0.7071 and c == [-1.4142]  # turn 0 is the episode's own advantage
+    assert a[1] == -1.0 and b[1] == 1.0  # a's second move got nothing, b's got the progress
+    assert a[2] == b[2] == 0.0  # the last moves tie
+    # a group whose episodes only differ in where the progress came is not dropped
+    tied = [_game("a", "h", [0.25, 0.0]), _game("b", "h", [0.0, 0.25])]
+    assert make_batch(tied).num_dropped_groups == 1
+    assert make_batch(tied, turn_advantages=True).num_dropped_groups == 0
+
+
+def test_turn_advantages_leave_single_turn_batches_as_they_were() -> None:
+    eps = [_episode("a", 1.0), _episode("a", 0.0), _episode("a", 0.5), _episode("b", 1.0), _episode("b", 1.0)]
+    plain, per_turn = make_batch(eps), make_batch(eps, turn_advantages=True)
+    assert [s.advantage for s in plain.samples] == pytest.approx([s.advantage for s in per_turn.samples])
+    assert plain.num_dropped_groups == per_turn.num_dropped_groups == 1
+
+
 def test_forced_only_turns_are_not_samples() -> None:
     c = Completion((4,), (0.0,), (0,), "", "x", StopReason.THINK_BUDGET)
     eps = [_episode("a", 1.0), Episode("z", "t", 0, (Turn((1,), c, "q", 0.0),), 0.0, False, {}, 0, "a")]

@@ -101,3 +101,20 @@ def test_named_streams_and_files_share_one_lookup(tmp_path: Path) -> None:
 def test_parse_checks_plain_data_too() -> None:
     stream = parse_stream({"stages": [{"env": "add", "episodes": 4}]})
     assert stream == Stream("stream", (Stage(Task.of("add"), 4),))
+
+
+def test_turn_credit_reaches_the_games_of_a_stream_only() -> None:
+    stream = parse_stream(yaml.safe_load(GOOD))
+    credited = stream.with_turn_credit()
+    labels = [s.task.label for s in credited.stages]
+    assert labels[:2] == [s.task.label for s in stream.stages[:2]]  # single-turn tasks as they were
+    assert labels[2] == "guess_number(turn_credit=True)" and credited.stages[2].task.make().turn_credit
+    assert Stream.from_dict(credited.to_dict()) == credited  # it travels in config.json
+    with pytest.raises(ConfigError, match="can pay turn credit"):
+        Stream("words", (Stage(Task.of("add"), 8),)).with_turn_credit()
+    written = parse_stream(
+        yaml.safe_load(
+            GOOD.replace("  - env: guess_number\n", "  - env: guess_number\n    params: {turn_credit: true}\n")
+        )
+    )
+    assert written.stages[2].task == credited.stages[2].task

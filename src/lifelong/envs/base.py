@@ -12,7 +12,9 @@ the contract test that checks it earns full reward); a multi-turn game also give
 
 Rewards are in [0, 1]. A multi-turn `Game` pays once, on its last step: 1.0 for a win, at most
 `PARTIAL_CREDIT` for progress in a game not won, and 0 when the agent made no progress, so the
-sum over an episode stays in [0, 1] and garbage earns nothing.
+sum over an episode stays in [0, 1] and garbage earns nothing. With turn credit
+(`make(game, turn_credit=True)`) it pays progress on the move that made it instead, and the rest of
+1.0 on a win: the same sum at most, spread over the moves that earned it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
+
+from lifelong.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -160,13 +164,23 @@ class Game(Env):
     the outcome), and may implement `progress()` in [0, 1] for partial credit. The episode ends on
     a win, a loss, or after `max_turns` actions (truncated). The final reward is 1.0 for a win, else
     `PARTIAL_CREDIT * progress()`.
+
+    With `turn_credit` (see `with_turn_credit`) each move earns `PARTIAL_CREDIT` times the progress
+    it adds beyond the best reached so far, and a win earns the rest of 1.0: a long game then says
+    which of its moves got somewhere, and the episode still sums to 1.0 for a win and to
+    `PARTIAL_CREDIT` times the best progress otherwise (a move that loses ground pays nothing and
+    takes nothing back, so every reward stays in [0, 1]).
     """
+
+    turn_credit: bool = False
 
     def __init__(self, max_turns: int) -> None:
         self.max_turns = max_turns
         self._turn = 0
         self._over = True
         self._info: dict[str, Any] = {}
+        self._best = 0.0  # the best progress reached in this game, turn credit's high-water mark
+        self._paid = 0.0
 
     @abstractmethod
     def start(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -181,7 +195,7 @@ class Game(Env):
         return 0.0
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        self._turn, self._over = 0, False
+        self._turn, self._over, self._best, self._paid = 0, False, 0.0, 0.0
         observation, self._info = self.start(random.Random(seed))
         return observation, dict(self._info)
 
@@ -192,13 +206,42 @@ class Game(Env):
         observation, outcome = self.move(action)
         truncated = outcome is Outcome.PLAYING and self._turn >= self.max_turns
         self._over = outcome is not Outcome.PLAYING or truncated
-        reward = 0.0
-        if outcome is Outcome.WON:
-            reward = 1.0
-        elif self._over:
-            reward = PARTIAL_CREDIT * min(max(self.progress(), 0.0), 1.0)
         info = {**self._info, "outcome": outcome.value, "turns": self._turn}
+        if self.turn_credit:
+            reward = self._turn_reward(outcome)
+            info["progress"] = self._best
+        elif outcome is Outcome.WON:
+            reward = 1.0
+        else:
+            reward = PARTIAL_CREDIT * self._progress() if self._over else 0.0
         return StepResult(observation, reward, outcome is not Outcome.PLAYING, truncated, info)
+
+    def _progress(self) -> float:
+        return min(max(self.progress(), 0.0), 1.0)
+
+    def _turn_reward(self, outcome: Outcome) -> float:
+        """This move's share under turn credit: the progress it added, or on a win the rest of 1.0."""
+        if outcome is Outcome.WON:
+            reward = 1.0 - self._paid
+            self._best = 1.0
+        else:
+            best = max(self._best, self._progress())
+            reward = PARTIAL_CREDIT * (best - self._best)
+            self._best = best
+        self._paid += reward
+        return reward
+
+
+def with_turn_credit(env: Env) -> Env:
+    """`env` paying progress on the move that made it (`Game`'s docstring says how); it must be a
+    game that can say how far the agent got."""
+    if not isinstance(env, Game) or type(env).progress is Game.progress:
+        raise ConfigError(
+            f"{env.name} cannot say how far the agent got (turn credit needs a game with progress())",
+            "leave turn_credit off for it; it pays on a win only",
+        )
+    env.turn_credit = True
+    return env
 
 
 @contextmanager

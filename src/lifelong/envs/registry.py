@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifelong.envs.base import Env
+from lifelong.envs.base import Env, with_turn_credit
 from lifelong.errors import ConfigError, UnknownEnvError
 
 
@@ -35,6 +35,9 @@ class EnvSpec:
     # dataset's whole config; `knobs` then holds the ones lifelong sets).
     more_knobs: bool = False
 
+
+# The knob every multi-turn game has: pay progress move by move instead of at the end.
+TURN_CREDIT = "turn_credit"
 
 _REGISTRY: dict[str, EnvSpec] = {}
 # prefix ("rg") -> (source name, resolver: name after the prefix -> (factory, knobs, description))
@@ -55,6 +58,8 @@ def register(
     if knobs is None:  # read the knobs off the factory's keyword arguments
         params = inspect.signature(factory).parameters.values()
         knobs = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    if multi_turn:  # every game takes it; `make` applies it (envs/base.py, `with_turn_credit`)
+        knobs = {**knobs, TURN_CREDIT: False}
     doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
     spec = EnvSpec(name, factory, source, multi_turn, doc, dict(knobs), listed, more_knobs)
     _REGISTRY[name] = spec
@@ -117,9 +122,15 @@ def make(name: str, **params: Any) -> Env:
     if unknown and not spec.more_knobs:
         allowed = ", ".join(f"{k}={v!r}" for k, v in spec.knobs.items()) or "none"
         raise ConfigError(f"{name} has no difficulty knob {', '.join(unknown)}", f"its knobs are: {allowed}")
+    turn_credit = params.pop(TURN_CREDIT, False) if spec.multi_turn else False
+    if not isinstance(turn_credit, bool):
+        raise ConfigError(
+            f"{name}: {TURN_CREDIT} must be true or false, got {turn_credit!r}", f"e.g. {TURN_CREDIT}=true"
+        )
     try:
-        return spec.factory(**params)
+        env = spec.factory(**params)
     except (ConfigError, UnknownEnvError):
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad settings for {name}: {exc}", f"its knobs are: {spec.knobs}") from exc
+    return with_turn_credit(env) if turn_credit else env

@@ -56,6 +56,9 @@ class GRPOConfig:
     anchor_coef: float = 1.0  # weight of the anchor KL (point 6 above); 0 = no anchor
     warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
     auxiliary_coef: float = 0.1  # weight of the auxiliary likelihood (point 7), when a batch has targets
+    # Each turn of a game credited with what was earned from it on (`make_batch`); for games that
+    # pay progress move by move (`turn_credit`), where it is what makes those rewards teach.
+    turn_advantages: bool = False
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -79,9 +82,19 @@ class GRPOConfig:
         return asdict(self)
 
 
-def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True, anchors: Sequence[Sample] = ()) -> Batch:
+def make_batch(
+    episodes: Iterable[Episode],
+    scale_rewards: bool = True,
+    anchors: Sequence[Sample] = (),
+    turn_advantages: bool = False,
+) -> Batch:
     """Group episodes by `group`, compute advantages, drop groups with no reward spread; `anchors`
-    (point 6 of the module docstring) travel with the batch."""
+    (point 6 of the module docstring) travel with the batch.
+
+    Every turn of a multi-turn episode shares the episode's advantage, unless `turn_advantages`:
+    then turn t's advantage compares what was earned from turn t on across the group's episodes
+    that reached turn t (turn 0 is the episode's own advantage). With a game that pays progress as
+    it is made (turn credit) a move is then credited with what followed it, not with what came before."""
     groups: dict[str, list[Episode]] = defaultdict(list)
     for ep in episodes:
         groups[ep.group or ep.id].append(ep)
@@ -89,14 +102,18 @@ def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True, anchors:
     rewards = [ep.reward for eps in groups.values() for ep in eps]
     dropped = 0
     for eps in groups.values():
-        r = torch.tensor([ep.reward for ep in eps], dtype=torch.float64)
-        std = float(r.std(unbiased=False)) if len(eps) > 1 else 0.0
-        if std < 1e-6:
+        if turn_advantages:
+            advantages = _per_turn([_returns_to_go(ep) for ep in eps], scale_rewards)
+        else:
+            advantages = [
+                [a] * len(ep.turns)
+                for ep, a in zip(eps, _relative([ep.reward for ep in eps], scale_rewards), strict=True)
+            ]
+        if not any(any(row) for row in advantages):
             dropped += 1
             continue
-        adv = (r - r.mean()) / (std + 1e-6 if scale_rewards else 1.0)
-        for ep, a in zip(eps, adv.tolist(), strict=True):
-            for turn in ep.turns:  # every turn of a multi-turn episode shares the episode's advantage
+        for ep, row in zip(eps, advantages, strict=True):
+            for turn, a in zip(ep.turns, row, strict=True):
                 c = turn.completion
                 if sum(c.loss_mask) == 0:
                     continue
@@ -104,6 +121,35 @@ def make_batch(episodes: Iterable[Episode], scale_rewards: bool = True, anchors:
     mean = sum(rewards) / len(rewards) if rewards else 0.0
     std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards)) if rewards else 0.0
     return Batch(tuple(samples), len(groups), dropped, mean, std, tuple(anchors))
+
+
+def _relative(values: Sequence[float], scale: bool) -> list[float]:
+    """Each value minus the values' mean, over their std when `scale`; all 0 when they do not differ."""
+    r = torch.tensor(values, dtype=torch.float64)
+    std = float(r.std(unbiased=False)) if len(values) > 1 else 0.0
+    if std < 1e-6:
+        return [0.0] * len(values)
+    return ((r - r.mean()) / (std + 1e-6 if scale else 1.0)).tolist()
+
+
+def _returns_to_go(episode: Episode) -> list[float]:
+    """What the episode earned from each turn on."""
+    returns, total = [], 0.0
+    for turn in reversed(episode.turns):
+        total += turn.reward
+        returns.append(total)
+    return returns[::-1]
+
+
+def _per_turn(returns: Sequence[Sequence[float]], scale: bool) -> list[list[float]]:
+    """Advantages turn index by turn index: each turn against the same turn of the episodes that
+    reached it (a turn no other episode reached has no comparison and gets 0)."""
+    advantages = [[0.0] * len(row) for row in returns]
+    for t in range(max((len(row) for row in returns), default=0)):
+        reached = [i for i, row in enumerate(returns) if len(row) > t]
+        for i, a in zip(reached, _relative([returns[i][t] for i in reached], scale), strict=True):
+            advantages[i][t] = a
+    return advantages
 
 
 class GRPOLearner:
@@ -122,7 +168,7 @@ class GRPOLearner:
         self.pretrained = PretrainedLogSoftmax()  # the anchor's reference side, kept between steps
 
     def batch(self, episodes: Sequence[Episode], anchors: Sequence[Sample] = ()) -> Batch:
-        return make_batch(episodes, self.config.scale_rewards, anchors)
+        return make_batch(episodes, self.config.scale_rewards, anchors, self.config.turn_advantages)
 
     def update(self, batch: Batch, lr_scale: float = 1.0) -> UpdateReport:
         """One optimizer step on the batch at `lr_scale` x the configured rate; the batch's anchors

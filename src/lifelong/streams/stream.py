@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from lifelong.envs.base import Env
-from lifelong.envs.registry import make
+from lifelong.envs.registry import TURN_CREDIT, get_spec, make
 from lifelong.errors import ConfigError
 
 PROBE_SEED_BASE = 1_000_000_000  # probe seeds live far above any training seed
@@ -41,6 +41,18 @@ class Task:
 
     def make(self) -> Env:
         return make(self.env, **dict(self.params))
+
+    def with_turn_credit(self) -> Task:
+        """This task paying progress move by move (`turn_credit`), where it is a game that can say
+        how far the agent got; otherwise this task as it is."""
+        if not get_spec(self.env).multi_turn:
+            return self
+        task = Task.of(self.env, **{**dict(self.params), TURN_CREDIT: True})
+        try:
+            task.make()
+        except ConfigError:  # a game without progress(): it pays on a win only
+            return self
+        return task
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,16 @@ class Stream:
     def tasks(self) -> list[Task]:
         """Distinct tasks in order of first appearance."""
         return list(dict.fromkeys(s.task for s in self.stages))
+
+    def with_turn_credit(self) -> Stream:
+        """This stream with every game that can pay turn credit paying it; a ConfigError when none can."""
+        stages = tuple(Stage(s.task.with_turn_credit(), s.episodes) for s in self.stages)
+        if stages == self.stages:
+            raise ConfigError(
+                f"no task of stream {self.name!r} can pay turn credit",
+                "turn credit needs a multi-turn game that can say how far the agent got (e.g. maze, wordle)",
+            )
+        return Stream(self.name, stages, self.probe_size, self.description, self.general)
 
     def to_dict(self) -> dict[str, Any]:
         return {
