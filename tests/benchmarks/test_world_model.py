@@ -29,11 +29,14 @@ def test_one_seed_of_one_game_gives_the_issues_row(
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["games"][0]
-    assert set(row) >= {"game", "wm_accuracy", "copy_accuracy", "grpo", "aux", "plan", "dyna"}
+    assert set(row) >= {"game", "wm_accuracy", "copy_accuracy", "grpo", "aux", "plan", "dyna", "turns"}
     assert row["game"].startswith("maze(")  # the label says the knobs the benchmark plays it at
-    assert all(0.0 <= row[k] <= 1.0 for k in ("wm_accuracy", "copy_accuracy", "grpo", "aux", "plan", "dyna"))
+    assert all(0.0 <= row[k] <= 1.0 for k in ("wm_accuracy", "copy_accuracy", "grpo", "aux", "plan", "dyna", "turns"))
     run = tmp_path / "seed0" / "maze"
     assert (run / "grpo" / "world").is_dir() and (run / "dyna" / "world").is_dir()
     assert not (run / "aux" / "world").exists()  # the auxiliary term needs no world model of its own
+    assert not (run / "turns" / "world").exists()
+    turns = json.loads((run / "turns" / "config.json").read_text())
+    assert turns["grpo"]["turn_advantages"] and "turn_credit" in str(turns["stream"])
     saved = json.loads((run / "world_row.json").read_text())
     assert saved["heldout_moves"] > 0 and saved["imagined_moves_per_real_move"] >= 1

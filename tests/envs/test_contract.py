@@ -115,7 +115,7 @@ def test_turn_credit_keeps_the_game_and_its_sums(spec) -> None:
         plain = _play(make(spec.name), seed, info["solution"])
         credited = _play(make(spec.name, turn_credit=True), seed, info["solution"])
         assert credited[0] == plain[0] and credited[2]
-        assert credited[1] == pytest.approx(1.0)
+        assert credited[1] == 1.0  # exactly: success is reward >= 1.0
     env = make(spec.name, turn_credit=True)
     assert _play(env, 7, ["%%garbage%%"] * env.max_turns)[1] == 0.0
 

@@ -117,7 +117,7 @@ def test_turn_credit_pays_progress_on_the_move_that_made_it() -> None:
         assert 0.0 < totals[credit] < PARTIAL_CREDIT
     assert rewards[False][0] == 0.0 and rewards[False][-1] == totals[False]
     assert rewards[True][0] == totals[True] and rewards[True][1:] == [0.0] * 5
-    assert totals[True] == pytest.approx(totals[False])
+    assert totals[True] == pytest.approx(totals[False], abs=1 / 2048)
 
 
 def test_turn_credit_keeps_the_best_progress_and_a_win_sums_to_one() -> None:
@@ -134,7 +134,7 @@ def test_turn_credit_keeps_the_best_progress_and_a_win_sums_to_one() -> None:
     for move in info["solution"][1:]:
         result = env.step(move)
         total += result.reward
-    assert result.terminated and result.info["outcome"] == "won" and total == pytest.approx(1.0)
+    assert result.terminated and result.info["outcome"] == "won" and total == 1.0
 
 
 def test_turn_credit_is_a_knob_of_games_only_and_needs_progress() -> None:

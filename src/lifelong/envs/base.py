@@ -220,14 +220,14 @@ class Game(Env):
         return min(max(self.progress(), 0.0), 1.0)
 
     def _turn_reward(self, outcome: Outcome) -> float:
-        """This move's share under turn credit: the progress it added, or on a win the rest of 1.0."""
+        """This move's share under turn credit: the progress it added, or on a win the rest of 1.0.
+        Shares are multiples of 1/1024, so they add up exactly: a win sums to 1.0, not 0.9999."""
         if outcome is Outcome.WON:
             reward = 1.0 - self._paid
             self._best = 1.0
         else:
-            best = max(self._best, self._progress())
-            reward = PARTIAL_CREDIT * (best - self._best)
-            self._best = best
+            self._best = max(self._best, self._progress())
+            reward = round(PARTIAL_CREDIT * self._best * 1024) / 1024 - self._paid
         self._paid += reward
         return reward
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -284,31 +284,12 @@ class Policy:
             # moves: the inserted memory reads 0 until learning writes its values.
             heal_memory(self.model, self.memories, self._healing_text())
 
-    @contextmanager
-    def learning(self) -> Iterator[None]:
+    def learning(self) -> AbstractContextManager[Any]:
         """Where a learner's forwards and backwards run: under bf16 autocast when the learner
-        precision asks for it (weights, gradients and the optimizer stay fp32), else as they are.
-
-        The output head stays in fp32 even then: bf16 logits carry ~0.05 nats of rounding into every
-        log-prob, the importance ratio and the KL terms (the bf16 learner cost addition 11-12 points
-        on the seeded demo with a bf16 head; dev/LOG.md, stop 25)."""
+        precision asks for it (weights, gradients and the optimizer stay fp32), else as they are."""
         if self._learner_dtype == self.model.dtype:
-            yield
-            return
-        device = self.model.device.type
-        head = self.model.get_output_embeddings()
-        forward = head.forward
-
-        def full_precision(hidden: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device, enabled=False):
-                return forward(hidden.float())
-
-        head.forward = full_precision
-        try:
-            with torch.autocast(device, dtype=self._learner_dtype):
-                yield
-        finally:
-            del head.forward  # the class's own forward again
+            return nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self._learner_dtype)
 
     def weights_written(self, params: Sequence[torch.Tensor]) -> None:
         """`params` were written in a way autograd does not see (through `.data`): the sampler's
