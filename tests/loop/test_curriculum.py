@@ -12,6 +12,8 @@ from lifelong.envs.tasks import WORDS, FirstLetter, Uppercase
 from lifelong.errors import ConfigError
 from lifelong.learn.grpo import GRPOConfig
 from lifelong.loop.curriculum import METRIC, Curriculum, CurriculumConfig, halving, ladder
+from lifelong.loop.explore import SPLIT as EXPLORE_SPLIT
+from lifelong.loop.explore import ExplorationConfig
 from lifelong.loop.runtime import RunConfig, Runtime
 from lifelong.model.policy import Policy
 from lifelong.streams.stream import ProbeSet, Stage, Stream, Task
@@ -60,10 +62,11 @@ def test_all_failing_steps_down_and_success_steps_back_up() -> None:
     probes = {ADD: ProbeSet(ADD, 16)}
     curriculum = Curriculum(CurriculumConfig(enabled=True, up_at=0.5), probes, [ADD])
     assert curriculum.version(ADD) == ADD
-    for played in (0, 1, 2, 3, 4, 4):  # the last level holds
+    for played in (0, 2, 3, 4, 4):  # halfway down the rest each time; the last level holds
+        assert not curriculum.easiest("add(max_value=20)") or played == 4
         levels = curriculum.observe([_episode(curriculum.version(ADD).label, False)] * 4)
         assert levels == {f"{METRIC}add(max_value=20)": float(played)}
-    assert curriculum.version(ADD) == Task.of("add", max_value=2)
+    assert curriculum.version(ADD) == Task.of("add", max_value=2) and curriculum.easiest("add(max_value=2)")
     curriculum.observe([_episode("add(max_value=2)", s) for s in (True, False, False, False)])  # 1/4: stays
     assert curriculum.levels["add(max_value=20)"] == 4
     curriculum.observe([_episode("add(max_value=2)", s) for s in (True, True, False, False)])  # 1/2: back up
@@ -73,6 +76,14 @@ def test_all_failing_steps_down_and_success_steps_back_up() -> None:
     other = Curriculum(CurriculumConfig(enabled=True), probes, [ADD])
     other.restore({"add(max_value=20)": 99, "gone": 1})
     assert other.state() == {"add(max_value=20)": 4}
+    assert curriculum.easiest("letter")  # no ladder: nothing easier to go to
+
+
+def test_one_level_a_step_when_asked() -> None:
+    curriculum = Curriculum(CurriculumConfig(enabled=True, halfway=False), {ADD: ProbeSet(ADD, 16)}, [ADD])
+    for played in (0, 1, 2, 3, 4, 4):
+        levels = curriculum.observe([_episode(curriculum.version(ADD).label, False)] * 4)
+        assert levels == {f"{METRIC}add(max_value=20)": float(played)}
 
 
 def test_a_bad_setting_says_what_to_use() -> None:
@@ -93,8 +104,8 @@ def test_word_length_knobs_keep_the_default_items() -> None:
 def test_a_run_with_the_curriculum_trains_easier_versions_resumes_at_its_level_and_reports(
     tiny_policy: Policy, tmp_path: Path
 ) -> None:
-    """The tiny model solves nothing: every step fails, so each step goes one level easier, and the
-    probes stay on the task as the stream set it."""
+    """The tiny model solves nothing: every step fails, so each step goes halfway down the rest of
+    the ladder, and the probes stay on the task as the stream set it."""
     from lifelong.evaluate.report import write_report
 
     stream = Stream("t", (Stage(ADD, 24),), probe_size=4)
@@ -105,15 +116,32 @@ def test_a_run_with_the_curriculum_trains_easier_versions_resumes_at_its_level_a
     runtime = Runtime(config, tiny_policy, tmp_path / "run")
     runtime.run(stop_after=2)
     played = [e.env for e in runtime.store.episodes(split="train")]
-    assert played == ["add(max_value=20)"] * 8 + ["add(max_value=10)"] * 8
+    assert played == ["add(max_value=20)"] * 8 + ["add(max_value=5)"] * 8
 
     resumed = Runtime(config, tiny_policy, tmp_path / "run")
     summary = resumed.run(resume=True)
-    assert resumed.curriculum is not None and resumed.curriculum.state() == {"add(max_value=20)": 3}
+    assert resumed.curriculum is not None and resumed.curriculum.state() == {"add(max_value=20)": 4}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     levels = [r[f"{METRIC}add(max_value=20)"] for r in records if r["type"] == "update"]
-    assert levels == [0.0, 1.0, 2.0]  # the level each step was played at, the third after the resume
-    assert [e.env for e in resumed.store.episodes(split="train")][16:] == ["add(max_value=5)"] * 8
+    assert levels == [0.0, 2.0, 3.0]  # the level each step was played at, the third after the resume
+    assert [e.env for e in resumed.store.episodes(split="train")][16:] == ["add(max_value=3)"] * 8
     assert {e.env for e in resumed.store.episodes(split="probe")} == {"add(max_value=20)"}
     report = write_report(tmp_path / "run", summary.to_json(), config.to_dict()).read_text()
     assert "## Curriculum" in report and (tmp_path / "run" / "curriculum.png").stat().st_size > 5_000
+
+
+def test_exploration_waits_until_the_curriculum_is_at_its_easiest(tiny_policy: Policy, tmp_path: Path) -> None:
+    """Every step fails: the levels go 0, 2, 3, 4, 4, and only the steps at the easiest level (4)
+    spend samples on exploration; without `after_curriculum` every step does."""
+    stream = Stream("t", (Stage(ADD, 40),), probe_size=4)
+    explored_steps = {}
+    for after in (True, False):
+        config = RunConfig.for_method(
+            "grpo", stream=stream.to_dict(), prompts_per_step=2, eval_every=0, answer_tokens=3,
+            grpo=GRPOConfig(group_size=4), curriculum=CurriculumConfig(enabled=True),
+            exploration=ExplorationConfig(enabled=True, samples=2, after_curriculum=after),
+        )  # fmt: skip
+        runtime = Runtime(config, tiny_policy, tmp_path / f"run-{after}")
+        runtime.run()
+        explored_steps[after] = [step for step in range(1, 6) if runtime.store.episodes(step=step, split=EXPLORE_SPLIT)]
+    assert explored_steps == {True: [4, 5], False: [1, 2, 3, 4, 5]}

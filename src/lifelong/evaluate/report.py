@@ -149,8 +149,9 @@ def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any])
         lines += [
             "## Curriculum",
             "",
-            "A task whose attempts all failed in a step was trained one level easier from the next step on, and",
-            "one level harder again once half its attempts succeeded; the probes above stay at the stream's setting.",
+            "A task whose attempts all failed in a step was trained on an easier version from the next step on",
+            "(halfway down the rest of its ladder, or one level), and one level harder again once half its attempts",
+            "succeeded; the probes above stay at the stream's setting.",
             "",
             f"![curriculum]({trace.name})",
             "",

@@ -2,9 +2,10 @@
 
 A group in which every sample fails carries no policy gradient; a task whose groups all fail
 teaches nothing however long it is trained (issue 22: plain GRPO at 0-3% on last letters). So,
-after each step, a task whose episodes all failed moves one level down its ladder of easier
-versions (its `Env.difficulty` knobs, each stepped towards its easiest value), and one whose
-success share reaches `up_at` moves one level back up, towards the stream's own setting. Only
+after each step, a task whose episodes all failed moves halfway down the rest of its ladder of
+easier versions (its `Env.difficulty` knobs, each stepped towards its easiest value; add at 999
+has ten levels, reached in four all-failed steps instead of ten), and one whose success share
+reaches `up_at` moves one level back up, towards the stream's own setting. Only
 training items change: probes and the guard always measure the task as the stream set it, and
 an easier version's items never include a probe item of the task.
 
@@ -31,6 +32,9 @@ METRIC = "curriculum/"  # + task label: the level it was trained at (0 = the str
 class CurriculumConfig:
     enabled: bool = False  # off until issue 22's benchmark measures it
     up_at: float = 0.5  # success share of a step's episodes at which a task steps back up a level
+    # An all-failed step goes halfway down the rest of the ladder; False: one level. One level a
+    # step left lifelong 2-3 levels down add's ten within its stage budget (dev/LOG.md, stop 29).
+    halfway: bool = True
     min_items: int = 8  # a version needs this many distinct training items outside the probes
 
     def __post_init__(self) -> None:
@@ -100,10 +104,16 @@ class Curriculum:
         for label, successes in tried.items():
             share = sum(successes) / len(successes)
             if share == 0.0:
-                self.levels[label] = min(self.levels[label] + 1, len(self.ladders[label]) - 1)
+                rest = len(self.ladders[label]) - 1 - self.levels[label]
+                self.levels[label] += min(max(1, (rest + 1) // 2) if self.config.halfway else 1, rest)
             elif share >= self.config.up_at:
                 self.levels[label] = max(self.levels[label] - 1, 0)
         return played
+
+    def easiest(self, env: str) -> bool:
+        """Whether the task behind the version label `env` can go no easier (or has no ladder)."""
+        label = self._task_of.get(env)
+        return label is None or self.levels[label] == len(self.ladders[label]) - 1
 
     def state(self) -> dict[str, int]:
         return dict(self.levels)

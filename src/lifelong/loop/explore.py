@@ -27,6 +27,10 @@ class ExplorationConfig:
     enabled: bool = False  # off until issue 22's benchmark measures it
     samples: int = 8  # extra attempts per group whose samples all failed
     temperature: float = 1.3
+    # With a curriculum, explore a task only once it is at its easiest version: before that a step
+    # down the ladder is cheaper than `samples` hot attempts a group (they took 32 of a step's
+    # budget on the hard stream and solved one group in a stage; dev/LOG.md, stop 29).
+    after_curriculum: bool = True
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.temperature <= 0:

@@ -160,6 +160,13 @@ class Runtime:
         version = self.curriculum.version if self.curriculum is not None else None
         return self.schedule.jobs_for(slot, self.guard.slipping(), recall, version)
 
+    def _explorable(self, episodes: list[Episode]) -> list[Episode]:
+        """The episodes whose failed groups exploration may retry: with a curriculum that goes
+        first, those of tasks at their easiest version."""
+        if self.curriculum is None or not self.config.exploration.after_curriculum:
+            return episodes
+        return [e for e in episodes if self.curriculum.easiest(e.env)]
+
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self, resume: bool = False, stop_after: int | None = None) -> RunSummary:
         """Run the stream to its end (or `stop_after` updates); resume from the newest checkpoint."""
@@ -224,7 +231,9 @@ class Runtime:
             if self.config.exploration.enabled:  # before storing: a resumed step finds both or neither
                 with part("explore"):
                     contexts = {j.group: j.context for j in jobs}
-                    explored = explore(self.actor, episodes, self.config.exploration, sampling, contexts)
+                    explored = explore(
+                        self.actor, self._explorable(episodes), self.config.exploration, sampling, contexts
+                    )
             with part("store"):
                 self.store.add(episodes + explored, run_id=self.run_id, step=slot.step, model=self.policy.name)
             with part("monitor"):
