@@ -335,6 +335,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         total += result.reward
         finished = result.terminated or result.truncated
         observation = result.observation
+        if result.reward and not finished:  # a game with turn credit pays progress as it is made
+            print(f"(+{result.reward:.2f})")
     if finished and observation:
         print(observation)
     verdict = "solved" if total >= env.success_threshold else "not solved"
@@ -385,7 +387,8 @@ def _agent_plays(args: argparse.Namespace) -> int:
     actor = LocalActor(policy, lambda _: make(args.env, **knobs), torch.Generator().manual_seed(seed), decide)
     episode = actor.play([Job(args.env, seed)], config.generation(0.0))[0]
     for n, turn in enumerate(episode.turns if not args.show_plan else (), 1):  # --show-plan printed them live
-        print(f"game: {turn.observation}\nagent [{n}]: {turn.completion.answer}\n")
+        paid = f" (+{turn.reward:.2f})" if turn.reward and n < len(episode.turns) else ""
+        print(f"game: {turn.observation}\nagent [{n}]: {turn.completion.answer}{paid}\n")
     print(f"game: {episode.info.get('last_observation', '')}")
     verdict = "solved" if episode.success else "not solved"
     print(f"\nreward {episode.reward:.2f} ({verdict}) in {len(episode.turns)} moves")

@@ -41,6 +41,15 @@ def test_play_a_game_from_piped_input(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "reward 1.00 (solved)" in out
 
 
+def test_play_with_turn_credit_shows_each_move_s_pay(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, info = make("maze").reset(seed=3)
+    knobs = ["--knob", "turn_credit=true"]
+    code, out = _play(monkeypatch, capsys, ["maze", "--seed", "3", *knobs], info["solution"])
+    assert code == 0 and out.count("(+0.") >= 1 and "reward 1.00 (solved)" in out
+
+
 def test_play_reports_a_lost_game_and_the_answer(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,7 +33,7 @@ class CurriculumConfig:
     enabled: bool = False  # off until issue 22's benchmark measures it
     up_at: float = 0.5  # success share of a step's episodes at which a task steps back up a level
     # An all-failed step goes halfway down the rest of the ladder; False: one level. One level a
-    # step left lifelong 2-3 levels down add's ten within its stage budget (dev/LOG.md, stop 29).
+    # step left lifelong 2-3 levels down add's ten within its stage budget (dev/LOG.md, stop 22).
     halfway: bool = True
     min_items: int = 8  # a version needs this many distinct training items outside the probes
 

@@ -29,7 +29,7 @@ class ExplorationConfig:
     temperature: float = 1.3
     # With a curriculum, explore a task only once it is at its easiest version: before that a step
     # down the ladder is cheaper than `samples` hot attempts a group (they took 32 of a step's
-    # budget on the hard stream and solved one group in a stage; dev/LOG.md, stop 29).
+    # budget on the hard stream and solved one group in a stage; dev/LOG.md, stop 22).
     after_curriculum: bool = True
 
     def __post_init__(self) -> None:
