@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--games", default=",".join(GAMES), help="comma-separated environment names")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds run from here (split one table over processes)"
+    )
+    parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"which of {', '.join(VARIANTS)} to run (grpo always runs)"
     )
     parser.add_argument("--budget", type=int, default=256, help="real training episodes per game and seed")
@@ -192,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="lifelong-world-model-"))
     games = [g for g in args.games.split(",") if g]
-    runs = [(g, s) for s in range(args.seeds) for g in games]
+    runs = [(g, s) for s in range(args.first_seed, args.first_seed + args.seeds) for g in games]
     rows: list[dict[str, Any]] = []
     started = time.time()
     for n, (game, seed) in enumerate(runs):
