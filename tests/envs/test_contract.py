@@ -10,7 +10,6 @@ import pytest
 
 from lifelong.envs import env_specs, make
 from lifelong.envs.base import Env
-from lifelong.errors import ConfigError
 
 SPECS = env_specs()
 # Names reached through a library prefix without being listed: they must keep the parts of the
@@ -96,15 +95,7 @@ def test_the_catalog_spans_three_sources_and_enough_games() -> None:
     assert sum(s.multi_turn for s in SPECS) >= 3
 
 
-def _pays_turn_credit(spec) -> bool:
-    try:
-        make(spec.name, turn_credit=True)
-    except ConfigError:
-        return False
-    return True
-
-
-CREDITED = [s for s in SPECS if s.multi_turn and _pays_turn_credit(s)]
+CREDITED = [s for s in SPECS if "turn_credit" in s.knobs]
 
 
 @pytest.mark.parametrize("spec", CREDITED, ids=[s.name for s in CREDITED])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lifelong.envs import make
-from lifelong.envs.base import PARTIAL_CREDIT
+from lifelong.envs.base import PARTIAL_CREDIT, with_turn_credit
 from lifelong.envs.games import GridMaze, GuessNumber, Wordle, _marks, parse_direction
 from lifelong.errors import ConfigError
 
@@ -142,5 +142,8 @@ def test_turn_credit_is_a_knob_of_games_only_and_needs_progress() -> None:
         make("add", turn_credit=True)
     with pytest.raises(ConfigError, match="true or false"):
         make("maze", turn_credit="yes")
+    for game in ("ta:Secretary-v0", "ta:Nim-v0"):  # games that cannot say how far the agent got
+        with pytest.raises(ConfigError, match="no difficulty knob turn_credit"):
+            make(game, turn_credit=True)
     with pytest.raises(ConfigError, match="cannot say how far the agent got"):
-        make("ta:Secretary-v0", turn_credit=True)
+        with_turn_credit(make("ta:Nim-v0"))

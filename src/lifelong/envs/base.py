@@ -232,10 +232,15 @@ class Game(Env):
         return reward
 
 
+def pays_turn_credit(kind: type[Env]) -> bool:
+    """Whether environments of this class can pay turn credit: games that say how far the agent got."""
+    return issubclass(kind, Game) and kind.progress is not Game.progress
+
+
 def with_turn_credit(env: Env) -> Env:
     """`env` paying progress on the move that made it (`Game`'s docstring says how); it must be a
     game that can say how far the agent got."""
-    if not isinstance(env, Game) or type(env).progress is Game.progress:
+    if not isinstance(env, Game) or not pays_turn_credit(type(env)):
         raise ConfigError(
             f"{env.name} cannot say how far the agent got (turn credit needs a game with progress())",
             "leave turn_credit off for it; it pays on a win only",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifelong.envs.base import Env, with_turn_credit
+from lifelong.envs.base import Env, pays_turn_credit, with_turn_credit
 from lifelong.errors import ConfigError, UnknownEnvError
 
 
@@ -36,7 +36,7 @@ class EnvSpec:
     more_knobs: bool = False
 
 
-# The knob every multi-turn game has: pay progress move by move instead of at the end.
+# The knob of every game that can say how far the agent got: pay progress move by move, not at the end.
 TURN_CREDIT = "turn_credit"
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -58,7 +58,7 @@ def register(
     if knobs is None:  # read the knobs off the factory's keyword arguments
         params = inspect.signature(factory).parameters.values()
         knobs = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    if multi_turn:  # every game takes it; `make` applies it (envs/base.py, `with_turn_credit`)
+    if isinstance(factory, type) and pays_turn_credit(factory):  # `make` applies it (envs/base.py)
         knobs = {**knobs, TURN_CREDIT: False}
     doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
     spec = EnvSpec(name, factory, source, multi_turn, doc, dict(knobs), listed, more_knobs)
@@ -122,7 +122,7 @@ def make(name: str, **params: Any) -> Env:
     if unknown and not spec.more_knobs:
         allowed = ", ".join(f"{k}={v!r}" for k, v in spec.knobs.items()) or "none"
         raise ConfigError(f"{name} has no difficulty knob {', '.join(unknown)}", f"its knobs are: {allowed}")
-    turn_credit = params.pop(TURN_CREDIT, False) if spec.multi_turn else False
+    turn_credit = params.pop(TURN_CREDIT, False) if TURN_CREDIT in spec.knobs else False
     if not isinstance(turn_credit, bool):
         raise ConfigError(
             f"{name}: {TURN_CREDIT} must be true or false, got {turn_credit!r}", f"e.g. {TURN_CREDIT}=true"

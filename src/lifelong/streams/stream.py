@@ -45,14 +45,9 @@ class Task:
     def with_turn_credit(self) -> Task:
         """This task paying progress move by move (`turn_credit`), where it is a game that can say
         how far the agent got; otherwise this task as it is."""
-        if not get_spec(self.env).multi_turn:
+        if TURN_CREDIT not in get_spec(self.env).knobs:
             return self
-        task = Task.of(self.env, **{**dict(self.params), TURN_CREDIT: True})
-        try:
-            task.make()
-        except ConfigError:  # a game without progress(): it pays on a win only
-            return self
-        return task
+        return Task.of(self.env, **{**dict(self.params), TURN_CREDIT: True})
 
 
 @dataclass(frozen=True)
