@@ -30,7 +30,8 @@ scored on held-out items at each task's target difficulty at the end:
   lifelong_no_answer   lifelong with lessons that never hold the expected answer, plus the
                        curriculum, exploration of all-failed groups and reflection
   lifelong_answer      today's lifelong: lessons quote the expected answer
-  (--ablation adds lifelong_no_answer without each of its three parts)
+  (--ablation adds lifelong_no_answer without each of its three parts, and grpo_curriculum
+  stepping one level at a time)
 
     python benchmarks/unstuck.py --no-answer [--seeds 3] [--json]
 """
@@ -153,6 +154,8 @@ def no_answer_methods(ablation: bool) -> dict[str, tuple[str, dict[str, Any]]]:
     if ablation:
         for name, part in UNSTUCK_PARTS.items():
             methods[f"lifelong_no_answer-{name}"] = ("lifelong", {k: v for k, v in every_part.items() if k not in part})
+        # the curriculum as it was until stop 26: one level down a step, not halfway down the rest
+        methods["grpo_curriculum-one_level"] = ("grpo", {"curriculum": CurriculumConfig(enabled=True, halfway=False)})
     return methods
 
 

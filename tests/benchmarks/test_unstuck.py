@@ -21,6 +21,8 @@ def test_the_methods_differ_only_in_what_the_issue_compares() -> None:
     assert methods["lifelong_answer"] == ("lifelong", {"lessons_with_answer": True})
     for part in ("curriculum", "exploration", "reflection"):  # each ablation drops exactly its part
         assert set(full) - set(methods[f"lifelong_no_answer-{part}"][1]) == {part}
+    one_level = CurriculumConfig(enabled=True, halfway=False)
+    assert methods["grpo_curriculum-one_level"] == ("grpo", {"curriculum": one_level})
     assert len(unstuck.no_answer_methods(ablation=False)) == 5
 
 
