@@ -22,7 +22,7 @@ the copy-the-last-message baseline; reward and end of game are scored apart from
 
 Last line with `--json`: {"games": [{"game", "wm_accuracy", "copy_accuracy", "grpo", "aux",
 "plan", "dyna", "turns", ...}, ...]} (fractions, seed means; a variant left out by `--variants` is
-absent, and so are the world model's accuracies without plan or dyna).
+absent, and so are the world model's accuracies without plan, which measures them).
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     started = time.time()
     for n, (game, seed) in enumerate(runs):
-        saved = json.loads(done_file(out, game, seed).read_text()) if done_file(out, game, seed).is_file() else {}
+        row_file = done_file(out, game, seed)
+        saved = json.loads(row_file.read_text()) if row_file.is_file() else {}
         if all(v in saved for v in args.variants):  # else its finished runs resume at their end
             rows.append(saved)
             continue

@@ -110,6 +110,7 @@ def test_turn_credit_reaches_the_games_of_a_stream_only() -> None:
     assert labels[:2] == [s.task.label for s in stream.stages[:2]]  # single-turn tasks as they were
     assert labels[2] == "guess_number(turn_credit=True)" and credited.stages[2].task.make().turn_credit
     assert Stream.from_dict(credited.to_dict()) == credited  # it travels in config.json
+    assert credited.with_turn_credit() == credited  # a stream already paying it stays as it is
     with pytest.raises(ConfigError, match="can pay turn credit"):
         Stream("words", (Stage(Task.of("add"), 8),)).with_turn_credit()
     written = parse_stream(

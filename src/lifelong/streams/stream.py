@@ -42,12 +42,14 @@ class Task:
     def make(self) -> Env:
         return make(self.env, **dict(self.params))
 
+    @property
+    def pays_turn_credit(self) -> bool:
+        """Whether this task is a game that can say how far the agent got (it has `turn_credit`)."""
+        return TURN_CREDIT in get_spec(self.env).knobs
+
     def with_turn_credit(self) -> Task:
-        """This task paying progress move by move (`turn_credit`), where it is a game that can say
-        how far the agent got; otherwise this task as it is."""
-        if TURN_CREDIT not in get_spec(self.env).knobs:
-            return self
-        return Task.of(self.env, **{**dict(self.params), TURN_CREDIT: True})
+        """This task paying progress move by move (`turn_credit`), where it can; otherwise as it is."""
+        return Task.of(self.env, **{**dict(self.params), TURN_CREDIT: True}) if self.pays_turn_credit else self
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,12 @@ class Stream:
 
     def with_turn_credit(self) -> Stream:
         """This stream with every game that can pay turn credit paying it; a ConfigError when none can."""
-        stages = tuple(Stage(s.task.with_turn_credit(), s.episodes) for s in self.stages)
-        if stages == self.stages:
+        if not any(s.task.pays_turn_credit for s in self.stages):
             raise ConfigError(
                 f"no task of stream {self.name!r} can pay turn credit",
                 "turn credit needs a multi-turn game that can say how far the agent got (e.g. maze, wordle)",
             )
+        stages = tuple(Stage(s.task.with_turn_credit(), s.episodes) for s in self.stages)
         return Stream(self.name, stages, self.probe_size, self.description, self.general)
 
     def to_dict(self) -> dict[str, Any]:
