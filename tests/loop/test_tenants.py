@@ -22,6 +22,7 @@ from lifelong.loop.tenants import (
     TenantLearner,
     TenantLearningConfig,
     ensure_initial_adapter,
+    greedy_gives,
     reply_likelihood,
     reply_sample,
     run_id,
@@ -31,7 +32,7 @@ from lifelong.model.adapters import adapter_state
 from lifelong.model.loading import load_model
 from lifelong.model.memory_layer import MemorySettings
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
-from lifelong.types import AdapterStatus, FeedbackKind
+from lifelong.types import AdapterStatus, FeedbackKind, Sample
 
 THUMBS, CORRECTION = FeedbackKind.THUMBS, FeedbackKind.CORRECTION
 FAST = FAST_LEARNING
@@ -139,6 +140,51 @@ def test_nll_corrections_make_the_corrected_reply_likelier_and_rounds_continue_f
     assert len(corrections) == 5 and all(e.turns[0].completion.answer == "blue" for e in corrections)
 
 
+def greedy_reply(policy: Policy, prompt: tuple[int, ...]) -> str:
+    gen = GenerationConfig(answer_tokens=4, temperature=0.0, protocol=False)
+    return policy.chat([prompt], gen)[0].answer
+
+
+def test_greedy_gives_holds_for_the_greedy_reply_only(serve_policy: Policy) -> None:
+    prompt = tuple(serve_policy.chat_ids([{"role": "user", "content": "Name a primary color."}], protocol=False))
+    gen = GenerationConfig(answer_tokens=4, temperature=0.0, protocol=False)
+    ids = serve_policy.chat([prompt], gen)[0].token_ids
+    greedy = Sample(prompt, ids, (0.0,) * len(ids), (1,) * len(ids), 1.0)
+    other = replace(greedy, completion_ids=(*ids[:-1], (ids[-1] + 1) % 100))
+    masked = replace(other, loss_mask=(*greedy.loss_mask[:-1], 0))  # the changed token is not a target
+    assert greedy_gives(serve_policy, [greedy, other, masked]) == [True, False, True]
+
+
+def test_a_round_learns_only_corrections_the_weights_do_not_already_give(
+    tmp_path: Path, serve_policy: Policy
+) -> None:
+    """A correction the live adapter already answers greedily, and a repeat of one correction in
+    the same round, are stored but not learned again; a round left with nothing is no version."""
+    learner = learner_for(tmp_path, serve_policy)
+    store = learner.store
+    serve_request(store, serve_policy, "known", "Name a primary color.")
+    req = store.request("known")
+    assert req is not None
+    already = greedy_reply(serve_policy, req.prompt_ids)
+    assert greedy_gives(serve_policy, [reply_sample(serve_policy, req.prompt_ids, already)]) == [True]
+    store.add_feedback("known", 0, "t", CORRECTION, correction=already)
+    before = adapter_state(serve_policy)
+    idle = learner.round("t", store.pending_feedback("t"))
+    assert idle.status == AdapterStatus.REJECTED and idle.reason == "every correction is already answered"
+    assert idle.metrics["correction/already_answered"] == 1.0 and not store.pending_feedback("t")
+    assert all(torch.equal(before[k], v) for k, v in adapter_state(serve_policy).items())
+
+    store.add_feedback("known", 0, "t", CORRECTION, correction=already)
+    correct(store, serve_policy, 1)
+    store.add_feedback("r0", 0, "t", CORRECTION, correction="blue")  # the same correction again
+    record = learner.round("t", store.pending_feedback("t"))
+    assert record.status == AdapterStatus.LIVE, record.reason
+    assert record.metrics["round/corrections"] == 3.0
+    assert record.metrics["correction/repeats"] == 1.0 and record.metrics["correction/already_answered"] == 1.0
+    assert record.metrics["correction/lessons"] == 1.0
+    assert len([e for e in store.episodes(tenant="t") if e.env == "serve:correction"]) == 4  # all stored
+
+
 def test_distilled_corrections_move_the_bare_prompt_towards_the_teacher_with_the_correction(
     tmp_path: Path, serve_policy: Policy
 ) -> None:
@@ -187,7 +233,8 @@ def test_the_guard_rolls_back_a_round_that_damages_operator_probes(tmp_path: Pat
     assert '"answer_likelihood"' in events and '"rollback"' in events  # the guard's own evidence
     # the next round starts again from the good adapter, at a backed-off learning rate
     serve_request(store, policy, "r8", SKY.format(20))
-    store.add_feedback("r8", 0, "t", CORRECTION, correction="blue")
+    # (not "blue" alone, which this model already answers: a round would have nothing to learn)
+    store.add_feedback("r8", 0, "t", CORRECTION, correction="blue, clearly")
     record = learner.round("t", store.pending_feedback("t"))
     assert record.status == AdapterStatus.LIVE and record.version == 2, record.reason
 

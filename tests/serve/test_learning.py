@@ -18,7 +18,7 @@ import openai
 import pytest
 import torch
 
-from lifelong.loop.tenants import CorrectionRule
+from lifelong.loop.tenants import CorrectionRule, first_word
 from lifelong.memory.recall import RecallConfig
 from lifelong.serve import ServeConfig
 from tests.conftest import FAST_LEARNING, SKY
@@ -176,8 +176,8 @@ def test_flipped_feedback_is_refused_by_the_gate_and_harms_no_other_tenant(
 
     for i in range(8):  # bob flips: "red" for the questions the operator's probes answer "blue"
         correct(bob, model, SKY.format(300 + i % 6), "red")
-    for i in range(4):  # alice agrees with the probes
-        correct(alice, model, SKY.format(20 + i), "blue")
+    for i in range(4):  # alice agrees with the probes (in words the model does not already give)
+        correct(alice, model, SKY.format(20 + i), "blue, clearly")
     records = wait_for_rounds(url, {"bob": 1, "alice": 1})
     wait_for_version(alice, 1)
 
@@ -189,4 +189,4 @@ def test_flipped_feedback_is_refused_by_the_gate_and_harms_no_other_tenant(
     # and no other tenant is touched: carol's answers are the same tokens, alice's are still right
     assert [ask(carol, model, q) for q in held_out] == before["carol"]
     assert sampled(carol, model, held_out) == carol_sampled
-    assert [ask(alice, model, q) for q in held_out] == before["alice"]
+    assert [first_word(ask(alice, model, q)) for q in held_out] == before["alice"]

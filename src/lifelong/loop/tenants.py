@@ -52,7 +52,7 @@ from lifelong.guard.gate import GENERAL_ANSWERS, Guard, GuardConfig, Verdict
 from lifelong.learn.distill import DistillConfig, SelfDistiller
 from lifelong.learn.grpo import GRPOConfig, GRPOLearner
 from lifelong.learn.learner import LessonLearner
-from lifelong.learn.logprobs import completion_logprobs, micro_batches
+from lifelong.learn.logprobs import completion_log_softmax, completion_logprobs, micro_batches
 from lifelong.learn.sft import CorrectionNLL, SFTConfig
 from lifelong.loop.anchors import AnchorPool, asked_after_examples
 from lifelong.loop.feedback import Experience, experience_from_feedback, rated_batch
@@ -197,6 +197,17 @@ def reply_likelihood(policy: Policy, samples: Sequence[Sample], micro_batch: int
     return sum(scores) / len(scores) if scores else math.nan
 
 
+@torch.no_grad()
+def greedy_gives(policy: Policy, samples: Sequence[Sample], micro_batch: int = 16) -> list[bool]:
+    """Whether greedy decoding from each sample's prompt would produce its completion: every target
+    token the argmax after the ones before it (one teacher-forced forward, no decoding)."""
+    given: list[bool] = []
+    for rows in micro_batches([s.prompt_ids for s in samples], micro_batch):
+        logp, ids, mask = completion_log_softmax(policy.model, list(samples[rows]), policy.pad_id)  # (B, C, V)
+        given += ((logp.argmax(-1) == ids) | (mask == 0)).all(-1).tolist()
+    return given
+
+
 def first_word(text: str) -> str:
     """The answer a reply gives, as benchmarks/chat_parity.py scores it: its first word, lower-cased
     and stripped of punctuation (a reply that changes after its first word gives the same answer)."""
@@ -292,9 +303,11 @@ class TenantLearner:
             "round/rated": float(len(experience.rated)),
             "round/corrections": float(len(experience.corrections)),
         }
+        experience = self._still_to_learn(experience, metrics)
         verdict = self._learn(core, version, experience, metrics)
         if verdict is None:  # nothing to learn: no new version, the feedback is still consumed
-            return self._record(tenant, version, AdapterStatus.REJECTED, None, "no learning signal", metrics, items)
+            why = "every correction is already answered" if experience.corrections else "no learning signal"
+            return self._record(tenant, version, AdapterStatus.REJECTED, None, why, metrics, items)
         return self._conclude(core, tenant, version, verdict, metrics, started, "passed the guard", items)
 
     def consolidate(self, tenant: str) -> AdapterRecord | None:
@@ -418,6 +431,29 @@ class TenantLearner:
                 if not result.keep:
                     return result.verdict
         return Verdict(True)
+
+    def _still_to_learn(self, experience: Experience, metrics: dict[str, float]) -> Experience:
+        """The round's correction lessons less repeats of one correction and those the live weights
+        already give greedily (plain-chat replies; a reasoning reply's chain cannot be checked so).
+        Learning again what is answered teaches nothing and still moves every weight by about the
+        rate: a third round on corrections already answered changed 14 of 128 general answers
+        (dev/LOG.md, stop 21). The episodes are stored all the same."""
+        seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+        distinct: list[Lesson] = []
+        for lesson in experience.lessons:
+            key = (lesson.student_prompt, lesson.successes[0].token_ids if lesson.successes else ())
+            if key not in seen:
+                seen.add(key)
+                distinct.append(lesson)
+        checkable = [i for i, lesson in enumerate(distinct) if not lesson.protocol and lesson.successes]
+        samples = [reply_sample(self.policy, distinct[i].student_prompt, distinct[i].successes[0].answer)
+                   for i in checkable]  # fmt: skip
+        answered = {i for i, given in zip(checkable, greedy_gives(self.policy, samples), strict=True) if given}
+        metrics["correction/repeats"] = float(len(experience.lessons) - len(distinct))
+        metrics["correction/already_answered"] = float(len(answered))
+        kept = tuple(lesson for i, lesson in enumerate(distinct) if i not in answered)
+        metrics["correction/lessons"] = float(len(kept))
+        return replace(experience, lessons=kept)
 
     def _on_policy(self, samples: Sequence[Sample]) -> tuple[Sample, ...]:
         """Rated replies with the live adapter's log-probs as their behaviour log-probs. A reply was
