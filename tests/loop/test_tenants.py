@@ -155,9 +155,7 @@ def test_greedy_gives_holds_for_the_greedy_reply_only(serve_policy: Policy) -> N
     assert greedy_gives(serve_policy, [greedy, other, masked]) == [True, False, True]
 
 
-def test_a_round_learns_only_corrections_the_weights_do_not_already_give(
-    tmp_path: Path, serve_policy: Policy
-) -> None:
+def test_a_round_learns_only_corrections_the_weights_do_not_already_give(tmp_path: Path, serve_policy: Policy) -> None:
     """A correction the live adapter already answers greedily, and a repeat of one correction in
     the same round, are stored but not learned again; a round left with nothing is no version."""
     learner = learner_for(tmp_path, serve_policy)
