@@ -229,9 +229,19 @@ def teach(
 
 
 def rounds(client: openai.OpenAI) -> list[dict[str, Any]]:
-    """Each learning round's verdict and what the gate read (probe scores, answer likelihoods)."""
+    """Each learning round's verdict, what the gate read (probe scores, answer likelihoods, general
+    answers changed and lost) and what it learned (corrections, repeats and answered ones left out)."""
     records = client.get("/adapters", cast_to=object)["data"]  # type: ignore[index]
-    keep = ("probe/", "likelihood/", "time/")
+    keep = (
+        "probe/",
+        "likelihood/",
+        "time/",
+        "general/",
+        "round/",
+        "correction/lessons",
+        "correction/already",
+        "correction/repeats",
+    )
     return [
         {"version": r["version"], "status": r["status"], "reason": r["reason"]}
         | {k: round(v, 4) for k, v in r.get("metrics", {}).items() if k.startswith(keep)}
