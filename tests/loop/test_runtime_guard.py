@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,30 @@ def test_watching_a_run_does_not_change_what_it_samples(tokenizer: PreTrainedTok
             ]
         answers[guard] = [t.completion.token_ids for e in episodes for t in e.turns]
     assert answers[True] == answers[False] and len(answers[True]) == 4 * 8
+
+
+@pytest.mark.parametrize("hold_upcoming", [False, True])
+def test_a_task_not_reached_yet_is_held_to_the_pretrained_score_when_asked(
+    tiny_policy: Policy, tmp_path: Path, hold_upcoming: bool
+) -> None:
+    """A later stage's task that falls while an earlier one trains is ability the model had: with
+    `hold_upcoming` the guard rolls the update back against the pretrained score; without, nothing
+    guards it (the default until measured on the default stream)."""
+    coin, later = Task.of("tests.support_envs:coin"), Task.of("add", max_value=5)
+    stream = Stream("t", (Stage(coin, 48), Stage(later, 16)), probe_size=4)
+    config = replace(_config(guard=True, confirm_items=0, hold_upcoming=hold_upcoming), stream=stream.to_dict())
+    runtime = Runtime(config, tiny_policy, tmp_path / "run")
+    evaluate = runtime.evaluate
+
+    def later_falls_at_step_2(step: int) -> dict[str, float]:
+        scores = evaluate(step)
+        return {**scores, later.label: runtime.guard.state.base_scores[later.label] - 0.2} if step == 2 else scores
+
+    runtime.evaluate = later_falls_at_step_2  # type: ignore[method-assign]
+    runtime.run(stop_after=2)
+    rollbacks = [r for r in _records(tmp_path / "run") if r["type"] == "rollback"]
+    if hold_upcoming:
+        assert [(r["step"], r["to_step"]) for r in rollbacks] == [(2, 0)]
+        assert later.label in rollbacks[0]["reason"] and "pretrained" in rollbacks[0]["reason"]
+    else:
+        assert rollbacks == []

@@ -311,9 +311,8 @@ class Runtime:
     def _gate(self, slot: Slot, scores: dict[str, float]) -> Verdict:
         """The guard's thorough checks on the scores of this slot's evaluation."""
         plan, items = self.schedule, self.stream.probe_size
-        return self.core.gate(
-            slot.step, scores, plan.guarded(slot), plan.general, plan.trained(slot), self.rescore, items
-        )
+        held = plan.general + (plan.upcoming(slot) if self.config.guard.hold_upcoming else [])
+        return self.core.gate(slot.step, scores, plan.guarded(slot), held, plan.trained(slot), self.rescore, items)
 
     def _mark_good(self, scores: dict[str, float]) -> None:
         self.core.mark_good(scores)

@@ -112,6 +112,11 @@ class Schedule(Sequence[Slot]):
         reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
         return self.general + sorted(reached)
 
+    def upcoming(self, slot: Slot) -> list[str]:
+        """Tasks of later stages the stream has not reached yet."""
+        reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
+        return sorted({s.task.label for s in self.stream.stages[slot.stage + 1 :]} - reached)
+
     def trained(self, slot: Slot) -> list[str]:
         """The task trained since the last gate: a gate never spans stages."""
         return [self.stream.stages[slot.stage].task.label]
