@@ -109,13 +109,14 @@ class Schedule(Sequence[Slot]):
 
     def guarded(self, slot: Slot) -> list[str]:
         """Tasks that must not regress: general probes and every task reached so far."""
-        reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
-        return self.general + sorted(reached)
+        return self.general + sorted(self._reached(slot))
 
     def upcoming(self, slot: Slot) -> list[str]:
         """Tasks of later stages the stream has not reached yet."""
-        reached = {s.task.label for s in self.stream.stages[: slot.stage + 1]}
-        return sorted({s.task.label for s in self.stream.stages[slot.stage + 1 :]} - reached)
+        return sorted({s.task.label for s in self.stream.stages[slot.stage + 1 :]} - self._reached(slot))
+
+    def _reached(self, slot: Slot) -> set[str]:
+        return {s.task.label for s in self.stream.stages[: slot.stage + 1]}
 
     def trained(self, slot: Slot) -> list[str]:
         """The task trained since the last gate: a gate never spans stages."""
