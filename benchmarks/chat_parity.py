@@ -239,7 +239,7 @@ def rounds(client: openai.OpenAI) -> list[dict[str, Any]]:
         "general/",
         "round/",
         "correction/lessons",
-        "correction/already",
+        "correction/already_answered",
         "correction/repeats",
     )
     return [

@@ -140,15 +140,12 @@ def test_nll_corrections_make_the_corrected_reply_likelier_and_rounds_continue_f
     assert len(corrections) == 5 and all(e.turns[0].completion.answer == "blue" for e in corrections)
 
 
-def greedy_reply(policy: Policy, prompt: tuple[int, ...]) -> str:
-    gen = GenerationConfig(answer_tokens=4, temperature=0.0, protocol=False)
-    return policy.chat([prompt], gen)[0].answer
+GREEDY = GenerationConfig(answer_tokens=4, temperature=0.0, protocol=False)
 
 
 def test_greedy_gives_holds_for_the_greedy_reply_only(serve_policy: Policy) -> None:
     prompt = tuple(serve_policy.chat_ids([{"role": "user", "content": "Name a primary color."}], protocol=False))
-    gen = GenerationConfig(answer_tokens=4, temperature=0.0, protocol=False)
-    ids = serve_policy.chat([prompt], gen)[0].token_ids
+    ids = serve_policy.chat([prompt], GREEDY)[0].token_ids
     greedy = Sample(prompt, ids, (0.0,) * len(ids), (1,) * len(ids), 1.0)
     other = replace(greedy, completion_ids=(*ids[:-1], (ids[-1] + 1) % 100))
     masked = replace(other, loss_mask=(*greedy.loss_mask[:-1], 0))  # the changed token is not a target
@@ -163,7 +160,7 @@ def test_a_round_learns_only_corrections_the_weights_do_not_already_give(tmp_pat
     serve_request(store, serve_policy, "known", "Name a primary color.")
     req = store.request("known")
     assert req is not None
-    already = greedy_reply(serve_policy, req.prompt_ids)
+    already = serve_policy.chat([req.prompt_ids], GREEDY)[0].answer
     assert greedy_gives(serve_policy, [reply_sample(serve_policy, req.prompt_ids, already)]) == [True]
     store.add_feedback("known", 0, "t", CORRECTION, correction=already)
     before = adapter_state(serve_policy)
