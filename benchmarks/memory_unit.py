@@ -37,10 +37,10 @@ from lifelong.types import Episode
 GENERAL = (Task.of("facts"), Task.of("instruct"))
 
 
-def general_answers(policy: Policy) -> list[Episode]:
-    """Greedy answers to 32 items of each general probe task, as a run's evaluation asks them."""
+def general_answers(policy: Policy, per_task: int = 32) -> list[Episode]:
+    """Greedy answers to `per_task` items of each general probe task, as a run's evaluation asks them."""
     tasks = {t.label: t for t in GENERAL}
-    jobs = [Job(t.label, s, split="probe") for t in GENERAL for s in ProbeSet(t, 32).seeds]
+    jobs = [Job(t.label, s, split="probe") for t in GENERAL for s in ProbeSet(t, per_task).seeds]
     return play(policy, jobs, lambda label: tasks[label].make(), RunConfig(stream={}).generation(0.0))
 
 
