@@ -106,3 +106,50 @@ def test_the_prefix_prompts_share_runs_once_and_gives_each_samples_gradient(
         (one.gather(-1, torch.tensor([list(s.completion_ids)]).unsqueeze(-1)).squeeze(-1) * one_mask).sum().backward()
     for a, b in zip(together, [p.grad for p in trainable(tiny_policy)], strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)  # float rounding; a cut path would be O(1) off
+
+
+def test_length_buckets_split_where_padding_costs_more_than_a_call(monkeypatch: Any) -> None:
+    from lifelong.learn import logprobs
+
+    monkeypatch.setattr(logprobs, "BUCKET_CALL_TOKENS", 16)
+    assert logprobs.length_buckets([5] * 8) == [list(range(8))]  # nothing to save
+    # two runaway replies among short ones: they run on their own instead of padding sixteen rows
+    lengths = [5] * 16 + [14, 13]
+    assert sorted(map(sorted, logprobs.length_buckets(lengths))) == [list(range(16)), [16, 17]]
+    # one-token completions need no forward at all
+    assert logprobs.length_buckets([1, 1, 6]) == [[0, 1], [2]]
+    monkeypatch.setattr(logprobs, "BUCKET_CALL_TOKENS", 10**6)
+    assert logprobs.length_buckets(lengths) == [sorted(range(18), key=lambda i: lengths[i])]
+
+
+def test_completions_run_by_length_give_the_log_probs_and_gradient_of_one_padded_forward(
+    tiny_policy: Policy, monkeypatch: Any
+) -> None:
+    """Rows split by completion length (each group its own forward on its rows of the prompts'
+    cache) score and differentiate exactly as the whole batch padded to its longest row does."""
+    from lifelong.learn import logprobs
+
+    _moved(tiny_policy)
+    samples = _samples(tiny_policy, ["What is 2 + 2?", "Name a colour.", "Say hi."])
+    long = samples[0]
+    samples.append(Sample(long.prompt_ids, long.completion_ids * 3, long.sampler_logprobs * 3, long.loss_mask * 3, 0.0))
+    samples.append(Sample(samples[1].prompt_ids, long.completion_ids[:1], long.sampler_logprobs[:1], (1.0,), 0.0))
+
+    def scored(call_tokens: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        monkeypatch.setattr(logprobs, "BUCKET_CALL_TOKENS", call_tokens)
+        tiny_policy.model.zero_grad(set_to_none=True)
+        calls: list[int] = []
+        hook = tiny_policy.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            logp, ids, mask = completion_log_softmax(tiny_policy.model, samples, tiny_policy.pad_id)
+        finally:
+            hook.remove()
+        (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum().backward()
+        return (logp * mask.unsqueeze(-1)).detach(), [p.grad.clone() for p in trainable(tiny_policy)], len(calls)  # type: ignore[union-attr]
+
+    split, split_grads, split_calls = scored(0)
+    whole, whole_grads, whole_calls = scored(10**6)
+    assert split_calls > whole_calls == 2  # the prompts, then one padded block
+    assert torch.allclose(split, whole, atol=1e-5)
+    for a, b in zip(split_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -1,11 +1,13 @@
 """Per-token log-probs of completions under the current weights, for the learner.
 
 Samples that share a prompt (a GRPO group) run the prompt through the model once; its KV cache is
-copied to every completion of the group and the completions run as one block on top of it. Autograd
-flows through the shared cache, so this is exact, and it costs the prompt once per group instead of
-once per sample. Likewise the prefix every distinct prompt shares (the chat template's system
-turn) runs once for all of them. The arithmetic mirrors the sampler's (left padding, same
-positions), so sampler and learner agree to float precision on the same weights.
+copied to every completion of the group and the completions run on top of it. Autograd flows
+through the shared cache, so this is exact, and it costs the prompt once per group instead of once
+per sample. Likewise the prefix every distinct prompt shares (the chat template's system turn) runs
+once for all of them. Completions run in groups of similar length, each on its rows of the
+prompts' cache, so a few long replies do not pad every short one (`length_buckets`). The arithmetic
+mirrors the sampler's (left padding, same positions), so sampler and learner agree to float
+precision on the same weights.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from lifelong.types import Sample
 # call costs about as much (bf16, 2 threads: 16 anchor prompts 1.80 -> 1.19 s a step, 8 prompts
 # 1.16 -> 1.01 s, 4 prompts 0.79 -> 0.86 s, 2 prompts 0.61 -> 0.75 s; dev/LOG.md, stop 24).
 MIN_SAVED_TOKENS = 128
+# What one more forward call over completions costs, in padded tokens it would save (see
+# `length_buckets`; measured in dev/LOG.md, stop 28).
+BUCKET_CALL_TOKENS = 16
 
 
 def completion_log_softmax(
@@ -42,16 +47,12 @@ def completion_log_softmax(
     if not samples:
         raise ValueError("no samples to score")
     unique: dict[tuple[int, ...], int] = {}
-    row_of = [unique.setdefault(s.prompt_ids, len(unique)) for s in samples]
+    prompt_of = torch.tensor([unique.setdefault(s.prompt_ids, len(unique)) for s in samples], dtype=torch.long)
     cache = DynamicCache()
     out, prompt_mask = _prompts_forward(model, list(unique), pad_id, cache)
-    expand = torch.tensor(row_of, dtype=torch.long)
-    if len(unique) < len(samples):
-        cache.batch_select_indices(expand)
-    prompt_mask = prompt_mask[expand]
-    first_logits = out.logits[expand, -1:, :]  # (B, 1, V) predicts each completion's first token
 
-    width = max(len(s.completion_ids) for s in samples)
+    lengths = [len(s.completion_ids) for s in samples]
+    width = max(lengths)
     comp = torch.full((len(samples), width), pad_id, dtype=torch.long)
     comp_mask = torch.zeros((len(samples), width), dtype=torch.long)
     loss_mask = torch.zeros((len(samples), width), dtype=torch.float32)
@@ -60,20 +61,52 @@ def completion_log_softmax(
         comp[i, :n] = torch.tensor(s.completion_ids, dtype=torch.long)
         comp_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
-    start = prompt_mask.sum(-1, keepdim=True)  # (B, 1) next position after each prompt
-    comp_pos = start + torch.arange(width).unsqueeze(0)
-    logits = first_logits
-    if width > 1:
-        # The last completion token predicts nothing we score, so it need not be fed.
-        out = model(
-            input_ids=comp[:, :-1],
-            attention_mask=torch.cat([prompt_mask, comp_mask[:, :-1]], dim=-1),
-            position_ids=comp_pos[:, :-1],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = torch.cat([first_logits, out.logits], dim=1)  # (B, C, V)
+    pieces, order = [], []
+    for rows in length_buckets(lengths):
+        index = torch.tensor(rows, dtype=torch.long)
+        prompts = prompt_of[index]
+        logits = out.logits[prompts, -1:, :]  # (b, 1, V) predicts each completion's first token
+        fed = max(lengths[r] for r in rows) - 1  # the last completion token predicts nothing we score
+        if fed > 0:
+            # The bucket's rows of the prompts' cache: an index, so autograd reaches the prompts.
+            rows_cache = DynamicCache([(layer.keys[prompts], layer.values[prompts]) for layer in cache.layers])
+            mask = prompt_mask[prompts]
+            start = mask.sum(-1, keepdim=True)  # (b, 1) next position after each prompt
+            fed_out = model(
+                input_ids=comp[index, :fed],
+                attention_mask=torch.cat([mask, comp_mask[index, :fed]], dim=-1),
+                position_ids=start + torch.arange(fed).unsqueeze(0),
+                past_key_values=rows_cache,
+                use_cache=True,
+            )
+            logits = torch.cat([logits, fed_out.logits], dim=1)
+        pieces.append(torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1])))
+        order.extend(rows)
+    logits = torch.cat(pieces)[torch.tensor(order).argsort()]  # (B, C, V) in the samples' order
     return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+
+
+def length_buckets(lengths: Sequence[int]) -> list[list[int]]:
+    """Rows (indices into `lengths`) split into groups run as one forward each, so that a few long
+    completions do not pad every short one to their length: the split minimises the padded tokens
+    fed plus `BUCKET_CALL_TOKENS` per forward (shortest first; a group of one-token completions
+    needs no forward and costs nothing)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    fed = [max(lengths[i] - 1, 0) for i in order]
+
+    def cost(first: int, last: int) -> int:  # rows order[first..last] as one forward
+        return 0 if fed[last] == 0 else (last - first + 1) * fed[last] + BUCKET_CALL_TOKENS
+
+    best = [0] + [0] * len(order)  # best[j]: the cheapest split of the first j rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        best[j], cut[j] = min((best[i] + cost(i, j - 1), i) for i in range(j))
+    groups: list[list[int]] = []
+    j = len(order)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _prompts_forward(
