@@ -31,7 +31,7 @@ from lifelong.loop.memory_lessons import (
     salient_phrases,
 )
 from lifelong.loop.tenants import CorrectionRule, TenantLearner, reply_likelihood, reply_sample
-from lifelong.memory.recall import NOTES_HEADER
+from lifelong.memory.recall import DATA_MARK
 from lifelong.memory.store import ExperienceStore
 from lifelong.model.policy import LoraSettings, Policy
 from lifelong.serve.config import LearnerConfig, ServeConfig
@@ -70,14 +70,14 @@ def test_a_qa_item_teaches_its_question_and_two_paraphrases_with_its_answer(serv
     decode = serve_policy.tokenizer.decode
     assert len(lessons) == 3 and not any(lesson.protocol for lesson in lessons)  # plain chat: no chain of thought
     students = [decode(lesson.student_prompt) for lesson in lessons]
-    assert all(QUESTION in s and ANSWER not in s and NOTES_HEADER not in s for s in students)
+    assert all(QUESTION in s and ANSWER not in s and DATA_MARK not in s for s in students)
     assert len(set(students)) == 3  # the question and two different rewordings
     assert all(
         p != QUESTION and p.replace(QUESTION, "{question}") in QUESTION_TEMPLATES for p in paraphrases(QUESTION, 2)
     )
     for lesson in lessons:
         teacher = decode(lesson.teacher_prompt)
-        assert ANSWER in teacher and NOTES_HEADER not in teacher  # the taught exchange, as recall puts it
+        assert ANSWER in teacher and DATA_MARK not in teacher  # the taught exchange, as recall puts it
         assert teacher.index(ANSWER) < teacher.rindex(QUESTION)  # before the question asked
         (success,) = lesson.successes
         assert decode(success.token_ids, skip_special_tokens=True).strip() == ANSWER

@@ -3,7 +3,7 @@
 Consolidation (`TenantLearner.consolidate`) moves what a tenant taught from memory into the weights
 by on-policy self-distillation (learn/distill.py): the teacher is the policy with the item quoted in
 its context exactly as recall puts it there at answer time (`memory/recall.with_notes`: a taught
-exchange, or a quoted note of data, never instructions), the student the same policy on the bare
+exchange, or quoted context marked as data, never instructions), the student the same policy on the bare
 question. Questions come from templates, because a small model is too weak to write good ones about
 a text it was just given:
 

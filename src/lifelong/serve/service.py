@@ -9,8 +9,8 @@ its choices are stored, and the stream ends only after that). Feedback is stored
 acknowledged.
 
 Memory (memory/recall.py): the tenant's items that match the last user message are recalled into the
-prompt as quoted notes (none recalled: the prompt is exactly the one without memory), and the stored
-request's `generation` names them. A correction, or an answer rated at least
+prompt as taught exchanges or quoted context (none recalled: the prompt is exactly the one
+without memory), and the stored request's `generation` names them. A correction, or an answer rated at least
 `memory.remember_ratings_from`, becomes a memory item in the transaction that stores the feedback,
 so the next request can use it. Documents (POST /v1/documents) are chunked and indexed the same way.
 
@@ -163,7 +163,8 @@ class ChatService:
 
     def encode(self, req: ChatRequest, protocol: bool = True, memory: Sequence[MemoryItem] = ()) -> list[int]:
         """The prompt's token ids (`Policy.chat_ids`): plain chat, or the reasoning protocol, with
-        recalled memory as a quoted system message before the last user message."""
+        recalled memory put in by `with_notes` (taught exchanges before the question, anything else
+        as quoted context in it)."""
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return self.policy.chat_ids(with_notes(messages, memory), protocol)
 
