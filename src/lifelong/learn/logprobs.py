@@ -97,7 +97,7 @@ def length_buckets(lengths: Sequence[int]) -> list[list[int]]:
     def cost(first: int, last: int) -> int:  # rows order[first..last] as one forward
         return 0 if fed[last] == 0 else (last - first + 1) * fed[last] + BUCKET_CALL_TOKENS
 
-    best = [0] + [0] * len(order)  # best[j]: the cheapest split of the first j rows
+    best = [0] * (len(order) + 1)  # best[j]: the cheapest split of the first j rows
     cut = [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
         best[j], cut[j] = min((best[i] + cost(i, j - 1), i) for i in range(j))
