@@ -261,7 +261,9 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
 
     # holdout_every=0: every taught fact is learned (a held-out correction is never trained on, so
     # with the server's default of every 5th, a fifth of the facts could never be known closed-book).
-    config = ServeConfig(store=folder, learner=LearnerConfig(holdout_every=0), answer_tokens=args.answer_tokens)
+    config = ServeConfig(
+        store=folder, learner=LearnerConfig(holdout_every=0), answer_tokens=args.answer_tokens, unit=args.unit
+    )
     model, tokenizer, name = load_model(args.model)
     policy = Policy.for_config(model, tokenizer, name, config)
     store = ExperienceStore(config.database_location)
@@ -596,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", default=",".join(CHANNELS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a Hugging Face model id or folder (default: the embedded one)")
+    parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")
