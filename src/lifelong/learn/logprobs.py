@@ -68,8 +68,7 @@ def completion_log_softmax(
         logits = out.logits[prompts, -1:, :]  # (b, 1, V) predicts each completion's first token
         fed = max(lengths[r] for r in rows) - 1  # the last completion token predicts nothing we score
         if fed > 0:
-            # The bucket's rows of the prompts' cache: an index, so autograd reaches the prompts.
-            rows_cache = DynamicCache([(layer.keys[prompts], layer.values[prompts]) for layer in cache.layers])
+            rows_cache = _cache_rows(cache, prompts)
             mask = prompt_mask[prompts]
             start = mask.sum(-1, keepdim=True)  # (b, 1) next position after each prompt
             fed_out = model(
@@ -84,6 +83,12 @@ def completion_log_softmax(
         order.extend(rows)
     logits = torch.cat(pieces)[torch.tensor(order).argsort()]  # (B, C, V) in the samples' order
     return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+
+
+def _cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A cache of `rows` of `cache`, by index, so autograd reaches the rows' prompts through it."""
+    layers: list[Any] = list(cache.layers)  # full-attention layers: keys and values (rows, heads, T, d)
+    return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in layers])
 
 
 def length_buckets(lengths: Sequence[int]) -> list[list[int]]:
