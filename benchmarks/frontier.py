@@ -53,8 +53,8 @@ from lifelong.model.loading import load_model
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Batch, Sample
 
-# Rates from where each unit starts to learn the facts to where it learns them all, at 135M (stop 23's
-# sweep: below these nothing was learnt; memory values move lr x lr_scale 5000).
+# Rates from just below where each unit starts to learn the facts to where it learns them all, at
+# 135M (dev/LOG.md, stops 23 and 28; memory values move lr x lr_scale 5000).
 DEFAULT_LRS = {"full": (3e-5, 6e-5, 1e-4), "lora": (5e-4, 1e-3, 2e-3, 3e-3), "memory": (4e-4, 7e-4, 1e-3, 2e-3)}
 # Two example turns before each question: asked alone the model answers in sentences; every
 # shot lengthens every training forward (full fine-tuning on 2 cores is the slowest point).
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a local Hugging Face model folder (default: the embedded one)")
     parser.add_argument("--units", default="full,lora,memory")
-    parser.add_argument("--lrs", help="per unit, e.g. memory=1e-3,3e-3;lora=3e-4 (default: three each)")
+    parser.add_argument("--lrs", help="per unit, e.g. memory=1e-3,3e-3;lora=3e-4 (default: DEFAULT_LRS)")
     parser.add_argument("--facts", type=int, default=40, help="made-up facts, taught in two batches (40)")
     parser.add_argument("--steps", type=int, default=8, help="full-batch steps per batch (8)")
     parser.add_argument("--general-items", type=int, default=32, help="general probe items per task (32)")
