@@ -268,10 +268,13 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     policy = Policy.for_config(model, tokenizer, name, config)
     store = ExperienceStore(config.database_location)
     initial = ensure_initial_adapter(policy, adapters_folder(config))
+    learning = config.learning
+    if args.steps_per_round is not None:
+        learning = replace(learning, steps_per_round=args.steps_per_round)
+    if args.distill_lr is not None:
+        learning = replace(learning, distill=replace(learning.distill, learning_rate=args.distill_lr))
     learners = {
-        rule: TenantLearner(
-            replace(config.learning, correction_rule=rule), policy, store, adapters_folder(config), initial
-        )
+        rule: TenantLearner(replace(learning, correction_rule=rule), policy, store, adapters_folder(config), initial)
         for rule in (CorrectionRule.DISTILL, CorrectionRule.NLL)
     }
     bank = AdapterBank(store, initial, adapters_folder(config))
@@ -599,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a Hugging Face model id or folder (default: the embedded one)")
     parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
+    parser.add_argument("--steps-per-round", type=int, default=None, help="updates per round (the server's: 2)")
+    parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")
