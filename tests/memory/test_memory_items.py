@@ -403,3 +403,16 @@ def test_min_coverage_must_be_a_share() -> None:
         with pytest.raises(ConfigError, match="min_coverage must be in"):
             RecallConfig(min_coverage=bad)
     assert RecallConfig().min_coverage == 0.5 and RecallConfig(min_coverage=0.0).min_coverage == 0.0
+
+
+def test_a_tenants_only_document_is_recalled_for_a_question_that_names_its_subject(tmp_path: Path) -> None:
+    """A first document: its words are in every item there is, which must not make its names count
+    for nothing (a user who taught one document got no recall at all, stop 28)."""
+    with ExperienceStore(tmp_path / "s.sqlite") as store:
+        text = "The capital of Zloudund is Vudrairk.\n\nOur standup starts at nine."
+        store.add_memory(
+            MemoryItem("d-0", MemoryKind.DOCUMENT, "document", "notes.md", text, ("d",), 0.0, tenant="alice")
+        )
+        found = recall(store, "alice", "Which city is the capital of Zloudund? Answer in one word.", RecallConfig())
+        assert [i.text for i in found] == ["The capital of Zloudund is Vudrairk."]
+        assert recall(store, "alice", "What is the capital of the Netherlands?", RecallConfig()) == []

@@ -155,7 +155,8 @@ def coverage(counts: TermCounts, item_id: str, names: frozenset[str] = frozenset
     use ("city" in "Name the capital city of Zorbia", "answer" in "... Answer in one word.") says
     nothing about which item is meant, and questions are full of them. A word most items contain
     ("Answer" opening every note's instruction) names nothing, capitalised or not."""
-    names = frozenset(w for w in names if 2 * counts.df.get(w, 0) <= counts.items)  # one most items share names nothing
+    # A word most items share names nothing; with a single item there is no "most" to tell it by.
+    names = frozenset(w for w in names if counts.items < 2 or 2 * counts.df.get(w, 0) <= counts.items)
     weight = {w: _idf(counts, df) for w, df in counts.df.items() if df > 0 or not names or w in names}
     total = sum(weight.values())
     if total <= 0.0:
