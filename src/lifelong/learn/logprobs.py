@@ -62,13 +62,16 @@ def completion_log_softmax(
         comp_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
     pieces, order = [], []
-    for rows in length_buckets(lengths):
+    buckets = length_buckets(lengths)
+    for bucket in buckets:
+        rows = sorted(bucket)  # in the samples' order: one bucket of distinct prompts needs no cache copy
         index = torch.tensor(rows, dtype=torch.long)
         prompts = prompt_of[index]
         logits = out.logits[prompts, -1:, :]  # (b, 1, V) predicts each completion's first token
         fed = max(lengths[r] for r in rows) - 1  # the last completion token predicts nothing we score
         if fed > 0:
-            rows_cache = _cache_rows(cache, prompts)
+            alone = len(buckets) == 1 and torch.equal(prompts, torch.arange(len(unique)))
+            rows_cache = cache if alone else _cache_rows(cache, prompts)  # the forward extends it
             mask = prompt_mask[prompts]
             start = mask.sum(-1, keepdim=True)  # (b, 1) next position after each prompt
             fed_out = model(

@@ -264,8 +264,8 @@ def with_notes(messages: Sequence[dict[str, str]], items: Sequence[MemoryItem]) 
     out = _before_question(out, exchanges)
     if not notes:
         return out
-    last_user = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
-    if last_user is None:
+    last_user = _last_user(out)
+    if last_user == len(out):
         return [*out, {"role": "user", "content": notes_text(notes)}]
     out[last_user] = {**out[last_user], "content": f"{notes_text(notes)}\nQuestion: {out[last_user]['content']}"}
     return out
@@ -280,6 +280,11 @@ def with_exchange(messages: Sequence[dict[str, str]], answer: str) -> list[dict[
     return _before_question(out, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
 
 
+def _last_user(messages: Sequence[dict[str, str]]) -> int:
+    """Index of the last user message; len(messages) when there is none."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages))
+
+
 def _before_question(messages: list[dict[str, str]], inserted: list[dict[str, str]]) -> list[dict[str, str]]:
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages))
+    last_user = _last_user(messages)
     return messages[:last_user] + inserted + messages[last_user:]
