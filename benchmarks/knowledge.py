@@ -271,8 +271,8 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     learning = config.learning
     if args.steps_per_round is not None:
         learning = replace(learning, steps_per_round=args.steps_per_round)
-    if args.distill_lr is not None:
-        learning = replace(learning, distill=replace(learning.distill, learning_rate=args.distill_lr))
+    distill = {"learning_rate": args.distill_lr, "given_nll": args.given_nll, "warmup_steps": args.warmup_steps}
+    learning = replace(learning, distill=replace(learning.distill, **{k: v for k, v in distill.items() if v is not None}))
     learners = {
         rule: TenantLearner(replace(learning, correction_rule=rule), policy, store, adapters_folder(config), initial)
         for rule in (CorrectionRule.DISTILL, CorrectionRule.NLL)
@@ -604,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
     parser.add_argument("--steps-per-round", type=int, default=None, help="updates per round (the server's: 2)")
     parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
+    parser.add_argument("--given-nll", type=float, default=None,
+                        help="weight of the NLL of a correction's answer in distillation (the server's: DistillConfig's)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="the learners' warm-up (the server's: 10)")
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")

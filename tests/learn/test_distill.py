@@ -209,3 +209,30 @@ def test_micro_batches_take_the_same_step_as_one_batch(tiny_policy: Policy) -> N
     assert reports[0].metrics["grad/norm"] == pytest.approx(reports[1].metrics["grad/norm"], rel=1e-4)
     assert any(not torch.allclose(p, q) for p, q in zip(ends[0], start, strict=True))
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(ends[0], ends[1], strict=True))
+
+
+def test_a_given_reply_adds_its_nll_to_the_step(tiny_policy: Policy) -> None:
+    """`given_nll` adds the NLL of a lesson's given reply (a person's correction) on the student's
+    prompt: with the teacher's prompt the student's own (KL 0) and no reference term, the step's
+    gradient is the weight times the NLL's gradient, averaged over the reply's tokens."""
+    from lifelong.loop.feedback import correction_completion
+
+    tok = tiny_policy.tokenizer
+    prompt = tuple(tiny_policy.chat_start("Who leads the Plonk team?"))
+    reply = correction_completion(tok, "Marta Vell", int(tok.eos_token_id))
+    lesson = Lesson(prompt, prompt, (reply,), protocol=False)
+    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    sample = Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0)
+    logp, _, mask = completion_logprobs(tiny_policy.model, [sample], tiny_policy.pad_id)
+    (-2.0 * (logp * mask).sum() / mask.sum()).backward()
+    expected = float(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).norm())
+    tiny_policy.model.zero_grad(set_to_none=True)
+    grads = {}
+    for weight in (0.0, 2.0):  # the first step's gradient is 0: the weights are still where measured
+        config = DistillConfig(learning_rate=1e-3, student_samples=0, reference_kl=0.0, given_nll=weight)
+        report = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-3), config).update([lesson])
+        assert report.applied
+        grads[weight] = report.metrics["grad/norm"]
+    assert report.metrics["distill/given_nll"] > 0
+    assert expected > 0 and grads[0.0] == pytest.approx(0.0, abs=1e-7)
+    assert grads[2.0] == pytest.approx(expected, rel=1e-4)

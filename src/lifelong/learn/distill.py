@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -60,18 +61,35 @@ class DistillConfig:
     anchor_coef: float = 1.0
     warmup_steps: int = 0  # optimizer steps over which the rate rises to its value (learn/optim.py)
     micro_batch: int = 16  # rows per forward/backward; bounds memory
+    # Weight of the NLL of a lesson's given replies (a person's corrected answer: `Lesson.successes`)
+    # on the student's prompt, beside the KL terms, as a mean over their tokens. 0: the given reply
+    # is only one more completion the teacher scores. A small teacher reads a quoted correction
+    # about half the time (dev/LOG.md, stop 28), and the geometric mix with the reference halves
+    # what it is sure of again, so distillation alone wrote no closed-book answer; the NLL writes
+    # the answer the person gave.
+    given_nll: float = 0.0
 
     def __post_init__(self) -> None:
         if (
             self.learning_rate <= 0
             or self.micro_batch < 1
-            or min(self.student_samples, self.reference_kl, self.anchor_coef, self.warmup_steps) < 0
+            or min(self.student_samples, self.reference_kl, self.anchor_coef, self.warmup_steps, self.given_nll) < 0
         ):
             raise ConfigError(
-                "learning_rate must be > 0, micro_batch >= 1, student_samples, reference_kl, anchor_coef and"
-                " warmup_steps >= 0",
-                "defaults: 2e-4, 16, 4, 1.0, 1.0 and 0",
+                "learning_rate must be > 0, micro_batch >= 1, student_samples, reference_kl, anchor_coef,"
+                " warmup_steps and given_nll >= 0",
+                "defaults: 2e-4, 16, 4, 1.0, 1.0, 0 and 0",
             )
+
+
+class Pair(NamedTuple):
+    """One distilled completion: after the student's prompt, after the teacher's, which teacher
+    scores it, and whether it is a lesson's given reply (a `given_nll` target) rather than sampled."""
+
+    student: Sample
+    teacher_sample: Sample
+    teacher: LessonTeacher
+    given: bool
 
 
 class SelfDistiller:
@@ -107,17 +125,19 @@ class SelfDistiller:
         if not lessons:
             return UpdateReport(self.step, False, {}, reason="no lessons")
         cfg, model = self.config, self.policy.model
-        pairs: list[tuple[Sample, Sample, LessonTeacher]] = []
+        pairs: list[Pair] = []
         for lesson, sampled in zip(lessons, self._student_samples(lessons), strict=True):
-            for c in [*sampled, *lesson.successes]:
+            given = [False] * len(sampled) + [lesson.teacher == LessonTeacher.POLICY] * len(lesson.successes)
+            for c, is_given in zip([*sampled, *lesson.successes], given, strict=True):
                 answer_mask = self.policy.answer_mask(c)
                 if sum(answer_mask) == 0:
                     continue
                 pairs.append(
-                    (
+                    Pair(
                         Sample(lesson.student_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
                         Sample(lesson.teacher_prompt, c.token_ids, c.logprobs, answer_mask, 0.0),
                         lesson.teacher,
+                        is_given,
                     )
                 )
         if not pairs:
@@ -128,13 +148,14 @@ class SelfDistiller:
         # Full-vocabulary log-probs are (rows, tokens, 49k) floats three times over: a round of 32
         # corrections in one forward held ~10 GB (dev/LOG.md, stop 20). Micro-batches accumulate
         # the same gradient, each part divided by the whole step's tokens.
-        tokens = float(sum(sum(student.loss_mask) for student, _, _ in pairs))
-        kl = anchored = 0.0
+        tokens = float(sum(sum(p.student.loss_mask) for p in pairs))
+        given_tokens = float(sum(sum(p.student.loss_mask) for p in pairs if p.given))
+        kl = anchored = nll = 0.0
         general: dict[str, float] = {}
         with self.policy.learning():
-            for rows in micro_batches([student.prompt_ids for student, _, _ in pairs], cfg.micro_batch):
-                part_kl, part_anchored = self._accumulate(pairs[rows], reference, tokens)
-                kl, anchored = kl + part_kl, anchored + part_anchored
+            for rows in micro_batches([p.student.prompt_ids for p in pairs], cfg.micro_batch):
+                part = self._accumulate(pairs[rows], reference, tokens, given_tokens)
+                kl, anchored, nll = kl + part[0], anchored + part[1], nll + part[2]
             if anchors and cfg.anchor_coef > 0:
                 general = {
                     "anchor/kl": hold_to_pretrained(self.policy, anchors, cfg.anchor_coef, pretrained=self.pretrained)
@@ -150,6 +171,7 @@ class SelfDistiller:
             {
                 "distill/kl": kl,
                 "distill/reference_kl": anchored,
+                **({"distill/given_nll": nll} if cfg.given_nll > 0 and given_tokens else {}),
                 "distill/tokens": float(tokens),
                 "distill/sequences": float(len(pairs)),
                 "grad/norm": grad_norm,
@@ -160,23 +182,23 @@ class SelfDistiller:
         )
 
     def _accumulate(
-        self, pairs: Sequence[tuple[Sample, Sample, LessonTeacher]], reference: AdapterSnapshot | None, tokens: float
-    ) -> tuple[float, float]:
-        """Forward/backward one micro-batch of (student, teacher, kind of teacher) rows; returns its
-        parts of the step's KL to the teacher and to the reference."""
+        self, pairs: Sequence[Pair], reference: AdapterSnapshot | None, tokens: float, given_tokens: float
+    ) -> tuple[float, float, float]:
+        """Forward/backward one micro-batch of rows; returns its parts of the step's KL to the
+        teacher, KL to the reference and NLL of the given replies."""
         model, pad = self.policy.model, self.policy.pad_id
-        students = [s for s, _, _ in pairs]
-        student_logp, _, mask = completion_log_softmax(model, students, pad)  # (B, C, V)
-        unlearn = [i for i, (_, _, teacher) in enumerate(pairs) if teacher == LessonTeacher.PRETRAINED]
+        students = [p.student for p in pairs]
+        student_logp, ids, mask = completion_log_softmax(model, students, pad)  # (B, C, V)
+        unlearn = [i for i, p in enumerate(pairs) if p.teacher == LessonTeacher.PRETRAINED]
         with torch.no_grad():
             # One forward per kind of teacher (the policy; the base model, adapters off), each as wide
             # as its own longest reply: the zeros left past it are masked out.
             teacher_logp = torch.zeros_like(student_logp)
             for base in (False, True):
-                rows = [i for i, (_, _, teacher) in enumerate(pairs) if (teacher == LessonTeacher.PRETRAINED) == base]
+                rows = [i for i, p in enumerate(pairs) if (p.teacher == LessonTeacher.PRETRAINED) == base]
                 if rows:
                     with self.policy.pretrained() if base else nullcontext():
-                        teachers = [pairs[i][1] for i in rows]
+                        teachers = [pairs[i].teacher_sample for i in rows]
                         logp, _, _ = completion_log_softmax(self.policy.model, teachers, pad)
                     teacher_logp[rows, : logp.shape[1]] = logp
             anchor: AbstractContextManager[None] = (
@@ -191,8 +213,15 @@ class SelfDistiller:
                 reference_logp[unlearn] = teacher_logp[unlearn]
         kl = reverse_kl(student_logp, teacher_logp, mask, tokens)
         anchored = reverse_kl(student_logp, reference_logp, mask, tokens)
-        (kl + self.config.reference_kl * anchored).backward()
-        return float(kl.detach()), float(anchored.detach())
+        loss = kl + self.config.reference_kl * anchored
+        nll = torch.zeros(())
+        if self.config.given_nll > 0 and given_tokens:
+            given = mask * torch.tensor([float(p.given) for p in pairs]).unsqueeze(1)
+            token_logp = student_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            nll = -(token_logp * given).sum() / given_tokens
+            loss = loss + self.config.given_nll * nll
+        loss.backward()
+        return float(kl.detach()), float(anchored.detach()), float(nll.detach())
 
     def _student_samples(self, lessons: Sequence[Lesson]) -> list[list[Completion]]:
         """`student_samples` on-policy replies per lesson, each in its lesson's format (reasoning
