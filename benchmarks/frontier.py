@@ -50,6 +50,7 @@ from lifelong.cli import _quiet_libraries
 from lifelong.learn.sft import SFTConfig, SFTLearner
 from lifelong.loop.feedback import correction_completion
 from lifelong.model.loading import load_model
+from lifelong.model.memory_layer import MemorySettings
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Batch, Sample
 
@@ -91,7 +92,7 @@ def teaching(policy: Policy, facts: Sequence[Fact]) -> Batch:
 def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model, tokenizer, name = load_model(args.model)
-    policy = Policy(model, tokenizer, name=name, unit=unit)
+    policy = Policy(model, tokenizer, name=name, unit=unit, memory=args.memory)
     facts = make_facts(args.facts, 2, seed)
     first, second = [f for f in facts if f.batch == 0], [f for f in facts if f.batch == 1]
     general_q, general_a = [q for q, _ in GENERAL], [a for _, a in GENERAL]
@@ -148,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts", type=int, default=40, help="made-up facts, taught in two batches (40)")
     parser.add_argument("--steps", type=int, default=8, help="full-batch steps per batch (8)")
     parser.add_argument("--general-items", type=int, default=32, help="general probe items per task (32)")
+    parser.add_argument("--train-slots", type=int, default=MemorySettings.train_slots,
+                        help="memory slots a step may change, per layer (TF-IDF's top t)")  # fmt: skip
+    parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    args.memory = MemorySettings(train_slots=args.train_slots, optimizer=args.memory_optimizer)
     _quiet_libraries()
     torch.set_num_threads(args.threads)
     lrs: dict[str, tuple[float, ...]] = dict(DEFAULT_LRS)

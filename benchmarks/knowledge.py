@@ -254,6 +254,7 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     from lifelong.loop.tenants import CorrectionRule, TenantLearner, ensure_initial_adapter
     from lifelong.memory.store import ExperienceStore
     from lifelong.model.loading import load_model
+    from lifelong.model.memory_layer import MemorySettings
     from lifelong.model.policy import Policy
     from lifelong.serve.adapters import AdapterBank
     from lifelong.serve.config import LearnerConfig, ServeConfig, adapters_folder
@@ -262,7 +263,11 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     # holdout_every=0: every taught fact is learned (a held-out correction is never trained on, so
     # with the server's default of every 5th, a fifth of the facts could never be known closed-book).
     config = ServeConfig(
-        store=folder, learner=LearnerConfig(holdout_every=0), answer_tokens=args.answer_tokens, unit=args.unit
+        store=folder,
+        learner=LearnerConfig(holdout_every=0),
+        answer_tokens=args.answer_tokens,
+        unit=args.unit,
+        memory_unit=MemorySettings(optimizer=args.memory_optimizer),
     )
     model, tokenizer, name = load_model(args.model)
     policy = Policy.for_config(model, tokenizer, name, config)
@@ -272,7 +277,8 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     if args.steps_per_round is not None:
         learning = replace(learning, steps_per_round=args.steps_per_round)
     distill = {"learning_rate": args.distill_lr, "given_nll": args.given_nll, "warmup_steps": args.warmup_steps}
-    learning = replace(learning, distill=replace(learning.distill, **{k: v for k, v in distill.items() if v is not None}))
+    distill = {k: v for k, v in distill.items() if v is not None}
+    learning = replace(learning, distill=replace(learning.distill, **distill))
     learners = {
         rule: TenantLearner(replace(learning, correction_rule=rule), policy, store, adapters_folder(config), initial)
         for rule in (CorrectionRule.DISTILL, CorrectionRule.NLL)
@@ -602,10 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a Hugging Face model id or folder (default: the embedded one)")
     parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
+    parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
     parser.add_argument("--steps-per-round", type=int, default=None, help="updates per round (the server's: 2)")
     parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
-    parser.add_argument("--given-nll", type=float, default=None,
-                        help="weight of the NLL of a correction's answer in distillation (the server's: DistillConfig's)")
+    parser.add_argument("--given-nll", type=float, default=None, help="weight of a correction's NLL in distillation")
     parser.add_argument("--warmup-steps", type=int, default=None, help="the learners' warm-up (the server's: 10)")
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)

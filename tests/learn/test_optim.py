@@ -39,3 +39,17 @@ def test_warmup_rises_linearly_with_the_optimizers_steps_and_restarts_with_a_fre
 def test_no_warmup_sets_the_rate_as_given() -> None:
     _, optimizer = _adam()
     assert set_learning_rate(optimizer, 3e-4) == 3e-4 and optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def test_sgd_counts_its_steps_for_the_warmup_and_a_restore_brings_the_count_back() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    for _ in range(2):
+        set_learning_rate(optimizer, 1e-2, warmup_steps=4)
+        _step(weight, optimizer)
+    assert steps_taken(optimizer) == 2 and set_learning_rate(optimizer, 1e-2, warmup_steps=4) == pytest.approx(7.5e-3)
+    saved = optimizer.state_dict()
+    fresh = torch.optim.SGD([weight], lr=1.0)
+    assert steps_taken(fresh) == 0
+    fresh.load_state_dict(saved)
+    assert steps_taken(fresh) == 2

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from lifelong.errors import ConfigError
 from lifelong.model.memory_layer import (
     MemoryLayer,
+    MemoryOptimizer,
     MemorySettings,
     counting,
     heal_memory,
@@ -140,3 +141,6 @@ def test_bad_settings_say_what_to_use() -> None:
         MemorySettings(key_dim=7)
     with pytest.raises(ConfigError, match="layers"):
         MemorySettings(layers=())
+    with pytest.raises(ConfigError, match="adamw, sgd"):
+        MemorySettings(optimizer="lion")  # type: ignore[arg-type]
+    assert MemorySettings.from_dict({"optimizer": "sgd"}).optimizer is MemoryOptimizer.SGD

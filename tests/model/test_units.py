@@ -6,6 +6,7 @@ checkpoint ring; a memory unit's update moves only the slots its batch chose."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from lifelong.learn.logprobs import pretrained_kl
 from lifelong.learn.sft import SFTConfig, SFTLearner
 from lifelong.loop.config import RunConfig
 from lifelong.model.adapters import adapter_state, load_adapter, trainable
-from lifelong.model.memory_layer import MemorySettings
+from lifelong.model.memory_layer import DEFAULT_LR_SCALE, MemoryOptimizer, MemorySettings
 from lifelong.model.policy import GenerationConfig, Policy, Unit, require_lora
 from lifelong.types import Batch, Sample
 
@@ -118,6 +119,26 @@ def test_a_memory_units_state_is_a_sparse_delta_and_an_update_moves_at_most_trai
     written = torch.nonzero(values.detach().abs().sum(-1)).flatten()
     assert torch.equal(state["memory.0.rows"], written) and written.numel() <= 2 * TINY_MEMORY.train_slots
     assert state["memory.0.values"].shape == (written.numel(), policy.model.config.hidden_size)
+
+
+def test_the_memory_values_can_learn_by_sgd_at_its_own_scale_and_still_only_in_chosen_slots(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    settings = replace(TINY_MEMORY, optimizer=MemoryOptimizer.SGD, lr_scale=None)
+    policy = Policy(make_learnable_model(tokenizer), tokenizer, name="tiny", unit="memory", memory=settings)
+    learner = SFTLearner(policy, SFTConfig(learning_rate=1e-8, warmup_steps=0))
+    assert isinstance(learner.optimizer, torch.optim.SGD)
+    batch = _sft_batch(policy)
+    values = policy.memories[0].values.weight
+    before, loss = values.detach().clone(), None
+    for _ in range(3):
+        report = learner.update(batch)
+        assert report.applied
+        loss = loss or report.metrics["loss/nll"]
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-8 * DEFAULT_LR_SCALE[MemoryOptimizer.SGD])
+    moved = torch.nonzero((values.detach() - before).abs().sum(-1)).flatten()
+    assert 0 < moved.numel() <= 3 * settings.train_slots
+    assert learner.update(batch).metrics["loss/nll"] < loss  # it learns
 
 
 def test_a_state_of_another_unit_or_shape_is_refused(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -9,18 +9,27 @@ from collections.abc import Sequence
 import torch
 
 from lifelong.model.adapters import optimizer_groups
-from lifelong.model.memory_layer import MemoryLayer, only_chosen_slots
+from lifelong.model.memory_layer import MemoryLayer, MemoryOptimizer, only_chosen_slots
 from lifelong.model.policy import Policy
+
+_STEPS = "steps_taken"
 
 
 def make_optimizer(policy: Policy, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over the policy's learning unit (LoRA, memory values or every weight)."""
-    return torch.optim.AdamW(optimizer_groups(policy, weight_decay), lr=learning_rate)
+    """AdamW over the policy's learning unit (LoRA, memory values or every weight); plain SGD over
+    memory values when their settings ask for it (`MemoryOptimizer`)."""
+    groups = optimizer_groups(policy, weight_decay)
+    if policy.memories and policy.memories[0].settings.optimizer is MemoryOptimizer.SGD:
+        return torch.optim.SGD(groups, lr=learning_rate)
+    return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def steps_taken(optimizer: torch.optim.Optimizer) -> int:
-    """Steps the optimizer's state has seen (0 for a fresh or freshly restored step-0 state)."""
-    return int(max((float(s["step"]) for s in optimizer.state.values() if "step" in s), default=0.0))
+    """Steps the optimizer's state has seen (0 for a fresh or freshly restored step-0 state): Adam's
+    own count, or the one `clipped_step` keeps in the groups for SGD, which counts nothing itself."""
+    counts = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
+    counts += [float(g.get(_STEPS, 0)) for g in optimizer.param_groups]
+    return int(max(counts, default=0.0))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float, warmup_steps: int = 0) -> float:
@@ -58,4 +67,6 @@ def clipped_step(
             optimizer.zero_grad(set_to_none=True)
             return norm
         optimizer.step()
+    for group in optimizer.param_groups:  # saved and restored with the groups
+        group[_STEPS] = group.get(_STEPS, 0) + 1
     return norm

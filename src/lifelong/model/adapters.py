@@ -41,7 +41,9 @@ def optimizer_groups(policy: Policy, weight_decay: float) -> list[dict[str, Any]
     """The trainable parameters as optimizer groups; `set_learning_rate` multiplies a group's
     `lr_scale` in. Memory values take no weight decay: it would move every slot at every step."""
     if policy.unit is Unit.MEMORY:
-        return [{"params": trainable(policy), "lr_scale": policy.memories[0].settings.lr_scale, "weight_decay": 0.0}]
+        return [
+            {"params": trainable(policy), "lr_scale": policy.memories[0].settings.values_lr_scale, "weight_decay": 0.0}
+        ]
     return [{"params": trainable(policy), "lr_scale": 1.0, "weight_decay": weight_decay}]
 
 

@@ -22,6 +22,7 @@ no other slot's value changes, Adam's momentum from earlier steps included.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.errors import ConfigError
+
+
+class MemoryOptimizer(enum.StrEnum):
+    """How the values learn. Adam divides each value's step by its own gradient's size, so every
+    slot a step chose moves by about the rate, the ones a lesson barely reads as far as the ones
+    that hold its answer; SGD moves each in proportion to its gradient. Teaching 20 made-up facts,
+    SGD lost no general probe where Adam lost 2-5 of 64 at the same new-fact accuracy, but it
+    kept less of an earlier batch (dev/LOG.md, stop 29)."""
+
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+# The values' rate over the learner's when `lr_scale` is not set. A read weighs ~1 / (heads * topk),
+# so a value's gradient is tiny (~1e-3 in norm over all of them): SGD needs a rate ~1e6 to write a
+# fact in a few steps, Adam ~1 (dev/LOG.md, stops 23 and 29). Both for the learners' 2e-4.
+DEFAULT_LR_SCALE = {MemoryOptimizer.ADAMW: 5000.0, MemoryOptimizer.SGD: 1.25e10}
 
 
 @dataclass(frozen=True)
@@ -47,13 +65,21 @@ class MemorySettings:
     # Slots a step may change, per layer (TF-IDF's top t). On the demo's first task 4096 learnt
     # more than 1024 or 16384 (one seed each, dev/LOG.md, stop 23).
     train_slots: int = 4096
+    optimizer: MemoryOptimizer = MemoryOptimizer.ADAMW
     # The values' learning rate over the learner's (whose defaults, 2e-4, suit LoRA): a value starts
     # at zero and a token reads it with weight ~1 / (heads * topk), so it needs a far larger step to
-    # matter. 5000 gives the values a rate of 1.0 (dev/LOG.md, stop 23: 0.02 learnt nothing on the
-    # demo's first task, 1.0 learnt most, 5.0 drifted past the guard's budget).
-    lr_scale: float = 5000.0
+    # matter. None: the optimizer's `DEFAULT_LR_SCALE`; Adam's 5000 gives the values a rate of 1.0
+    # (dev/LOG.md, stop 23: 0.02 learnt nothing on the demo's first task, 1.0 learnt most, 5.0
+    # drifted past the guard's budget).
+    lr_scale: float | None = None
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "optimizer", MemoryOptimizer(self.optimizer))
+        except ValueError:
+            raise ConfigError(
+                f"memory.optimizer {self.optimizer!r} is unknown", f"use one of {', '.join(MemoryOptimizer)}"
+            ) from None
         if self.n_keys < 2 or self.heads < 1 or self.key_dim % 2 or not 1 <= self.topk <= self.n_keys:
             raise ConfigError(
                 "memory: n_keys >= 2, heads >= 1, an even key_dim and 1 <= topk <= n_keys",
@@ -61,8 +87,13 @@ class MemorySettings:
             )
         if not self.layers:
             raise ConfigError("memory.layers is empty", "name at least one decoder layer, e.g. (-3,)")
-        if self.train_slots < 1 or self.lr_scale <= 0:
-            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 4096 and 5000")
+        if self.train_slots < 1 or (self.lr_scale is not None and self.lr_scale <= 0):
+            raise ConfigError("memory: train_slots >= 1 and lr_scale > 0", "the defaults are 4096 and the optimizer's")
+
+    @property
+    def values_lr_scale(self) -> float:
+        """The values' rate over the learner's: `lr_scale`, or the optimizer's default."""
+        return DEFAULT_LR_SCALE[self.optimizer] if self.lr_scale is None else self.lr_scale
 
     @property
     def slots(self) -> int:
@@ -295,7 +326,9 @@ def heal_memory(model: nn.Module, memories: Sequence[MemoryLayer], texts: Sequen
 
 
 __all__ = [
+    "DEFAULT_LR_SCALE",
     "MemoryLayer",
+    "MemoryOptimizer",
     "MemorySettings",
     "WithMemory",
     "counting",
