@@ -152,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-slots", type=int, default=MemorySettings.train_slots,
                         help="memory slots a step may change, per layer (TF-IDF's top t)")  # fmt: skip
     parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
+    parser.add_argument("--reads-by-gradient", action="store_true",
+                        help="choose memory slots by reads weighed by the loss's gradient")  # fmt: skip
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    args.memory = MemorySettings(train_slots=args.train_slots, optimizer=args.memory_optimizer)
+    args.memory = MemorySettings(
+        train_slots=args.train_slots, optimizer=args.memory_optimizer, reads_by_gradient=args.reads_by_gradient
+    )
     _quiet_libraries()
     torch.set_num_threads(args.threads)
     lrs: dict[str, tuple[float, ...]] = dict(DEFAULT_LRS)

@@ -95,6 +95,42 @@ def test_healing_fits_keys_to_the_text_and_counts_its_reads_without_moving_an_ou
     assert counts[0].sum() == len(texts[0]) * SMALL.heads * SMALL.topk
 
 
+def test_reads_by_gradient_count_only_where_the_loss_reaches_weighed_by_its_gradient(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    model = make_tiny_model(tokenizer)
+    settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,), reads_by_gradient=True)
+    (memory,) = insert_memory(model, settings)
+    model.requires_grad_(False)
+    memory.values.weight.requires_grad_(True)
+    hidden: list[torch.Tensor] = []
+    read_out_grad: list[torch.Tensor] = []
+
+    def keep(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        hidden.append(args[0].detach())
+        if out.requires_grad:
+            out.register_hook(read_out_grad.append)
+
+    memory.register_forward_hook(keep)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        model(input_ids=ids)  # sampling reads are not the batch's
+    logits = model(input_ids=ids).logits
+    assert memory.batch_reads.sum() == 0  # counted in the backward, where the gradient is known
+    # In the last layer a token's read-out reaches only its own logits: a loss on the last
+    # position reaches the last token's reads and no other's, each weighed by the gradient's norm.
+    logits[0, -1].logsumexp(-1).backward()
+    slots, _ = memory.lookup(hidden[-1][0, -1])
+    weighed = torch.zeros_like(memory.batch_reads)
+    weighed.index_add_(0, slots, read_out_grad[-1][0, -1].double().norm().expand(len(slots)))
+    assert torch.allclose(memory.batch_reads, weighed)
+    # Counted plainly, the same loss counts every token's reads.
+    memory.settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,))
+    memory.batch_reads.zero_()
+    model(input_ids=ids).logits[0, -1].logsumexp(-1).backward()
+    assert memory.batch_reads.sum() == ids.numel() * settings.heads * settings.topk
+
+
 def test_a_sparse_step_moves_only_the_chosen_slots_even_with_adams_momentum(tokenizer: PreTrainedTokenizerBase) -> None:
     model = make_tiny_model(tokenizer)
     settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,), train_slots=3)
