@@ -267,7 +267,7 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
         learner=LearnerConfig(holdout_every=0),
         answer_tokens=args.answer_tokens,
         unit=args.unit,
-        memory_unit=MemorySettings(optimizer=args.memory_optimizer),
+        memory_unit=MemorySettings(optimizer=args.memory_optimizer, reads_by_gradient=args.reads_by_gradient),
     )
     model, tokenizer, name = load_model(args.model)
     policy = Policy.for_config(model, tokenizer, name, config)
@@ -609,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="a Hugging Face model id or folder (default: the embedded one)")
     parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
     parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
+    parser.add_argument("--reads-by-gradient", action="store_true",
+                        help="choose memory slots by reads weighed by the loss's gradient")  # fmt: skip
     parser.add_argument("--steps-per-round", type=int, default=None, help="updates per round (the server's: 2)")
     parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
     parser.add_argument("--given-nll", type=float, default=None, help="weight of a correction's NLL in distillation")
