@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # knowledge.py and chat_parity.py beside this file
 from chat_parity import QUESTIONS as GENERAL
 from chat_parity import first_word
-from knowledge import Fact, Progress, make_facts, messages, say
+from knowledge import Fact, Progress, add_memory_unit_arguments, make_facts, messages, say
 from memory_unit import general_answers
 
 from lifelong.cli import _quiet_libraries
@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--general-items", type=int, default=32, help="general probe items per task (32)")
     parser.add_argument("--train-slots", type=int, default=MemorySettings.train_slots,
                         help="memory slots a step may change, per layer (TF-IDF's top t)")  # fmt: skip
-    parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
-    parser.add_argument("--reads-by-gradient", action="store_true",
-                        help="choose memory slots by reads weighed by the loss's gradient")  # fmt: skip
+    add_memory_unit_arguments(parser)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")

@@ -599,6 +599,13 @@ def report(summary: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def add_memory_unit_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the memory unit's values learn (`MemorySettings`), for this benchmark and frontier.py."""
+    parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
+    parser.add_argument("--reads-by-gradient", action="store_true",
+                        help="choose memory slots by reads weighed by the loss's gradient")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=100)
@@ -608,9 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="a Hugging Face model id or folder (default: the embedded one)")
     parser.add_argument("--unit", default="lora", help="what the weights learn with: lora, memory or full (issue 21)")
-    parser.add_argument("--memory-optimizer", default="adamw", help="how memory values learn: adamw or sgd")
-    parser.add_argument("--reads-by-gradient", action="store_true",
-                        help="choose memory slots by reads weighed by the loss's gradient")  # fmt: skip
+    add_memory_unit_arguments(parser)
     parser.add_argument("--steps-per-round", type=int, default=None, help="updates per round (the server's: 2)")
     parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
     parser.add_argument("--given-nll", type=float, default=None, help="weight of a correction's NLL in distillation")

@@ -3,6 +3,8 @@ sparse updates that move only the chosen slots."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tests.conftest import make_tiny_model
@@ -99,8 +101,7 @@ def test_reads_by_gradient_count_only_where_the_loss_reaches_weighed_by_its_grad
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     model = make_tiny_model(tokenizer)
-    settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,), reads_by_gradient=True)
-    (memory,) = insert_memory(model, settings)
+    (memory,) = insert_memory(model, dataclasses.replace(SMALL, reads_by_gradient=True))
     model.requires_grad_(False)
     memory.values.weight.requires_grad_(True)
     hidden: list[torch.Tensor] = []
@@ -125,10 +126,10 @@ def test_reads_by_gradient_count_only_where_the_loss_reaches_weighed_by_its_grad
     weighed.index_add_(0, slots, read_out_grad[-1][0, -1].double().norm().expand(len(slots)))
     assert torch.allclose(memory.batch_reads, weighed)
     # Counted plainly, the same loss counts every token's reads.
-    memory.settings = MemorySettings(n_keys=16, heads=2, topk=4, key_dim=8, layers=(-1,))
+    memory.settings = SMALL
     memory.batch_reads.zero_()
     model(input_ids=ids).logits[0, -1].logsumexp(-1).backward()
-    assert memory.batch_reads.sum() == ids.numel() * settings.heads * settings.topk
+    assert memory.batch_reads.sum() == ids.numel() * SMALL.heads * SMALL.topk
 
 
 def test_a_sparse_step_moves_only_the_chosen_slots_even_with_adams_momentum(tokenizer: PreTrainedTokenizerBase) -> None:

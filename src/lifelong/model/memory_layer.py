@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -170,17 +170,18 @@ class MemoryLayer(nn.Module):
         slots, weights = self.lookup(hidden)
         # Reads are counted while healing and by forwards that learn, never while sampling.
         learning = torch.is_grad_enabled() and self.values.weight.requires_grad
-        if self.counting:
-            self.counts.index_add_(0, slots.flatten(), torch.ones(slots.numel(), dtype=self.counts.dtype))
+        tallies = [self.counts] if self.counting else []
         if learning and not self.settings.reads_by_gradient:
-            self.batch_reads.index_add_(0, slots.flatten(), torch.ones(slots.numel(), dtype=self.batch_reads.dtype))
+            tallies.append(self.batch_reads)
+        for tally in tallies:
+            tally.index_add_(0, slots.flatten(), torch.ones(slots.numel(), dtype=tally.dtype))
         flat = slots.reshape(-1, slots.shape[-1])
         out = F.embedding_bag(flat, self.values.weight, per_sample_weights=weights.reshape(flat.shape), mode="sum")
         if learning and self.settings.reads_by_gradient:
             out.register_hook(self._reads_by_gradient(flat))
         return out.reshape(hidden.shape)
 
-    def _reads_by_gradient(self, flat_slots: torch.Tensor) -> Any:
+    def _reads_by_gradient(self, flat_slots: torch.Tensor) -> Callable[[torch.Tensor], None]:
         """A backward hook on the read-out that counts each token's reads weighed by the norm of
         the loss's gradient there (a token the loss does not reach counts nothing)."""
 
