@@ -147,7 +147,7 @@ def test_settings_mirror_our_update() -> None:
     g = config.grpo
     assert args.generation_batch_size == config.episodes_per_step == 32  # 4 prompts x 8 samples per step
     assert args.num_generations == g.group_size
-    assert args.per_device_train_batch_size == g.micro_batch  # our learner's micro-batches
+    assert args.per_device_train_batch_size == 16  # what TRL always ran with (trl_runner.TRL_MICRO_BATCH)
     assert (args.learning_rate, args.beta, args.epsilon, args.epsilon_high) == (2e-4, 0.02, 0.2, 0.28)
     assert args.loss_type == "dapo" and args.scale_rewards == "group" and args.lr_scheduler_type == "constant"
     assert args.max_completion_length == config.answer_tokens and args.temperature == 1.0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tests.conftest import make_tiny_model
@@ -153,6 +155,33 @@ def test_kl_is_zero_before_learning_and_positive_after(tiny_policy: Policy) -> N
     second = learner.update(make_batch(_sampled_episodes(tiny_policy, reward, seed=1)))
     assert second.metrics["kl/ref"] > 0
     assert 0.0 <= second.metrics["policy/clip_frac"] <= 1.0
+
+
+def test_the_step_does_not_depend_on_how_the_batch_is_cut_into_micro_batches(tokenizer) -> None:
+    """One micro-batch, one per sample, or cut by a token budget: the same gradient, with the
+    reference's log-probs taken once a batch in chunks of their own."""
+    reward = lambda c: float(c.token_ids[2] % 2 == 0)  # noqa: E731
+
+    def step(micro_batch: int, micro_batch_tokens: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        policy = Policy(make_tiny_model(tokenizer), tokenizer)
+        moved = GRPOLearner(policy, GRPOConfig(learning_rate=0.05, kl_coef=0.1))
+        moved.update(make_batch(_sampled_episodes(policy, reward)))  # the k3 term is 0 until the adapters move
+        learner = GRPOLearner(
+            policy, GRPOConfig(kl_coef=0.1, micro_batch=micro_batch, micro_batch_tokens=micro_batch_tokens)
+        )
+        episodes = [
+            replace(e, group=f"g{seed}") for seed in (1, 2) for e in _sampled_episodes(policy, reward, n=6, seed=seed)
+        ]
+        learner.optimizer.step = lambda *a, **k: None  # keep the gradient, move nothing
+        report = learner.update(make_batch(episodes))
+        assert report.applied and report.metrics["kl/ref"] > 0
+        return [p.grad.clone() for p in learner.optimizer.param_groups[0]["params"]]
+
+    whole = step(32, 0)
+    for cut in (step(1, 0), step(32, 30)):
+        for a, b in zip(whole, cut, strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_batch_without_signal_is_not_applied(tiny_policy: Policy) -> None:

@@ -5,7 +5,13 @@ from typing import Any
 import pytest
 import torch
 
-from lifelong.learn.logprobs import PretrainedLogSoftmax, completion_log_softmax, micro_batches, pretrained_kl
+from lifelong.learn.logprobs import (
+    PretrainedLogSoftmax,
+    completion_log_softmax,
+    completion_logprobs,
+    micro_batches,
+    pretrained_kl,
+)
 from lifelong.model.adapters import trainable
 from lifelong.model.policy import GenerationConfig, Policy
 from lifelong.types import Sample
@@ -28,10 +34,23 @@ def _moved(policy: Policy) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
 
 
+def _rows(prompts: list[tuple[int, ...]], completion: int = 1) -> list[Sample]:
+    return [Sample(p, (0,) * completion, (0.0,) * completion, (1,) * completion, 0.0) for p in prompts]
+
+
 def test_micro_batches_keep_a_shared_prompt_together_and_split_only_huge_groups() -> None:
     prompts = [(1,)] * 3 + [(2,)] * 3 + [(3,)] * 9
-    assert micro_batches(prompts, 4) == [slice(0, 6), slice(6, 14), slice(14, 15)]
-    assert micro_batches([(1,), (2,), (3,)], 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert micro_batches(_rows(prompts), 4) == [slice(0, 6), slice(6, 14), slice(14, 15)]
+    assert micro_batches(_rows([(1,), (2,), (3,)]), 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert micro_batches([], 4) == []
+
+
+def test_micro_batches_end_before_the_token_budget_even_inside_a_group() -> None:
+    samples = _rows([(1, 1)] * 4 + [(2, 2)] * 4, completion=3)  # 5 tokens each
+    assert micro_batches(samples, 8) == [slice(0, 8)]
+    assert micro_batches(samples, 8, max_tokens=20) == [slice(0, 4), slice(4, 8)]
+    assert micro_batches(samples, 8, max_tokens=12) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
+    assert micro_batches(samples, 8, max_tokens=3) == [slice(i, i + 1) for i in range(8)]  # one row always runs
 
 
 def test_the_kept_reference_gives_the_anchor_gradient_of_a_fresh_one(tiny_policy: Policy, monkeypatch: Any) -> None:
@@ -153,3 +172,31 @@ def test_completions_run_by_length_give_the_log_probs_and_gradient_of_one_padded
     assert torch.allclose(split, whole, atol=1e-5)
     for a, b in zip(split_grads, whole_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_log_probs_of_the_own_positions_equal_the_whole_log_softmax_gathered(tiny_policy: Policy) -> None:
+    """`completion_logprobs` normalises only each completion's own positions; its log-probs,
+    entropy and gradient are those of the padded (B, C, V) log-softmax, at a temperature too."""
+    _moved(tiny_policy)
+    samples = _samples(tiny_policy, ["What is 2 + 2?", "Name a colour.", "Say hi."])
+    long = samples[0]
+    samples.append(Sample(long.prompt_ids, long.completion_ids * 3, long.sampler_logprobs * 3, long.loss_mask * 3, 0.0))
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in trainable(tiny_policy)]  # type: ignore[union-attr]
+        tiny_policy.model.zero_grad(set_to_none=True)
+        return out
+
+    tiny_policy.model.zero_grad(set_to_none=True)
+    logp, entropy, mask = completion_logprobs(tiny_policy.model, samples, tiny_policy.pad_id, temperature=0.7)
+    (logp * mask).sum().backward()
+    own = grads()
+    whole, ids, _ = completion_log_softmax(tiny_policy.model, samples, tiny_policy.pad_id, temperature=0.7)
+    gathered = whole.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    (gathered * mask).sum().backward()
+    assert torch.allclose(logp * mask, gathered * mask, atol=1e-5)
+    assert torch.allclose(entropy * mask, -(whole.exp() * whole).sum(-1).detach() * mask, atol=1e-4)
+    for a, b in zip(own, grads(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+    _, none, _ = completion_logprobs(tiny_policy.model, samples, tiny_policy.pad_id, with_entropy=False)
+    assert not none.any()

@@ -20,8 +20,10 @@ How each setting is matched (TRL 1.16):
   reward      the task's own scorer on the answer line, as our actor: `env.reset(seed)` then
               `env.step(answer)`, the answer parsed as `Policy.respond` parses it.
   budget      one optimizer step per step of our schedule: prompts_per_step prompts x group_size
-              samples (`num_generations`), micro-batches of `grpo.micro_batch` (gradient
-              accumulation), `max_completion_length = answer_tokens`, temperature 1, no top-k/top-p.
+              samples (`num_generations`), micro-batches of 16 samples (gradient accumulation; TRL
+              has no token-bounded micro-batches, and 16 is what it always ran with here, our
+              learner's old default), `max_completion_length = answer_tokens`, temperature 1, no
+              top-k/top-p.
   update      AdamW (`adamw_torch`) at our learning rate with a constant schedule, one optimizer for
               the whole stream as ours; clip epsilon 0.2 / epsilon_high 0.28; beta = kl_coef with the
               k3 estimator; loss_type "dapo" (token mean over the whole step, as ours); advantages
@@ -214,10 +216,15 @@ class TRLReward:
 
 
 # ---- TRL's configuration -------------------------------------------------------------------------
+TRL_MICRO_BATCH = 16
+
+
 def micro_batch(config: RunConfig) -> int:
-    """Our learner's micro-batch, shrunk to a divisor of the step so TRL's accumulation is exact."""
+    """TRL's micro-batch (`TRL_MICRO_BATCH`, at most our learner's), shrunk to a divisor of the step
+    so TRL's accumulation is exact."""
     per_step = config.episodes_per_step
-    return max(d for d in range(1, min(config.grpo.micro_batch, per_step) + 1) if per_step % d == 0)
+    largest = min(TRL_MICRO_BATCH, config.grpo.micro_batch, per_step)
+    return max(d for d in range(1, largest + 1) if per_step % d == 0)
 
 
 def trl_settings(config: RunConfig, output_dir: Path, max_steps: int) -> dict[str, Any]:

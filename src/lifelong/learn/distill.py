@@ -153,7 +153,7 @@ class SelfDistiller:
         kl = anchored = nll = 0.0
         general: dict[str, float] = {}
         with self.policy.learning():
-            for rows in micro_batches([p.student.prompt_ids for p in pairs], cfg.micro_batch):
+            for rows in micro_batches([p.student for p in pairs], cfg.micro_batch):
                 part = self._accumulate(pairs[rows], reference, tokens, given_tokens)
                 kl, anchored, nll = kl + part[0], anchored + part[1], nll + part[2]
             if anchors and cfg.anchor_coef > 0:

@@ -49,7 +49,10 @@ class GRPOConfig:
     kl_coef: float = 0.02
     scale_rewards: bool = True  # divide advantages by the group std (GRPO); False = Dr. GRPO
     epochs: int = 1  # passes over each batch; >1 makes the clip matter
-    micro_batch: int = 16  # samples per forward/backward; bounds memory
+    # A micro-batch (one forward/backward) holds at most `micro_batch` samples and, when it is
+    # more than 0, `micro_batch_tokens` prompt and completion tokens: memory goes with tokens.
+    micro_batch: int = 32
+    micro_batch_tokens: int = 2048
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     temperature: float = 1.0  # must match the sampler's
@@ -73,8 +76,10 @@ class GRPOConfig:
             raise ConfigError("clip_low must be in [0, 1) and clip_high >= 0", "the defaults are 0.2 and 0.28")
         if self.kl_coef < 0 or self.anchor_coef < 0:
             raise ConfigError("kl_coef and anchor_coef must be >= 0", "use 0 to switch a KL term off")
-        if self.epochs < 1 or self.micro_batch < 1:
-            raise ConfigError("epochs and micro_batch must be >= 1", "the defaults are 1 and 16")
+        if self.epochs < 1 or self.micro_batch < 1 or self.micro_batch_tokens < 0:
+            raise ConfigError(
+                "epochs and micro_batch must be >= 1 and micro_batch_tokens >= 0", "the defaults are 1, 32 and 2048"
+            )
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}", "0 (the default) switches it off")
 
@@ -189,11 +194,13 @@ class GRPOLearner:
         model.train()
         sums: dict[str, float] = defaultdict(float)
         grad_norm = 0.0
+        reference = self._reference_logprobs(batch.samples) if cfg.kl_coef > 0 and batch.samples else None
         for _ in range(cfg.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             with self.policy.learning():
-                for rows in micro_batches([s.prompt_ids for s in batch.samples], cfg.micro_batch):
-                    for k, v in self._accumulate(list(batch.samples[rows]), total_tokens).items():
+                for rows in micro_batches(batch.samples, cfg.micro_batch, cfg.micro_batch_tokens):
+                    ref_logp = reference[rows] if reference is not None else None
+                    for k, v in self._accumulate(list(batch.samples[rows]), total_tokens, ref_logp).items():
                         sums[k] += v
                 if anchors:
                     sums["anchor/kl"] += hold_to_pretrained(
@@ -229,15 +236,31 @@ class GRPOLearner:
         """Backward `auxiliary_coef` x the token-mean NLL of the auxiliary targets; returns the NLL."""
         total = sum(sum(s.loss_mask) for s in targets)
         nll = 0.0
-        for rows in micro_batches([s.prompt_ids for s in targets], self.config.micro_batch):
+        for rows in micro_batches(targets, self.config.micro_batch, self.config.micro_batch_tokens):
             logp, _, mask = completion_logprobs(self.policy.model, list(targets[rows]), self.policy.pad_id)
             loss = -(logp * mask).sum() / total
             (self.config.auxiliary_coef * loss).backward()
             nll += float(loss.detach())
         return nll
 
-    def _accumulate(self, chunk: list[Sample], total_tokens: int) -> dict[str, float]:
-        """Forward/backward one micro-batch; returns token-summed metrics."""
+    def _reference_logprobs(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """(N, C) log-probs of every sample's completion under the reference (the adapters off), for
+        the k3 term: once a batch, not once an epoch, and in chunks twice a micro-batch, since a
+        forward without gradients keeps no activations (fewer, fuller forwards: dev/LOG.md, stop 30)."""
+        cfg = self.config
+        width = max(len(s.completion_ids) for s in samples)
+        out = torch.zeros(len(samples), width)
+        with torch.no_grad(), self.policy.learning(), self.policy.pretrained():
+            for rows in micro_batches(samples, 2 * cfg.micro_batch, 2 * cfg.micro_batch_tokens):
+                logp, _, _ = completion_logprobs(
+                    self.policy.model, samples[rows], self.policy.pad_id, cfg.temperature, with_entropy=False
+                )
+                out[rows, : logp.shape[1]] = logp
+        return out
+
+    def _accumulate(self, chunk: list[Sample], total_tokens: int, ref_logp: torch.Tensor | None) -> dict[str, float]:
+        """Forward/backward one micro-batch against its reference log-probs (None: no k3 term);
+        returns token-summed metrics."""
         cfg, model, pad = self.config, self.policy.model, self.policy.pad_id
         logp, entropy, mask = completion_logprobs(model, chunk, pad, cfg.temperature)  # (B, C)
         old = torch.zeros_like(logp)
@@ -249,10 +272,8 @@ class GRPOLearner:
         clipped = torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high)
         policy_loss = -torch.minimum(ratio * adv, clipped * adv)  # (B, C)
         kl = torch.zeros_like(logp)
-        if cfg.kl_coef > 0:
-            with torch.no_grad(), self.policy.pretrained():
-                ref_logp, _, _ = completion_logprobs(self.policy.model, chunk, pad, cfg.temperature)
-            delta = (ref_logp - logp) * mask
+        if ref_logp is not None:
+            delta = (ref_logp[:, : logp.shape[1]] - logp) * mask
             kl = torch.exp(delta) - delta - 1  # k3 estimator, >= 0
         loss = ((policy_loss + cfg.kl_coef * kl) * mask).sum() / total_tokens
         loss.backward()

@@ -44,6 +44,60 @@ def completion_log_softmax(
     Row i, position t is the distribution that predicted completion token t of sample i.
     Gradients flow when called with grad enabled.
     """
+    pieces, comp, loss_mask = _completion_logits(model, samples, pad_id)
+    width, order = comp.shape[1], []
+    padded = []
+    for rows, logits in pieces:
+        padded.append(torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1])))
+        order.extend(rows)
+    logits = torch.cat(padded)[torch.tensor(order).argsort()]  # (B, C, V) in the samples' order
+    return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    pad_id: int,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
+
+    Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
+    and on tokens the runtime forced). The entropy is all zeros unless `with_entropy`.
+
+    Only each completion's own positions are normalised (token logit minus the log-sum-exp of its
+    row), never the padding a (B, C, V) tensor would carry: on a GRPO batch of short answers with
+    a few long ones that padding was half the rows, and the whole-vocabulary passes over it a tenth
+    of an update (dev/LOG.md, stop 30)."""
+    pieces, comp, loss_mask = _completion_logits(model, samples, pad_id)
+    lengths = torch.tensor([len(s.completion_ids) for s in samples])
+    logp = torch.zeros(comp.shape)
+    entropy = torch.zeros(comp.shape)
+    for rows, logits in pieces:
+        index = torch.tensor(rows, dtype=torch.long)
+        steps = torch.arange(logits.shape[1])
+        real = steps.unsqueeze(0) < lengths[index].unsqueeze(1)  # (b, L): the rows' own positions
+        row_of, step_of = index.unsqueeze(1).expand_as(real)[real], steps.unsqueeze(0).expand_as(real)[real]
+        scores = logits[real].float()  # (n, V)
+        if temperature != 1.0:
+            scores = scores / temperature
+        norm = scores.logsumexp(-1)  # (n,)
+        chosen = scores.gather(-1, comp[row_of, step_of].unsqueeze(-1)).squeeze(-1)
+        logp = logp.index_put((row_of, step_of), chosen - norm)
+        if with_entropy:
+            with torch.no_grad():  # entropy is a health metric, not a loss term
+                probs = (scores - norm.unsqueeze(-1)).exp()
+                entropy[row_of, step_of] = norm - (probs * scores).sum(-1)
+    return logp, entropy, loss_mask
+
+
+def _completion_logits(
+    model: torch.nn.Module, samples: Sequence[Sample], pad_id: int
+) -> tuple[list[tuple[list[int], torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """The logits that predicted each completion token, as ([rows], (b, L, V)) pieces, one per
+    group of similar lengths (`length_buckets`; position t of a row predicts its token t, positions
+    past the row's length are padding), with the completion ids (B, C) and loss mask (B, C)."""
     if not samples:
         raise ValueError("no samples to score")
     unique: dict[tuple[int, ...], int] = {}
@@ -61,7 +115,7 @@ def completion_log_softmax(
         comp[i, :n] = torch.tensor(s.completion_ids, dtype=torch.long)
         comp_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
-    pieces, order = [], []
+    pieces = []
     buckets = length_buckets(lengths)
     for bucket in buckets:
         rows = sorted(bucket)  # in the samples' order: one bucket of distinct prompts needs no cache copy
@@ -82,10 +136,8 @@ def completion_log_softmax(
                 use_cache=True,
             )
             logits = torch.cat([logits, fed_out.logits], dim=1)
-        pieces.append(torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1])))
-        order.extend(rows)
-    logits = torch.cat(pieces)[torch.tensor(order).argsort()]  # (B, C, V) in the samples' order
-    return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+        pieces.append((rows, logits))
+    return pieces, comp, loss_mask
 
 
 def _cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
@@ -157,35 +209,24 @@ def _prompts_forward(
     return out, mask
 
 
-def completion_logprobs(
-    model: torch.nn.Module,
-    samples: Sequence[Sample],
-    pad_id: int,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
-
-    Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
-    and on tokens the runtime forced).
-    """
-    logp_all, comp, loss_mask = completion_log_softmax(model, samples, pad_id, temperature)
-    logp = logp_all.gather(-1, comp.unsqueeze(-1)).squeeze(-1)  # (B, C)
-    with torch.no_grad():  # entropy is a health metric, not a loss term
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)
-    return logp, entropy, loss_mask
-
-
-def micro_batches(prompts: Sequence[tuple[int, ...]], size: int) -> list[slice]:
-    """Contiguous runs of about `size` rows that keep rows sharing a prompt together when they fit
-    (a shared prompt runs once, above), so a learner's step holds one run's activations at a time."""
+def micro_batches(samples: Sequence[Sample], size: int, max_tokens: int = 0) -> list[slice]:
+    """Contiguous runs of about `size` samples that keep samples sharing a prompt together when they
+    fit (a shared prompt runs once, above), so a learner's step holds one run's activations at a
+    time. With `max_tokens` a run also ends before its prompt and completion tokens would pass it
+    (verl's dynamic batch size): memory goes with tokens, and a batch of short answers then runs in
+    fewer, fuller forwards, which a CPU's matrix products need (dev/LOG.md, stop 30)."""
     runs: list[slice] = []
-    start = 0
-    for i in range(1, len(prompts) + 1):
-        rows = i - start
-        last = i == len(prompts)
-        if last or (rows >= size and prompts[i] != prompts[i - 1]) or rows >= 2 * size:  # a huge group splits anyway
+    start = held = 0
+    for i, sample in enumerate(samples):
+        rows, tokens = i - start, len(sample.prompt_ids) + len(sample.completion_ids)
+        new_prompt = rows > 0 and sample.prompt_ids != samples[i - 1].prompt_ids
+        full = (rows >= size and new_prompt) or rows >= 2 * size  # a huge group splits anyway
+        if rows and (full or (max_tokens and held + tokens > max_tokens)):
             runs.append(slice(start, i))
-            start = i
+            start, held = i, 0
+        held += tokens
+    if samples:
+        runs.append(slice(start, len(samples)))
     return runs
 
 

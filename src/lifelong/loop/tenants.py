@@ -202,7 +202,7 @@ def greedy_gives(policy: Policy, samples: Sequence[Sample], micro_batch: int = 1
     """Whether greedy decoding from each sample's prompt would produce its completion: every target
     token the argmax after the ones before it (one teacher-forced forward, no decoding)."""
     given: list[bool] = []
-    for rows in micro_batches([s.prompt_ids for s in samples], micro_batch):
+    for rows in micro_batches(samples, micro_batch):
         logp, ids, mask = completion_log_softmax(policy.model, list(samples[rows]), policy.pad_id)  # (B, C, V)
         given += ((logp.argmax(-1) == ids) | (mask == 0)).all(-1).tolist()
     return given
@@ -462,7 +462,7 @@ class TenantLearner:
         the first step on-policy as of the live version (ratio 1)."""
         out = []
         size = self.config.grpo.micro_batch
-        for rows in micro_batches([s.prompt_ids for s in samples], size):
+        for rows in micro_batches(samples, size):
             chunk = list(samples[rows])
             with torch.no_grad():
                 logp, _, _ = completion_logprobs(self.policy.model, chunk, self.policy.pad_id)  # (B, C)
