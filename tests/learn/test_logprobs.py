@@ -10,6 +10,7 @@ from lifelong.learn.logprobs import (
     completion_log_softmax,
     completion_logprobs,
     micro_batches,
+    own_positions,
     pretrained_kl,
 )
 from lifelong.model.adapters import trainable
@@ -86,8 +87,8 @@ def test_the_kept_reference_is_bounded(tiny_policy: Policy) -> None:
     samples = _samples(tiny_policy, ["a?", "b?", "c?", "d?"])
     kept = PretrainedLogSoftmax(max_rows=len(samples[0].completion_ids) + len(samples[1].completion_ids))
     want, _, _ = completion_log_softmax(tiny_policy.model, samples, tiny_policy.pad_id)
-    got = kept(tiny_policy, samples)
-    assert torch.allclose(got, want, atol=1e-5)
+    got = kept(tiny_policy, samples)  # (N, V): each completion token's row, sample after sample
+    assert torch.allclose(got, want[own_positions(samples)], atol=1e-5)
     assert kept._rows <= kept.max_rows or len(kept._kept) == 1
 
 

@@ -29,9 +29,10 @@ import torch
 from lifelong.errors import ConfigError
 from lifelong.learn.logprobs import (
     PretrainedLogSoftmax,
-    completion_log_softmax,
     hold_to_pretrained,
     micro_batches,
+    own_log_softmax,
+    own_rows,
     reverse_kl,
 )
 from lifelong.learn.optim import clipped_step, set_learning_rate
@@ -188,37 +189,40 @@ class SelfDistiller:
         teacher, KL to the reference and NLL of the given replies."""
         model, pad = self.policy.model, self.policy.pad_id
         students = [p.student for p in pairs]
-        student_logp, ids, mask = completion_log_softmax(model, students, pad)  # (B, C, V)
+        student_logp, mask = own_log_softmax(model, students, pad)  # (N, V), (N,): each reply token's row
         unlearn = [i for i, p in enumerate(pairs) if p.teacher == LessonTeacher.PRETRAINED]
         with torch.no_grad():
-            # One forward per kind of teacher (the policy; the base model, adapters off), each as wide
-            # as its own longest reply: the zeros left past it are masked out.
+            # One forward per kind of teacher (the policy; the base model, adapters off). A teacher
+            # sample is its student's reply after another prompt: the same rows.
             teacher_logp = torch.zeros_like(student_logp)
             for base in (False, True):
                 rows = [i for i, p in enumerate(pairs) if (p.teacher == LessonTeacher.PRETRAINED) == base]
                 if rows:
                     with self.policy.pretrained() if base else nullcontext():
                         teachers = [pairs[i].teacher_sample for i in rows]
-                        logp, _, _ = completion_log_softmax(self.policy.model, teachers, pad)
-                    teacher_logp[rows, : logp.shape[1]] = logp
+                        logp, _ = own_log_softmax(self.policy.model, teachers, pad)
+                    teacher_logp[own_rows(students, rows)] = logp
             anchor: AbstractContextManager[None] = (
                 self.policy.pretrained() if reference is None else reference.loaded(self.policy)
             )
             with anchor:
-                reference_logp, _, _ = completion_log_softmax(self.policy.model, students, pad)
+                reference_logp, _ = own_log_softmax(self.policy.model, students, pad)
             # Unlearning is held to the base model, not to `reference`: the earlier adapters still
             # know the deleted item, and a geometric mix with them would keep half of it. The base
             # model on the bare question has no lesson to colour its format, so nothing is lost.
             if unlearn:
-                reference_logp[unlearn] = teacher_logp[unlearn]
+                held = own_rows(students, unlearn)
+                reference_logp[held] = teacher_logp[held]
         kl = reverse_kl(student_logp, teacher_logp, mask, tokens)
         anchored = reverse_kl(student_logp, reference_logp, mask, tokens)
         loss = kl + self.config.reference_kl * anchored
         nll = torch.zeros(())
         if self.config.given_nll > 0 and given_tokens:
-            given = mask * torch.tensor([float(p.given) for p in pairs]).unsqueeze(1)
+            given = torch.zeros_like(mask)
+            given[own_rows(students, [i for i, p in enumerate(pairs) if p.given])] = 1.0
+            ids = torch.tensor([t for s in students for t in s.completion_ids])
             token_logp = student_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-            nll = -(token_logp * given).sum() / given_tokens
+            nll = -(token_logp * given * mask).sum() / given_tokens
             loss = loss + self.config.given_nll * nll
         loss.backward()
         return float(kl.detach()), float(anchored.detach()), float(nll.detach())

@@ -12,6 +12,7 @@ precision on the same weights.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -41,17 +42,25 @@ def completion_log_softmax(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log_softmax over the vocabulary (B, C, V), completion ids (B, C), loss mask (B, C)).
 
-    Row i, position t is the distribution that predicted completion token t of sample i.
-    Gradients flow when called with grad enabled.
+    Row i, position t is the distribution that predicted completion token t of sample i (all
+    zeros past the sample's completion). Gradients flow when called with grad enabled.
     """
-    pieces, comp, loss_mask = _completion_logits(model, samples, pad_id)
-    width, order = comp.shape[1], []
-    padded = []
-    for rows, logits in pieces:
-        padded.append(torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1])))
-        order.extend(rows)
-    logits = torch.cat(padded)[torch.tensor(order).argsort()]  # (B, C, V) in the samples' order
-    return torch.log_softmax(logits.float() / temperature, dim=-1), comp, loss_mask
+    logits, comp, loss_mask = _completion_logits(model, samples, pad_id)
+    where = own_positions(samples)
+    padded = logits.new_zeros(*comp.shape, logits.shape[-1]).index_put(where, logits)
+    return torch.log_softmax(padded.float() / temperature, dim=-1), comp, loss_mask
+
+
+def own_log_softmax(
+    model: torch.nn.Module, samples: Sequence[Sample], pad_id: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log_softmax over the vocabulary (N, V), loss mask (N,)) at every completion token, sample
+    after sample (N = the samples' completion tokens in all): only each completion's own
+    positions, never the padding a (B, C, V) tensor carries. On a GRPO batch of short answers with
+    a few long ones that padding was half the rows, and the whole-vocabulary passes over it a
+    tenth of an update (dev/LOG.md, stop 30). Gradients flow when called with grad enabled."""
+    logits, _, _ = _completion_logits(model, samples, pad_id)
+    return torch.log_softmax(_scaled(logits, temperature), dim=-1), _flat([s.loss_mask for s in samples])
 
 
 def completion_logprobs(
@@ -64,40 +73,54 @@ def completion_logprobs(
     """(logprobs, entropy, mask), each (B, C): per completion token, C = longest completion.
 
     Gradients flow when called with grad enabled. `mask` is the samples' loss mask (0 on padding
-    and on tokens the runtime forced). The entropy is all zeros unless `with_entropy`.
-
-    Only each completion's own positions are normalised (token logit minus the log-sum-exp of its
-    row), never the padding a (B, C, V) tensor would carry: on a GRPO batch of short answers with
-    a few long ones that padding was half the rows, and the whole-vocabulary passes over it a tenth
-    of an update (dev/LOG.md, stop 30)."""
-    pieces, comp, loss_mask = _completion_logits(model, samples, pad_id)
-    lengths = torch.tensor([len(s.completion_ids) for s in samples])
-    logp = torch.zeros(comp.shape)
+    and on tokens the runtime forced). The entropy is all zeros unless `with_entropy`. Computed on
+    the completions' own positions only (`own_log_softmax`): each token's logit minus the
+    log-sum-exp of its row."""
+    logits, comp, loss_mask = _completion_logits(model, samples, pad_id)
+    where = own_positions(samples)
+    scores = _scaled(logits, temperature)  # (N, V)
+    norm = scores.logsumexp(-1)  # (N,)
+    chosen = scores.gather(-1, comp[where].unsqueeze(-1)).squeeze(-1)
+    logp = torch.zeros(comp.shape).index_put(where, chosen - norm)
     entropy = torch.zeros(comp.shape)
-    for rows, logits in pieces:
-        index = torch.tensor(rows, dtype=torch.long)
-        steps = torch.arange(logits.shape[1])
-        real = steps.unsqueeze(0) < lengths[index].unsqueeze(1)  # (b, L): the rows' own positions
-        row_of, step_of = index.unsqueeze(1).expand_as(real)[real], steps.unsqueeze(0).expand_as(real)[real]
-        scores = logits[real].float()  # (n, V)
-        if temperature != 1.0:
-            scores = scores / temperature
-        norm = scores.logsumexp(-1)  # (n,)
-        chosen = scores.gather(-1, comp[row_of, step_of].unsqueeze(-1)).squeeze(-1)
-        logp = logp.index_put((row_of, step_of), chosen - norm)
-        if with_entropy:
-            with torch.no_grad():  # entropy is a health metric, not a loss term
-                probs = (scores - norm.unsqueeze(-1)).exp()
-                entropy[row_of, step_of] = norm - (probs * scores).sum(-1)
+    if with_entropy:
+        with torch.no_grad():  # entropy is a health metric, not a loss term
+            probs = (scores - norm.unsqueeze(-1)).exp()
+            entropy[where] = norm - (probs * scores).sum(-1)
     return logp, entropy, loss_mask
+
+
+def own_positions(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample, position) index of every completion token, sample after sample: where the rows
+    of an (N, ...) tensor go in a (B, C, ...) one."""
+    lengths = torch.tensor([len(s.completion_ids) for s in samples])
+    return (
+        torch.repeat_interleave(torch.arange(len(samples)), lengths),
+        torch.cat([torch.arange(int(n)) for n in lengths]),
+    )
+
+
+def own_rows(samples: Sequence[Sample], which: Sequence[int]) -> torch.Tensor:
+    """The rows of an (N, ...) tensor (`own_log_softmax`) that hold samples `which`, in that order."""
+    starts = [0, *itertools.accumulate(len(s.completion_ids) for s in samples)]
+    return torch.tensor([row for i in which for row in range(starts[i], starts[i + 1])], dtype=torch.long)
+
+
+def _flat(rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    return torch.tensor([x for row in rows for x in row], dtype=torch.float32)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _completion_logits(
     model: torch.nn.Module, samples: Sequence[Sample], pad_id: int
-) -> tuple[list[tuple[list[int], torch.Tensor]], torch.Tensor, torch.Tensor]:
-    """The logits that predicted each completion token, as ([rows], (b, L, V)) pieces, one per
-    group of similar lengths (`length_buckets`; position t of a row predicts its token t, positions
-    past the row's length are padding), with the completion ids (B, C) and loss mask (B, C)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the logits that predicted each completion token (N, V), sample after sample as
+    `own_positions` orders them; completion ids (B, C); loss mask (B, C)). The completions run in
+    groups of similar lengths (`length_buckets`), each on its rows of the prompts' cache."""
     if not samples:
         raise ValueError("no samples to score")
     unique: dict[tuple[int, ...], int] = {}
@@ -115,7 +138,9 @@ def _completion_logits(
         comp[i, :n] = torch.tensor(s.completion_ids, dtype=torch.long)
         comp_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
-    pieces = []
+    starts = [0, *itertools.accumulate(lengths)]  # where each sample's rows begin in the (N, V) result
+    pieces: list[torch.Tensor] = []
+    order: list[int] = []
     buckets = length_buckets(lengths)
     for bucket in buckets:
         rows = sorted(bucket)  # in the samples' order: one bucket of distinct prompts needs no cache copy
@@ -136,8 +161,11 @@ def _completion_logits(
                 use_cache=True,
             )
             logits = torch.cat([logits, fed_out.logits], dim=1)
-        pieces.append((rows, logits))
-    return pieces, comp, loss_mask
+        own = comp_mask[index, : logits.shape[1]].bool()  # (b, L): each row's own positions
+        pieces.append(logits[own])
+        order.extend(i for r in rows for i in range(starts[r], starts[r + 1]))
+    flat = torch.cat(pieces)
+    return (flat if len(buckets) == 1 else flat[torch.tensor(order).argsort()]), comp, loss_mask
 
 
 def _cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
@@ -235,7 +263,8 @@ def reverse_kl(
 ) -> torch.Tensor:
     """KL(student || other) over the whole vocabulary, averaged over the masked tokens.
 
-    Both log-prob tensors are (B, C, V) from `completion_log_softmax`; `mask` is (B, C). A learner
+    Both log-prob tensors are (B, C, V) from `completion_log_softmax` with `mask` (B, C), or (N, V)
+    from `own_log_softmax` with `mask` (N,). A learner
     accumulating micro-batches passes the whole step's `tokens` so the parts sum to the mean."""
     per_token = (student_logp.exp() * (student_logp - other_logp)).sum(-1)
     return (per_token * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else max(tokens, 1.0))
@@ -253,25 +282,20 @@ class PretrainedLogSoftmax:
         self._rows = 0
 
     def __call__(self, policy: Policy, samples: Sequence[Sample], temperature: float = 1.0) -> torch.Tensor:
-        """(B, C, V) as `completion_log_softmax` gives it for the pretrained model (zeros past each
-        sample's completion, where its mask is 0)."""
+        """(N, V) as `own_log_softmax` gives it for the pretrained model: each completion token's
+        row, sample after sample."""
         keys = [(s.prompt_ids, s.completion_ids, temperature) for s in samples]
         distinct = dict(zip(keys, samples, strict=True))
         found = {key: self._kept[key] for key in distinct if key in self._kept}
         todo = [key for key in distinct if key not in found]
         if todo:
             with torch.no_grad(), policy.pretrained():
-                new = [distinct[key] for key in todo]
-                logp, _, _ = completion_log_softmax(policy.model, new, policy.pad_id, temperature)
-            for i, key in enumerate(todo):
-                found[key] = logp[i, : len(distinct[key].completion_ids)].clone()
-        vocab = next(iter(found.values())).shape[-1]
-        out = torch.zeros(len(samples), max(len(s.completion_ids) for s in samples), vocab)
-        for i, key in enumerate(keys):
-            out[i, : found[key].shape[0]] = found[key]
+                logp, _ = own_log_softmax(policy.model, [distinct[key] for key in todo], policy.pad_id, temperature)
+            for key, rows in zip(todo, logp.split([len(distinct[key].completion_ids) for key in todo]), strict=True):
+                found[key] = rows.clone()
         for key, rows in found.items():
             self._keep(key, rows)
-        return out
+        return torch.cat([found[key] for key in keys])
 
     def _keep(self, key: tuple[Any, ...], rows: torch.Tensor) -> None:
         if key in self._kept:
@@ -308,6 +332,6 @@ def pretrained_kl(
 ) -> torch.Tensor:
     """KL(policy || pretrained model) over the whole vocabulary, averaged over the samples' target
     tokens (the adapters switched off for the reference): the anchor that holds general ability."""
-    logp, _, mask = completion_log_softmax(policy.model, samples, policy.pad_id, temperature)
+    logp, mask = own_log_softmax(policy.model, samples, policy.pad_id, temperature)  # (N, V), (N,)
     ref_logp = (pretrained or PretrainedLogSoftmax(0))(policy, samples, temperature)
     return reverse_kl(logp, ref_logp, mask)
