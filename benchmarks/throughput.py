@@ -3,7 +3,8 @@
 Both sides train the same model (the embedded SmolLM2-135M unless --model) with the same LoRA
 (rank 16 on all linear layers, same initial weights), on the same addition items (task add,
 max_value=20: `Runtime.jobs_for` draws them for both), with the same batch (4 prompts x 8 samples
-per update), the same answer budget (12 tokens after a prefilled "Answer:"), learning rate, clip
+per update; ours in micro-batches of up to 32 samples and 2048 tokens, TRL's of 16 samples, as it
+always ran), the same answer budget (12 tokens after a prefilled "Answer:"), learning rate, clip
 0.2/0.28, KL 0.02 and token-mean loss, for the same number of updates. Ours is the plain `grpo`
 method through `Runtime.run`; TRL's is `evaluate/trl_runner.py`, the runner `lifelong eval` uses
 (see its docstring for how each setting is matched and what cannot be). Both leave run folders in

@@ -5,9 +5,10 @@ copied to every completion of the group and the completions run on top of it. Au
 through the shared cache, so this is exact, and it costs the prompt once per group instead of once
 per sample. Likewise the prefix every distinct prompt shares (the chat template's system turn) runs
 once for all of them. Completions run in groups of similar length, each on its rows of the
-prompts' cache, so a few long replies do not pad every short one (`length_buckets`). The arithmetic
-mirrors the sampler's (left padding, same positions), so sampler and learner agree to float
-precision on the same weights.
+prompts' cache, so a few long replies do not pad every short one (`length_buckets`), and the
+whole-vocabulary work (log-softmax, KL) runs on each completion's own positions only
+(`own_log_softmax`). The arithmetic mirrors the sampler's (left padding, same positions), so
+sampler and learner agree to float precision on the same weights.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def completion_log_softmax(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log_softmax over the vocabulary (B, C, V), completion ids (B, C), loss mask (B, C)).
 
-    Row i, position t is the distribution that predicted completion token t of sample i (all
-    zeros past the sample's completion). Gradients flow when called with grad enabled.
+    Row i, position t is the distribution that predicted completion token t of sample i; past the
+    sample's completion a uniform one (padding, outside the loss mask). Gradients flow when called
+    with grad enabled.
     """
     logits, comp, loss_mask = _completion_logits(model, samples, pad_id)
     where = own_positions(samples)
