@@ -70,10 +70,13 @@ def test_config_json_keeps_plain_strings_and_old_run_folders_still_load() -> Non
     saved = json.loads(json.dumps(RunConfig.for_method("sft", stream=tiny_config().stream).to_dict()))
     assert (saved["method"], saved["update_rule"]) == ("sft", "sft")
     # A config.json from before SFT had its own settings: its SFT learner read GRPO's.
-    old = {k: v for k, v in saved.items() if k != "sft"} | {"grpo": {**saved["grpo"], "learning_rate": 1e-3}}
+    # Such a folder's GRPO settings had micro-batches of 16 samples and no token bound.
+    grpo = {k: v for k, v in saved["grpo"].items() if k != "micro_batch_tokens"} | {"micro_batch": 16}
+    old = {k: v for k, v in saved.items() if k != "sft"} | {"grpo": {**grpo, "learning_rate": 1e-3}}
     config = RunConfig.from_dict(old)
     assert config.method is Method.SFT and config.update_rule is UpdateRule.SFT
-    assert config.sft == SFTConfig(learning_rate=1e-3)
+    assert config.sft == SFTConfig(learning_rate=1e-3, micro_batch=16)
+    assert config.grpo.micro_batch_tokens == 2048  # a field the folder lacks takes its default
     with pytest.raises(ConfigError, match="unknown update_rule"):
         RunConfig(stream={}, update_rule="adam")
 
