@@ -50,7 +50,7 @@ def completion_log_softmax(
     logits, comp, loss_mask = _completion_logits(model, samples, pad_id)
     where = own_positions(samples)
     padded = logits.new_zeros(*comp.shape, logits.shape[-1]).index_put(where, logits)
-    return torch.log_softmax(padded.float() / temperature, dim=-1), comp, loss_mask
+    return torch.log_softmax(_scaled(padded, temperature), dim=-1), comp, loss_mask
 
 
 def own_log_softmax(
@@ -140,9 +140,8 @@ def _completion_logits(
         comp[i, :n] = torch.tensor(s.completion_ids, dtype=torch.long)
         comp_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
-    starts = [0, *itertools.accumulate(lengths)]  # where each sample's rows begin in the (N, V) result
     pieces: list[torch.Tensor] = []
-    order: list[int] = []
+    order: list[torch.Tensor] = []  # each piece's rows of the (N, V) result
     buckets = length_buckets(lengths)
     for bucket in buckets:
         rows = sorted(bucket)  # in the samples' order: one bucket of distinct prompts needs no cache copy
@@ -165,9 +164,9 @@ def _completion_logits(
             logits = torch.cat([logits, fed_out.logits], dim=1)
         own = comp_mask[index, : logits.shape[1]].bool()  # (b, L): each row's own positions
         pieces.append(logits[own])
-        order.extend(i for r in rows for i in range(starts[r], starts[r + 1]))
+        order.append(own_rows(samples, rows))
     flat = torch.cat(pieces)
-    return (flat if len(buckets) == 1 else flat[torch.tensor(order).argsort()]), comp, loss_mask
+    return (flat if len(buckets) == 1 else flat[torch.cat(order).argsort()]), comp, loss_mask
 
 
 def _cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:

@@ -461,11 +461,11 @@ class TenantLearner:
         not of the distribution the learner's importance ratio compares with; scoring them now makes
         the first step on-policy as of the live version (ratio 1)."""
         out = []
-        size = self.config.grpo.micro_batch
-        for rows in micro_batches(samples, size):
+        grpo = self.config.grpo
+        for rows in micro_batches(samples, grpo.micro_batch, grpo.micro_batch_tokens):  # GRPO's, as it learns from them
             chunk = list(samples[rows])
             with torch.no_grad():
-                logp, _, _ = completion_logprobs(self.policy.model, chunk, self.policy.pad_id)  # (B, C)
+                logp, _, _ = completion_logprobs(self.policy.model, chunk, self.policy.pad_id, with_entropy=False)
             for row, s in enumerate(chunk):
                 n = len(s.completion_ids)
                 fixed = tuple(float(x) if m else 0.0 for x, m in zip(logp[row, :n].tolist(), s.loss_mask, strict=True))
