@@ -55,6 +55,8 @@ from typing import Any
 
 import torch
 
+from lifelong.memory.recall import RecallConfig
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chat_parity.py beside this file
 from chat_parity import QUESTIONS as GENERAL
 from chat_parity import SHOTS, SUFFIX, first_word
@@ -223,18 +225,24 @@ class Lab:
         from lifelong.model.policy import GenerationConfig
 
         self.use(tenant)
-        prompts, recalled = [], []
+        prompts, bare, recalled = [], [], []
         for q in questions:
             turns = messages(q, self.shots)
             items = recall(self.store, tenant, turns[-1]["content"], self.service.config.memory) if memory else []
             recalled.append(items)
             prompts.append(self.policy.chat_ids(with_notes(turns, items), protocol=False))
-        gen = GenerationConfig(answer_tokens=self.answer_tokens, temperature=0.0, protocol=False)
+            # as the server decodes a prompt with recalled items: against the prompt without them
+            bare.append(self.policy.chat_ids(turns, protocol=False) if items else None)
+        contrast = self.service.config.memory.contrast
+        gen = GenerationConfig(
+            answer_tokens=self.answer_tokens, temperature=0.0, protocol=False, memory_contrast=contrast
+        )
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         replies = [""] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            for row, c in zip(rows, self.policy.chat([prompts[r] for r in rows], gen), strict=True):
+            answers = self.policy.chat([prompts[r] for r in rows], gen, bare=[bare[r] for r in rows])
+            for row, c in zip(rows, answers, strict=True):
                 replies[row] = c.answer
         return replies, recalled
 
@@ -268,6 +276,7 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
         answer_tokens=args.answer_tokens,
         unit=args.unit,
         memory_unit=MemorySettings(optimizer=args.memory_optimizer, reads_by_gradient=args.reads_by_gradient),
+        memory=RecallConfig(contrast=args.memory_contrast),
     )
     model, tokenizer, name = load_model(args.model)
     policy = Policy.for_config(model, tokenizer, name, config)
@@ -622,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=None, help="the learners' warm-up (the server's: 10)")
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)
+    parser.add_argument("--memory-contrast", type=float, default=RecallConfig().contrast,
+                        help="how far answers lean on recalled items (memory.contrast; 0 is off)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered together")
     parser.add_argument("--matrix-paraphrases", type=int, default=1, help="paraphrases per fact in the matrix")
     parser.add_argument("--threads", type=int, default=2)

@@ -171,6 +171,19 @@ def test_streaming_holds_back_what_may_become_a_stop_string(tiny_policy: Policy)
 
 
 def test_new_generation_options_are_checked() -> None:
-    for bad in ({"top_p": 1.5}, {"top_k": -1}, {"presence_penalty": 2.5}, {"frequency_penalty": -3.0}, {"stop": ("",)}):
+    for bad in ({"top_p": 1.5}, {"top_k": -1}, {"presence_penalty": 2.5}, {"frequency_penalty": -3.0}, {"stop": ("",)},
+                {"memory_contrast": -0.5}):  # fmt: skip
         with pytest.raises(ConfigError):
             GenerationConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("protocol", [False, True])
+def test_a_bare_prompt_is_contrasted_only_when_asked(tiny_policy: Policy, protocol: bool) -> None:
+    with_notes = chat_ids(tiny_policy, "Note: Zorbia's capital is Vudrairk. What is the capital of Zorbia?")
+    bare = chat_ids(tiny_policy, "What is the capital of Zorbia?")
+    gen = replace(PLAIN, protocol=protocol, thinking_tokens=0)
+    plain = tiny_policy.respond([with_notes], gen)[0]
+    assert tiny_policy.respond([with_notes], gen, bare=[bare])[0] == plain  # memory_contrast 0: off
+    leaning = tiny_policy.respond([with_notes], replace(gen, memory_contrast=1.0), bare=[bare])[0]
+    assert leaning.logprobs != plain.logprobs
+    assert tiny_policy.respond([with_notes], replace(gen, memory_contrast=1.0), bare=[None])[0] == plain

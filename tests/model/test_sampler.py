@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.model.sampler import STOP, Force, Shaping, draw, left_pad, penalise, positions, sample, truncate
+from lifelong.model.sampler import STOP, Contrast, Force, Shaping, draw, left_pad, penalise, positions, sample, truncate
 
 
 def test_left_pad_aligns_right_and_positions_start_at_zero() -> None:
@@ -137,3 +137,52 @@ def test_on_token_sees_every_kept_token(tiny_model, tokenizer) -> None:
     rows = _greedy(tiny_model, [tokenizer.encode("hi")] * 2, n=4, on_token=lambda r, ids: seen.append((r, list(ids))))
     for r, row in enumerate(rows):
         assert [ids for i, ids in seen if i == r] == [row.token_ids[: k + 1] for k in range(4)]
+
+
+def _contrasted_reference(model, context, bare, weight, n):
+    """Greedy context-aware decoding by full forwards, no cache: the law `Contrast` states."""
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    with torch.no_grad():
+        for _ in range(n):
+            full = model(input_ids=torch.tensor([context + tokens])).logits[0, -1].float()
+            without = model(input_ids=torch.tensor([bare + tokens])).logits[0, -1].float()
+            logp = torch.log_softmax((1 + weight) * full - weight * without, dim=-1)
+            tokens.append(int(logp.argmax()))
+            logprobs.append(float(logp.max()))
+    return tokens, logprobs
+
+
+def test_contrast_decodes_against_the_bare_context(tiny_model, tokenizer) -> None:
+    notes = tokenizer.encode("Note: the capital of Zorbia is Vudrairk. ")
+    question = tokenizer.encode("What is the capital of Zorbia?")
+    other = tokenizer.encode("Say something short.")
+    contrast = Contrast((tuple(question), None), weight=1.5)
+    rows = _greedy(tiny_model, [notes + question, other], contrast=contrast)
+    want, want_logprobs = _contrasted_reference(tiny_model, notes + question, question, 1.5, 6)
+    assert rows[0].token_ids == want
+    assert torch.allclose(torch.tensor(rows[0].logprobs), torch.tensor(want_logprobs), atol=1e-4)
+    assert rows[1].token_ids == _greedy(tiny_model, [other])[0].token_ids  # no bare context: as it was
+    plain = _greedy(tiny_model, [notes + question])[0]
+    assert rows[0].logprobs != plain.logprobs  # the contrast changed something this test can see
+    off = _greedy(tiny_model, [notes + question], contrast=Contrast((tuple(question),), weight=0.0))[0]
+    assert (off.token_ids, off.logprobs) == (plain.token_ids, plain.logprobs)
+
+
+def test_a_row_that_stops_takes_its_twin_along(tiny_model, tokenizer) -> None:
+    a, b = tokenizer.encode("first question here"), tokenizer.encode("and a second one")
+    contrast = Contrast((tuple(a[1:]), tuple(b[1:])), weight=1.0)
+
+    def stop_row_0(row: int, ids: list[int]) -> str | None:
+        return STOP if row == 0 and len(ids) == 2 else None
+
+    rows = _greedy(tiny_model, [a, b], control=stop_row_0, contrast=contrast)
+    assert len(rows[0].token_ids) == 2 and rows[0].ended == "stop"
+    assert rows[1].token_ids == _contrasted_reference(tiny_model, b, b[1:], 1.0, 6)[0]
+
+
+def test_contrast_checks_its_input(tiny_model, tokenizer) -> None:
+    with pytest.raises(ValueError, match="bare contexts"):
+        _greedy(tiny_model, [tokenizer.encode("hi")], contrast=Contrast((None, None), weight=1.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        Contrast((None,), weight=-1.0)

@@ -99,6 +99,8 @@ def test_a_correction_is_used_at_once_by_its_tenant_only_until_deleted(
     assert item["kind"] == "correction" and item["consolidated"] is False
     assert item["source"]["completion_id"] == first.id and item["source"]["feedback_id"].startswith("fb-")
     assert taught.generation["memory"] == [item["id"]]
+    # decoded against the prompt without it (model/sampler.Contrast); a request that recalls nothing is not
+    assert (taught.generation["memory_contrast"], first.generation["memory_contrast"]) == (1.0, 0.0)
     assert http("GET", f"{url}/memory", tenant="bob").json()["data"] == []
     assert http("DELETE", f"{url}/memory/{item['id']}", tenant="bob").status == 404  # another tenant's: unknown
     gone = http("DELETE", f"{url}/memory/{item['id']}")

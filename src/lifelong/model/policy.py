@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
 from lifelong.model.memory_layer import MemoryLayer, MemorySettings, heal_memory, insert_memory, memories_off
-from lifelong.model.sampler import STOP, ControlFn, Force, SampledRow, Shaping, TokenFn, sample
+from lifelong.model.sampler import STOP, Contrast, ControlFn, Force, SampledRow, Shaping, TokenFn, sample
 from lifelong.model.sampler_copy import SamplerCopy
 from lifelong.timing import part
 from lifelong.types import Completion, StopReason
@@ -95,6 +95,9 @@ class GenerationConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()  # the answer ends before the first of these
+    # How far a reply leans on what recall put into its context, against the same prompt without it
+    # (context-aware decoding, model/sampler.Contrast); only rows given a bare prompt. 0 is off.
+    memory_contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if self.thinking_tokens is None and self.reasoning_effort not in EFFORT_BUDGETS:
@@ -114,6 +117,8 @@ class GenerationConfig:
             raise ConfigError("presence_penalty and frequency_penalty must be in [-2, 2]", "0 turns them off")
         if any(not s for s in self.stop):
             raise ConfigError("stop strings must not be empty", "leave stop out to stop only at the end of turn")
+        if self.memory_contrast < 0:
+            raise ConfigError("memory_contrast must be >= 0", "0 turns it off")
 
     @property
     def think_budget(self) -> int:
@@ -435,8 +440,13 @@ class Policy:
         generator: torch.Generator | None,
         control: ControlFn | None,
         on_token: TokenFn | None = None,
+        bare: Sequence[Sequence[int] | None] | None = None,
     ) -> list[SampledRow]:
-        """The sampler in eval mode (the model's mode is put back after)."""
+        """The sampler in eval mode (the model's mode is put back after); `bare[i]`, when given, is
+        context i without its recalled memory (`gen.memory_contrast`)."""
+        contrast = None
+        if bare is not None and gen.memory_contrast > 0:
+            contrast = Contrast(tuple(None if b is None else tuple(b) for b in bare), gen.memory_contrast)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -452,6 +462,7 @@ class Policy:
                     control=control,
                     shaping=gen.shaping,
                     on_token=on_token,
+                    contrast=contrast,
                 )
         finally:
             self.model.train(was_training)
@@ -461,11 +472,12 @@ class Policy:
         contexts: Sequence[Sequence[int]],
         gen: GenerationConfig = GenerationConfig(),
         generator: torch.Generator | None = None,
+        bare: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Completion]:
         """Reason within budget, then answer. One Completion per context, in order. With
-        `gen.protocol` False this is `chat`: no reasoning, no marker."""
+        `gen.protocol` False this is `chat`: no reasoning, no marker. `bare` as in `chat`."""
         if not gen.protocol:
-            return self.chat(contexts, gen, generator)
+            return self.chat(contexts, gen, generator, bare=bare)
         budget = gen.think_budget
         text = self._text
         answer_from: dict[int, int] = {}  # row -> token count when its answer started
@@ -496,9 +508,12 @@ class Policy:
         if budget == 0:  # no reasoning at all: the answer marker opens the reply
             prefix = list(self._bare_marker_ids)
             contexts = [list(c) + prefix for c in contexts]
+            bare = None if bare is None else [None if b is None else list(b) + prefix for b in bare]
             answer_from.update({i: 0 for i in range(len(contexts))})
             reason.update({i: StopReason.THINK_BUDGET for i in range(len(contexts))})
-        rows = self._sample(contexts, budget + len(self._marker_ids) + gen.answer_tokens, gen, generator, control)
+        rows = self._sample(
+            contexts, budget + len(self._marker_ids) + gen.answer_tokens, gen, generator, control, bare=bare
+        )
         completions = []
         for i, row in enumerate(rows):
             ids = prefix + row.token_ids
@@ -528,12 +543,15 @@ class Policy:
         gen: GenerationConfig = GenerationConfig(protocol=False),
         generator: torch.Generator | None = None,
         on_text: TextFn | None = None,
+        bare: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Completion]:
         """Plain chat: each context ends where the assistant speaks (the model's own chat template);
         reply until the end of the turn, a stop string or `gen.answer_tokens`. No marker, no reasoning,
         every token sampled (loss mask 1). `on_text(row, piece)` streams each reply as it grows;
         the pieces add up to the Completion's answer. Token ids keep the whole sampled reply, a
-        stop string's tokens included (they were sampled); the answer ends before it."""
+        stop string's tokens included (they were sampled); the answer ends before it. `bare[i]`,
+        when given, is context i without what recall put into it: the reply leans away from it by
+        `gen.memory_contrast`."""
         text = self._text
         sent = [""] * len(contexts)
 
@@ -550,7 +568,7 @@ class Policy:
 
         rows = self._sample(
             contexts, gen.answer_tokens, gen, generator, control if gen.stop else None,
-            on_token if on_text is not None else None,
+            on_token if on_text is not None else None, bare,
         )  # fmt: skip
         completions = []
         for i, row in enumerate(rows):

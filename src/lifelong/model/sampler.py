@@ -65,6 +65,24 @@ class Shaping:
 NO_SHAPING = Shaping()
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """Context-aware decoding (Shi et al., 2023): each row's logits are pushed away from those the same
+    row gets without what was put into its context (recalled memory), as (1 + weight) * l(context) -
+    weight * l(bare). A 135M model asked about a fact it was just shown tends to fall back on what it
+    believed before; the contrast makes the shown fact win (dev/LOG.md, stop 31). `bare[i]` is row
+    i's context without the recalled part; None leaves row i as it is, at no cost."""
+
+    bare: tuple[tuple[int, ...] | None, ...]
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError("a contrast weight must be >= 0")
+        if any(b is not None and not b for b in self.bare):
+            raise ValueError("every bare context needs at least one token")
+
+
 @dataclass
 class SampledRow:
     token_ids: list[int] = field(default_factory=list)
@@ -137,18 +155,27 @@ def sample(
     control: ControlFn | None = None,
     shaping: Shaping = NO_SHAPING,
     on_token: TokenFn | None = None,
+    contrast: Contrast | None = None,
 ) -> list[SampledRow]:
-    """Sample a continuation for each context (at most `max_new_tokens`). temperature 0 = greedy."""
+    """Sample a continuation for each context (at most `max_new_tokens`). temperature 0 = greedy.
+
+    Under a `contrast`, a row with a bare context has a twin row decoding that context: the twins
+    follow the batch's rows after them, take the same tokens, and end with their row."""
     if not contexts:
         return []
     if any(len(c) == 0 for c in contexts):
         raise ValueError("every context needs at least one token")
+    if contrast is not None and len(contrast.bare) != len(contexts):
+        raise ValueError(f"{len(contrast.bare)} bare contexts for {len(contexts)} contexts")
     rows = [SampledRow() for _ in contexts]
     if max_new_tokens <= 0:
         return rows
+    weight = contrast.weight if contrast is not None else 0.0
+    twins = {r: b for r, b in enumerate(contrast.bare) if b is not None} if contrast is not None and weight else {}
+    twinned = list(twins)  # the row of each twin, in batch order
     # Prefill each distinct context once (a GRPO group shares its prompt), then copy its cache rows.
     unique: dict[tuple[int, ...], int] = {}
-    row_of = [unique.setdefault(tuple(c), len(unique)) for c in contexts]
+    row_of = [unique.setdefault(tuple(c), len(unique)) for c in [*contexts, *twins.values()]]
     ids, mask = left_pad(list(unique), pad_id)
     pos = positions(mask)
     cache = DynamicCache()
@@ -156,16 +183,20 @@ def sample(
         input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
     )
     expand = torch.tensor(row_of, dtype=torch.long)
-    if len(unique) < len(contexts):
+    if len(unique) < len(row_of):
         cache.batch_select_indices(expand)
     mask = mask[expand]
     next_pos = pos[expand][:, -1:] + 1  # (B, 1)
     logits = out.logits[expand, -1, :]  # (B, V)
     live = list(range(len(contexts)))  # original row index of each batch row
     queues: dict[int, list[int]] = {}  # row -> forced tokens still to feed
-    counts = torch.zeros(logits.shape, dtype=torch.float32) if shaping.penalises else None  # (B, V)
+    counts = torch.zeros((len(contexts), logits.shape[-1])) if shaping.penalises else None  # (B, V)
     for _ in range(max_new_tokens):
-        scores = logits.float()
+        scores = logits[: len(live)].float()
+        if twinned:
+            at = {r: b for b, r in enumerate(live)}
+            index = torch.tensor([at[r] for r in twinned], dtype=torch.long)
+            scores[index] = (1 + weight) * scores[index] - weight * logits[len(live) :].float()
         if counts is not None:
             scores = penalise(scores, counts, shaping.presence_penalty, shaping.frequency_penalty)
         # Greedy decoding records the model's own (T=1) log-probs, which is what scoring wants.
@@ -219,15 +250,18 @@ def sample(
             feed.append(t)
         if not keep:
             break
-        if len(keep) < len(live):  # drop finished rows from the batch and the cache
-            index = torch.tensor(keep, dtype=torch.long)
+        fed = dict(zip((live[b] for b in keep), feed, strict=True))
+        if len(keep) < len(live):  # drop finished rows (and their twins) from the batch and the cache
+            twins_kept = [len(live) + j for j, r in enumerate(twinned) if r in fed]
+            index = torch.tensor(keep + twins_kept, dtype=torch.long)
             cache.batch_select_indices(index)
             mask, next_pos = mask[index], next_pos[index]
-            counts = counts[index] if counts is not None else None
+            counts = counts[torch.tensor(keep, dtype=torch.long)] if counts is not None else None
             live = [live[b] for b in keep]
-        tok = torch.tensor(feed, dtype=torch.long).unsqueeze(-1)  # (B, 1)
+            twinned = [r for r in twinned if r in fed]
+        tok = torch.tensor(feed + [fed[r] for r in twinned], dtype=torch.long).unsqueeze(-1)  # (B, 1)
         if counts is not None:
-            counts[torch.arange(len(feed)), tok[:, 0]] += 1
+            counts[torch.arange(len(feed)), tok[: len(feed), 0]] += 1
         mask = torch.cat([mask, torch.ones_like(tok)], dim=-1)
         out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1, :]

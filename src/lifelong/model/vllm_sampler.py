@@ -222,8 +222,14 @@ class VLLMPolicy(Policy):
         contexts: Sequence[Sequence[int]],
         gen: GenerationConfig = GenerationConfig(),
         generator: torch.Generator | None = None,
+        bare: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Completion]:
         """Reason within budget, then answer, on the engine. One Completion per context, in order."""
+        if bare is not None and gen.memory_contrast > 0:
+            raise ConfigError(
+                "memory_contrast is not supported on the vLLM sampler yet",
+                "set memory_contrast to 0, or sample with torch",
+            )
         if self.adapter is None:
             raise RuntimeError("no adapter loaded: call load_adapter_state(state, version) first")
         n = len(contexts)

@@ -42,13 +42,16 @@ class Engine:
         seed: int | None = None,
         on_start: Callable[[int], None] | None = None,
         on_text: TextFn | None = None,
+        bare_ids: Sequence[int] | None = None,
     ) -> tuple[list[Completion], int]:
         """n completions of one prompt with the tenant's live adapter; returns them and its version.
         `on_start(version)` is called once that version is loaded, just before generating;
-        `on_text(choice, piece)` streams plain replies as they grow (protocol replies never stream)."""
+        `on_text(choice, piece)` streams plain replies as they grow (protocol replies never stream).
+        `bare_ids`: the prompt without its recalled memory (`Policy.chat`'s `bare`)."""
         generator = torch.Generator()
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
         contexts = [list(prompt_ids)] * n
+        bare = None if bare_ids is None else [list(bare_ids)] * n
         with self.lock:
             live = self.bank.get(tenant)
             if self._applied != (tenant, live.version):
@@ -58,7 +61,7 @@ class Engine:
                 on_start(live.version)
             with self.answering.answering() if self.answering is not None else contextlib.nullcontext():
                 if gen.protocol:
-                    completions = self.policy.respond(contexts, gen, generator)
+                    completions = self.policy.respond(contexts, gen, generator, bare)
                 else:
-                    completions = self.policy.chat(contexts, gen, generator, on_text)
+                    completions = self.policy.chat(contexts, gen, generator, on_text, bare)
         return completions, live.version

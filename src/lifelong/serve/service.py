@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,8 @@ class ChatService:
             stop=tuple(req.stop or ()),
         )
         recalled = self.recall(tenant, req)
+        if recalled:
+            gen = replace(gen, memory_contrast=self.config.memory.contrast)
         prompt_ids = self.encode(req, gen.protocol, recalled)
         if len(prompt_ids) > self.config.max_prompt_tokens and recalled:
             recalled = []  # memory must not make a request that fits fail: answer without it
@@ -191,8 +193,12 @@ class ChatService:
             if on_start is not None:
                 on_start(StreamHead(rid, created, self.model_id, version))
 
+        # the prompt without its recalled items, which the reply leans away from (`memory_contrast`)
+        bare_ids = self.encode(req, gen.protocol) if recalled and gen.memory_contrast > 0 else None
         try:
-            completions, version = self.engine.generate(tenant, prompt_ids, gen, req.n, req.seed, started, on_text)
+            completions, version = self.engine.generate(
+                tenant, prompt_ids, gen, req.n, req.seed, started, on_text, bare_ids
+            )
             flags = self._monitor(rid, tenant, completions)
             self.store.complete_request(rid, completions, version, flags)
         except BaseException:
