@@ -101,6 +101,11 @@ def test_a_correction_is_used_at_once_by_its_tenant_only_until_deleted(
     assert taught.generation["memory"] == [item["id"]]
     # decoded against the prompt without it (model/sampler.Contrast); a request that recalls nothing is not
     assert (taught.generation["memory_contrast"], first.generation["memory_contrast"]) == (1.0, 0.0)
+    mine = ask(url, model_id, "Which street is the Zorbel office on?", extra_body={"memory_contrast": 0.25})
+    assert mine.generation["memory_contrast"] == 0.25
+    bad = http("POST", f"{url}/chat/completions", {"model": model_id, "messages": [{"role": "user", "content": "hi"}],
+                                                  "memory_contrast": -1})  # fmt: skip
+    assert bad.status == 400 and "memory_contrast" in bad.text
     assert http("GET", f"{url}/memory", tenant="bob").json()["data"] == []
     assert http("DELETE", f"{url}/memory/{item['id']}", tenant="bob").status == 404  # another tenant's: unknown
     gone = http("DELETE", f"{url}/memory/{item['id']}")

@@ -8,8 +8,10 @@ use: 400 bad request, 401 bad key, 403 not allowed, 404 unknown model or id, 413
 415 a document of a type that cannot be read, 500 our fault.
 
 Extensions, all optional: `memory: false` in a request leaves the tenant's memory (corrections and
-documents, recalled into the prompt) out of it. `reasoning: {"summary": "auto"}` in a request asks for a short summary
-of the private reasoning (`message.reasoning_summary`); with `--expose-reasoning` the raw chain is in
+documents, recalled into the prompt) out of it; `memory_contrast` (0..10) sets how far its reply
+leans on what was recalled (context-aware decoding; the server's `memory.contrast` by default).
+`reasoning: {"summary": "auto"}` in a request asks for a short summary of the private reasoning
+(`message.reasoning_summary`); with `--expose-reasoning` the raw chain is in
 `message.reasoning_content` (the field vLLM and DeepSeek use). Responses carry the tenant's adapter
 version in `adapter_version` and `system_fingerprint` ("adapter-v3").
 
@@ -124,6 +126,8 @@ class ChatRequest(_Open):
     n: int = Field(default=1, ge=1)
     seed: int | None = None
     memory: bool | None = None  # extension: false = no recalled memory in this request's prompt
+    # extension: how far the reply leans on recalled memory (the server's memory.contrast otherwise)
+    memory_contrast: float | None = Field(default=None, ge=0.0, le=10.0)
 
     @field_validator("reasoning_effort")
     @classmethod

@@ -143,7 +143,8 @@ class ChatService:
         )
         recalled = self.recall(tenant, req)
         if recalled:
-            gen = replace(gen, memory_contrast=self.config.memory.contrast)
+            contrast = req.memory_contrast if req.memory_contrast is not None else self.config.memory.contrast
+            gen = replace(gen, memory_contrast=contrast)
         prompt_ids = self.encode(req, gen.protocol, recalled)
         if len(prompt_ids) > self.config.max_prompt_tokens and recalled:
             recalled = []  # memory must not make a request that fits fail: answer without it
