@@ -188,7 +188,7 @@ def sample(
     mask = mask[expand]
     next_pos = pos[expand][:, -1:] + 1  # (B, 1)
     logits = out.logits[expand, -1, :]  # (B, V)
-    live = list(range(len(contexts)))  # original row index of each batch row
+    live = list(range(len(contexts)))  # original row index of each batch row before the twins
     queues: dict[int, list[int]] = {}  # row -> forced tokens still to feed
     counts = torch.zeros((len(contexts), logits.shape[-1])) if shaping.penalises else None  # (B, V)
     for _ in range(max_new_tokens):
