@@ -142,13 +142,13 @@ class ChatService:
             stop=tuple(req.stop or ()),
         )
         recalled = self.recall(tenant, req)
-        if recalled:
-            contrast = req.memory_contrast if req.memory_contrast is not None else self.config.memory.contrast
-            gen = replace(gen, memory_contrast=contrast)
         prompt_ids = self.encode(req, gen.protocol, recalled)
         if len(prompt_ids) > self.config.max_prompt_tokens and recalled:
             recalled = []  # memory must not make a request that fits fail: answer without it
             prompt_ids = self.encode(req, gen.protocol)
+        if recalled:  # only a prompt that holds recalled items is decoded against its bare twin
+            contrast = req.memory_contrast if req.memory_contrast is not None else self.config.memory.contrast
+            gen = replace(gen, memory_contrast=contrast)
         if len(prompt_ids) > self.config.max_prompt_tokens:
             raise ApiError(
                 400,
