@@ -18,6 +18,15 @@ weights alone, greedy, asked as knowledge.py asks: after example turns, " Answer
                  their capital questions share the made-up facts' template, so full and LoRA lose all
                  12 before learning a fact (dev/LOG.md, stop 23) and no ratio can be read from them
 
+`--teacher` says what the facts are taught from (issue 19's ablation: how much of what consolidation
+misses is the teacher being the same small model):
+  answer    NLL of the true answer after the teaching question (a perfect teacher; the default)
+  exchange  self-distillation as consolidation does it (learn/distill.py): the teacher is the same
+            model with the fact recalled as a taught exchange (a correction's form), the student
+            the bare question, on the student's own samples, held to the pretrained model by the
+            reference term; `--teacher-contrast c` reads the teacher against it (c = 0 is plain)
+  document  the same with the fact's sentence recalled as a document's quoted passage
+
 One seed for the sweep (`--seeds 0,1,2` for the points a claim rests on). A plot of the frontier
 (general_loss against new, one curve per unit) and the JSON go to --out; the last stdout line with
 --json is {"units": {"full"|"lora"|"memory": [{"lr", "new", "general_loss", "earlier_loss", ...}]}}
@@ -47,12 +56,15 @@ from knowledge import Fact, Progress, add_memory_unit_arguments, make_facts, mes
 from memory_unit import general_answers
 
 from lifelong.cli import _quiet_libraries
+from lifelong.learn.distill import DistillConfig, SelfDistiller
+from lifelong.learn.optim import make_optimizer
 from lifelong.learn.sft import SFTConfig, SFTLearner
 from lifelong.loop.feedback import correction_completion
+from lifelong.memory.recall import with_exchange, with_notes
 from lifelong.model.loading import load_model
 from lifelong.model.memory_layer import MemorySettings
 from lifelong.model.policy import GenerationConfig, Policy
-from lifelong.types import Batch, Sample
+from lifelong.types import Batch, Lesson, MemoryItem, MemoryKind, Sample
 
 # Rates from just below where each unit starts to learn the facts to where it learns them all, at
 # 135M (dev/LOG.md, stops 23 and 28; memory values move lr x lr_scale 5000).
@@ -89,6 +101,24 @@ def teaching(policy: Policy, facts: Sequence[Fact]) -> Batch:
     return Batch(tuple(samples), len(samples), 0, 1.0, 0.0, ())
 
 
+def self_taught(policy: Policy, facts: Sequence[Fact], form: str) -> list[Lesson]:
+    """Each fact's teaching question, asked as measured, as a distillation lesson: the teacher reads
+    the fact as recall puts it into the context (`form`: a taught exchange or a document passage)."""
+    lessons = []
+    for f in facts:
+        turns = messages(f.teach, SHOTS)
+        if form == "exchange":
+            taught = with_exchange(turns, f.answer)
+        else:
+            passage = MemoryItem(
+                f"fact-{f.id}", MemoryKind.DOCUMENT, "serve", "notes.md", f.statement, (), 0.0, offset=0
+            )
+            taught = with_notes(turns, [passage])
+        student = tuple(policy.chat_ids(turns, protocol=False))
+        lessons.append(Lesson(student, tuple(policy.chat_ids(taught, protocol=False)), protocol=False))
+    return lessons
+
+
 def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model, tokenizer, name = load_model(args.model)
@@ -98,12 +128,25 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
     general_q, general_a = [q for q, _ in GENERAL], [a for _, a in GENERAL]
     questions_before = accuracy(policy, general_q, general_a)
     probes_before = probe_success(policy, args.general_items)
-    learner = SFTLearner(policy, SFTConfig(learning_rate=lr, warmup_steps=0, anchor_coef=0.0))
+    if args.teacher == "answer":
+        learner = SFTLearner(policy, SFTConfig(learning_rate=lr, warmup_steps=0, anchor_coef=0.0))
+
+        def teach(facts: Sequence[Fact]) -> None:
+            learner.update(teaching(policy, facts))
+    else:
+        config = DistillConfig(
+            learning_rate=lr, answer_tokens=GREEDY.answer_tokens, teacher_contrast=args.teacher_contrast
+        )
+        distiller = SelfDistiller(policy, make_optimizer(policy, lr, 0.0), config, torch.Generator().manual_seed(seed))
+
+        def teach(facts: Sequence[Fact]) -> None:
+            distiller.update(self_taught(policy, facts, args.teacher))
+
     for _ in range(args.steps):
-        learner.update(teaching(policy, first))
+        teach(first)
     first_learnt = accuracy(policy, [f.teach for f in first], [f.answer for f in first])
     for _ in range(args.steps):
-        learner.update(teaching(policy, second))
+        teach(second)
     paraphrases = [(p, f.answer) for f in second for p in f.paraphrases]
     return {
         "new": accuracy(policy, [f.teach for f in second], [f.answer for f in second]),
@@ -152,6 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-slots", type=int, default=MemorySettings.train_slots,
                         help="memory slots a step may change, per layer (TF-IDF's top t)")  # fmt: skip
     add_memory_unit_arguments(parser)
+    parser.add_argument(
+        "--teacher",
+        default="answer",
+        choices=("answer", "exchange", "document"),
+        help="what the facts are taught from: their answer (NLL) or the model reading them",
+    )
+    parser.add_argument(
+        "--teacher-contrast",
+        type=float,
+        default=0.0,
+        help="with a self teacher, how far it is read against the bare question (0: plain)",
+    )
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")
@@ -188,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 point["per_seed"] = runs
             result[unit].append(point)
     figure = plot(result, out)
-    summary = {"units": result, "facts": args.facts, "steps": args.steps, "seeds": seeds,
+    summary = {"units": result, "facts": args.facts, "steps": args.steps, "seeds": seeds, "teacher": args.teacher,
+               "teacher_contrast": args.teacher_contrast,
                "minutes": round((time.time() - started) / 60, 1)}  # fmt: skip
     (out / "frontier.json").write_text(json.dumps(summary, indent=1))
     say(f"plot: {figure}")

@@ -5,6 +5,7 @@ import torch
 from tests.conftest import make_learnable_model
 from transformers import PreTrainedTokenizerBase
 
+from lifelong.errors import ConfigError
 from lifelong.learn.distill import DistillConfig, SelfDistiller
 from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
 from lifelong.model.adapters import AdapterSnapshot, trainable
@@ -236,3 +237,37 @@ def test_a_given_reply_adds_its_nll_to_the_step(tiny_policy: Policy) -> None:
     assert report.metrics["distill/given_nll"] > 0
     assert expected > 0 and grads[0.0] == pytest.approx(0.0, abs=1e-7)
     assert grads[2.0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_contrasted_teacher_is_read_against_the_reference(tiny_policy: Policy) -> None:
+    """`teacher_contrast` c: the student is held to softmax((1 + c) x teacher - c x reference), the
+    reference (here the pretrained model) scoring the student's prompt; c = 0 is the plain teacher."""
+    from lifelong.learn.logprobs import own_log_softmax, reverse_kl
+    from lifelong.loop.feedback import correction_completion
+
+    with torch.no_grad():  # adapters away from the pretrained model, so reference and teacher differ
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    tok = tiny_policy.tokenizer
+    student = tuple(tiny_policy.chat_start("What is the code?"))
+    teacher = tuple(tiny_policy.chat_start("The code is zebra. What is the code?"))
+    reply = correction_completion(tok, "zebra", int(tok.eos_token_id))
+    lesson = Lesson(student, teacher, (reply,), protocol=False)
+    rows = [Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0) for prompt in (student, teacher)]
+    with torch.no_grad():
+        student_logp, mask = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
+        teacher_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
+        with tiny_policy.pretrained():
+            reference_logp, _ = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
+    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    kls = {}
+    for c in (0.0, 1.5):
+        config = DistillConfig(learning_rate=1e-9, student_samples=0, teacher_contrast=c)
+        kls[c] = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config).update([lesson])
+        target = torch.log_softmax((1 + c) * teacher_logp - c * reference_logp, dim=-1)
+        expected = float(reverse_kl(student_logp, target, mask))
+        assert kls[c].metrics["distill/kl"] == pytest.approx(expected, rel=1e-4)
+    assert kls[1.5].metrics["distill/kl"] != pytest.approx(kls[0.0].metrics["distill/kl"], rel=1e-2)
+    with pytest.raises(ConfigError, match="teacher_contrast"):
+        DistillConfig(teacher_contrast=-1.0)

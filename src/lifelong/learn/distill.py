@@ -69,17 +69,32 @@ class DistillConfig:
     # what it is sure of again, so distillation alone wrote no closed-book answer; the NLL writes
     # the answer the person gave.
     given_nll: float = 0.0
+    # The teacher read against the reference, as recall is read at answer time
+    # (model/sampler.Contrast): the target is softmax((1 + c) x teacher - c x reference), the
+    # reference scoring the student's prompt. A small teacher quoting a note still leans to what it
+    # believed before (first words right 0.40 plain, 0.83 contrasted, dev/LOG.md stop 31); the
+    # contrast keeps what the note adds. With c = `reference_kl` the two KL terms' optimum is the
+    # teacher itself, where without it is the teacher's geometric mean with the reference.
+    teacher_contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if (
             self.learning_rate <= 0
             or self.micro_batch < 1
-            or min(self.student_samples, self.reference_kl, self.anchor_coef, self.warmup_steps, self.given_nll) < 0
+            or min(
+                self.student_samples,
+                self.reference_kl,
+                self.anchor_coef,
+                self.warmup_steps,
+                self.given_nll,
+                self.teacher_contrast,
+            )
+            < 0
         ):
             raise ConfigError(
                 "learning_rate must be > 0, micro_batch >= 1, student_samples, reference_kl, anchor_coef,"
-                " warmup_steps and given_nll >= 0",
-                "defaults: 2e-4, 16, 4, 1.0, 1.0, 0 and 0",
+                " warmup_steps, given_nll and teacher_contrast >= 0",
+                "defaults: 2e-4, 16, 4, 1.0, 1.0, 0, 0 and 0",
             )
 
 
@@ -213,6 +228,8 @@ class SelfDistiller:
             if unlearn:
                 held = own_rows(students, unlearn)
                 reference_logp[held] = teacher_logp[held]
+            if (c := self.config.teacher_contrast) > 0:  # (a no-op on unlearning rows: teacher = reference)
+                teacher_logp = torch.log_softmax((1 + c) * teacher_logp - c * reference_logp, dim=-1)
         kl = reverse_kl(student_logp, teacher_logp, mask, tokens)
         anchored = reverse_kl(student_logp, reference_logp, mask, tokens)
         loss = kl + self.config.reference_kl * anchored
