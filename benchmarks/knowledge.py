@@ -285,7 +285,8 @@ def build_lab(folder: Path, args: argparse.Namespace) -> Lab:
     learning = config.learning
     if args.steps_per_round is not None:
         learning = replace(learning, steps_per_round=args.steps_per_round)
-    distill = {"learning_rate": args.distill_lr, "given_nll": args.given_nll, "warmup_steps": args.warmup_steps}
+    distill = {"learning_rate": args.distill_lr, "given_nll": args.given_nll, "warmup_steps": args.warmup_steps,
+               "teacher_contrast": args.teacher_contrast}  # fmt: skip
     distill = {k: v for k, v in distill.items() if v is not None}
     learning = replace(learning, distill=replace(learning.distill, **distill))
     learners = {
@@ -629,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-lr", type=float, default=None, help="the distillation rate (the server's: 2e-4)")
     parser.add_argument("--given-nll", type=float, default=None, help="weight of a correction's NLL in distillation")
     parser.add_argument("--warmup-steps", type=int, default=None, help="the learners' warm-up (the server's: 10)")
+    parser.add_argument("--teacher-contrast", type=float, default=None,
+                        help="distillation's teacher read against the bare question (the server's: 0)")  # fmt: skip
     parser.add_argument("--shots", type=int, default=3, help="answered example turns before each question")
     parser.add_argument("--answer-tokens", type=int, default=8)
     parser.add_argument("--memory-contrast", type=float, default=RecallConfig().contrast,
