@@ -24,7 +24,8 @@ misses is the teacher being the same small model):
   exchange  self-distillation as consolidation does it (learn/distill.py): the teacher is the same
             model with the fact recalled as a taught exchange (a correction's form), the student
             the bare question, on the student's own samples, held to the pretrained model by the
-            reference term; `--teacher-contrast c` reads the teacher against it (c = 0 is plain)
+            reference term; `--teacher-contrast c` reads the teacher against it (c = 0 is plain),
+            `--frozen-teacher` scores the teacher with the pretrained weights, not the live ones
   document  the same with the fact's sentence recalled as a document's quoted passage
 
 One seed for the sweep (`--seeds 0,1,2` for the points a claim rests on). A plot of the frontier
@@ -135,7 +136,10 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
             learner.update(teaching(policy, facts))
     else:
         config = DistillConfig(
-            learning_rate=lr, answer_tokens=GREEDY.answer_tokens, teacher_contrast=args.teacher_contrast
+            learning_rate=lr,
+            answer_tokens=GREEDY.answer_tokens,
+            teacher_contrast=args.teacher_contrast,
+            frozen_teacher=args.frozen_teacher,
         )
         distiller = SelfDistiller(policy, make_optimizer(policy, lr, 0.0), config, torch.Generator().manual_seed(seed))
 
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="with a self teacher, how far it is read against the bare question (0: plain)",
     )
+    parser.add_argument("--frozen-teacher", action="store_true", help="a self teacher scored by the pretrained weights")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             result[unit].append(point)
     figure = plot(result, out)
     summary = {"units": result, "facts": args.facts, "steps": args.steps, "seeds": seeds, "teacher": args.teacher,
-               "teacher_contrast": args.teacher_contrast,
+               "teacher_contrast": args.teacher_contrast, "frozen_teacher": args.frozen_teacher,
                "minutes": round((time.time() - started) / 60, 1)}  # fmt: skip
     (out / "frontier.json").write_text(json.dumps(summary, indent=1))
     say(f"plot: {figure}")

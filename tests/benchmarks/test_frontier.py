@@ -44,8 +44,8 @@ def test_a_self_teacher_reads_the_fact_as_recall_puts_it(
         assert not lesson.protocol and not lesson.successes
     argv = ["--model", str(tiny_model_dir), "--facts", "4", "--steps", "1", "--threads", "1", "--general-items", "2",
             "--units", "memory", "--lrs", "memory=2e-4", "--teacher", "exchange", "--teacher-contrast", "1",
-            "--out", str(tmp_path), "--json"]  # fmt: skip
+            "--frozen-teacher", "--out", str(tmp_path), "--json"]  # fmt: skip
     assert frontier.main(argv) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["teacher"] == "exchange" and line["teacher_contrast"] == 1.0
+    assert line["teacher"] == "exchange" and line["teacher_contrast"] == 1.0 and line["frozen_teacher"]
     assert 0.0 <= line["units"]["memory"][0]["new"] <= 1.0

@@ -271,3 +271,36 @@ def test_a_contrasted_teacher_is_read_against_the_reference(tiny_policy: Policy)
     assert kls[1.5].metrics["distill/kl"] != pytest.approx(kls[0.0].metrics["distill/kl"], rel=1e-2)
     with pytest.raises(ConfigError, match="teacher_contrast"):
         DistillConfig(teacher_contrast=-1.0)
+
+
+def test_a_frozen_teacher_is_scored_by_the_reference_weights(tiny_policy: Policy) -> None:
+    """`frozen_teacher`: the teacher's prompt is scored by the reference (here the pretrained model),
+    not by the live adapters the step trains; by default it is the live policy."""
+    from lifelong.learn.logprobs import own_log_softmax, reverse_kl
+    from lifelong.loop.feedback import correction_completion
+
+    with torch.no_grad():
+        for name, p in tiny_policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    tok = tiny_policy.tokenizer
+    student = tuple(tiny_policy.chat_start("Where is the key?"))
+    teacher = tuple(tiny_policy.chat_start("The key is under the mat. Where is the key?"))
+    reply = correction_completion(tok, "mat", int(tok.eos_token_id))
+    lesson = Lesson(student, teacher, (reply,), protocol=False)
+    rows = [Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0) for prompt in (student, teacher)]
+    with torch.no_grad():
+        student_logp, mask = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
+        live_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
+        with tiny_policy.pretrained():
+            frozen_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
+    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    for frozen, teacher_logp in ((False, live_logp), (True, frozen_logp)):
+        config = DistillConfig(learning_rate=1e-9, student_samples=0, frozen_teacher=frozen)
+        report = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config).update([lesson])
+        assert report.metrics["distill/kl"] == pytest.approx(
+            float(reverse_kl(student_logp, teacher_logp, mask)), rel=1e-4
+        )
+    assert float(reverse_kl(student_logp, live_logp, mask)) != pytest.approx(
+        float(reverse_kl(student_logp, frozen_logp, mask)), rel=1e-2
+    )

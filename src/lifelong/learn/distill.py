@@ -76,6 +76,12 @@ class DistillConfig:
     # contrast keeps what the note adds. With c = `reference_kl` the two KL terms' optimum is the
     # teacher itself, where without it is the teacher's geometric mean with the reference.
     teacher_contrast: float = 0.0
+    # The teacher scored by the reference's weights (those `reference_kl` holds to), not the live
+    # ones being trained. Where the lesson's whole content is in the teacher's context (a memory
+    # item), the live teacher shares every weight the step moves: at 135M its reading of a quoted
+    # fact fell as the student learned (contrasted first-token probability 0.61 -> 0.39 in 8 steps
+    # of the memory unit; with LoRA to 0.006; dev/LOG.md stop 32). A fixed teacher is a fixed target.
+    frozen_teacher: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -206,21 +212,29 @@ class SelfDistiller:
         students = [p.student for p in pairs]
         student_logp, mask = own_log_softmax(model, students, pad)  # (N, V), (N,): each reply token's row
         unlearn = [i for i, p in enumerate(pairs) if p.teacher == LessonTeacher.PRETRAINED]
+
+        def reference_weights() -> AbstractContextManager[None]:
+            return self.policy.pretrained() if reference is None else reference.loaded(self.policy)
+
         with torch.no_grad():
-            # One forward per kind of teacher (the policy; the base model, adapters off). A teacher
-            # sample is its student's reply after another prompt: the same rows.
+            # One forward per kind of teacher (the policy, live or as the reference; the base model,
+            # adapters off). A teacher sample is its student's reply after another prompt: the same rows.
             teacher_logp = torch.zeros_like(student_logp)
             for base in (False, True):
                 rows = [i for i, p in enumerate(pairs) if (p.teacher == LessonTeacher.PRETRAINED) == base]
                 if rows:
-                    with self.policy.pretrained() if base else nullcontext():
+                    weights = (
+                        self.policy.pretrained()
+                        if base
+                        else reference_weights()
+                        if self.config.frozen_teacher
+                        else nullcontext()
+                    )
+                    with weights:
                         teachers = [pairs[i].teacher_sample for i in rows]
                         logp, _ = own_log_softmax(self.policy.model, teachers, pad)
                     teacher_logp[own_rows(students, rows)] = logp
-            anchor: AbstractContextManager[None] = (
-                self.policy.pretrained() if reference is None else reference.loaded(self.policy)
-            )
-            with anchor:
+            with reference_weights():
                 reference_logp, _ = own_log_softmax(self.policy.model, students, pad)
             # Unlearning is held to the base model, not to `reference`: the earlier adapters still
             # know the deleted item, and a geometric mix with them would keep half of it. The base
