@@ -25,7 +25,10 @@ misses is the teacher being the same small model):
             model with the fact recalled as a taught exchange (a correction's form), the student
             the bare question, on the student's own samples, held to the pretrained model by the
             reference term; `--teacher-contrast c` reads the teacher against it (c = 0 is plain),
-            `--frozen-teacher` scores the teacher with the pretrained weights, not the live ones
+            `--frozen-teacher` scores the teacher with the pretrained weights, not the live ones;
+            `--teacher-labels`: instead of distilling, NLL of the answer the pretrained model gives
+            with the fact recalled (greedy, read with the contrast), each batch's labels written
+            before its steps (sequence-level distillation: the true answer where it reads right)
   document  the same with the fact's sentence recalled as a document's quoted passage
 
 One seed for the sweep (`--seeds 0,1,2` for the points a claim rests on). A plot of the frontier
@@ -91,13 +94,14 @@ def probe_success(policy: Policy, per_task: int) -> float:
     return sum(e.success for e in episodes) / len(episodes)
 
 
-def teaching(policy: Policy, facts: Sequence[Fact]) -> Batch:
-    """Each fact's teaching question, asked as measured, with its answer as the reply to learn."""
+def teaching(policy: Policy, facts: Sequence[Fact], answers: Sequence[str] | None = None) -> Batch:
+    """Each fact's teaching question, asked as measured, with its answer (or `answers[i]`) as the
+    reply to learn."""
     tok = policy.tokenizer
     samples = []
-    for f in facts:
+    for i, f in enumerate(facts):
         prompt = tuple(policy.chat_ids(messages(f.teach, SHOTS), protocol=False))
-        reply = correction_completion(tok, f.answer, int(tok.eos_token_id))
+        reply = correction_completion(tok, f.answer if answers is None else answers[i], int(tok.eos_token_id))
         samples.append(Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 1.0))
     return Batch(tuple(samples), len(samples), 0, 1.0, 0.0, ())
 
@@ -120,6 +124,18 @@ def self_taught(policy: Policy, facts: Sequence[Fact], form: str) -> list[Lesson
     return lessons
 
 
+def teacher_labels(policy: Policy, facts: Sequence[Fact], form: str, contrast: float) -> list[str]:
+    """What the pretrained model answers to each teaching question with its fact recalled in `form`
+    (greedy, read against the bare question with `contrast`, as served)."""
+    lessons = self_taught(policy, facts, form)
+    gen = GenerationConfig(
+        protocol=False, temperature=0.0, answer_tokens=GREEDY.answer_tokens, memory_contrast=contrast
+    )
+    with policy.pretrained():
+        replies = policy.chat([x.teacher_prompt for x in lessons], gen, bare=[x.student_prompt for x in lessons])
+    return [c.answer.strip() or "?" for c in replies]
+
+
 def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model, tokenizer, name = load_model(args.model)
@@ -129,11 +145,18 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
     general_q, general_a = [q for q, _ in GENERAL], [a for _, a in GENERAL]
     questions_before = accuracy(policy, general_q, general_a)
     probes_before = probe_success(policy, args.general_items)
-    if args.teacher == "answer":
+    labels: dict[int, str] = {}  # fact id -> the teacher's answer (`--teacher-labels`)
+    if args.teacher == "answer" or args.teacher_labels:
         learner = SFTLearner(policy, SFTConfig(learning_rate=lr, warmup_steps=0, anchor_coef=0.0))
 
         def teach(facts: Sequence[Fact]) -> None:
-            learner.update(teaching(policy, facts))
+            if not args.teacher_labels:
+                learner.update(teaching(policy, facts))
+                return
+            if facts[0].id not in labels:
+                said = teacher_labels(policy, facts, args.teacher, args.teacher_contrast)
+                labels.update({f.id: a for f, a in zip(facts, said, strict=True)})
+            learner.update(teaching(policy, facts, [labels[f.id] for f in facts]))
     else:
         config = DistillConfig(
             learning_rate=lr,
@@ -153,6 +176,11 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
         teach(second)
     paraphrases = [(p, f.answer) for f in second for p in f.paraphrases]
     return {
+        **(
+            {"labels_right": sum(first_word(labels[f.id]) == f.answer.lower() for f in facts) / len(facts)}
+            if labels
+            else {}
+        ),
         "new": accuracy(policy, [f.teach for f in second], [f.answer for f in second]),
         "paraphrase": accuracy(policy, [p for p, _ in paraphrases], [a for _, a in paraphrases]),
         "first_learnt": first_learnt,
@@ -212,11 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         help="with a self teacher, how far it is read against the bare question (0: plain)",
     )
     parser.add_argument("--frozen-teacher", action="store_true", help="a self teacher scored by the pretrained weights")
+    parser.add_argument(
+        "--teacher-labels",
+        action="store_true",
+        help="with a self teacher: NLL of its greedy answers instead of distillation",
+    )
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/frontier")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.teacher_labels and args.teacher == "answer":
+        parser.error("--teacher-labels needs a self teacher: --teacher exchange or document")
     args.memory = MemorySettings(
         train_slots=args.train_slots, optimizer=args.memory_optimizer, reads_by_gradient=args.reads_by_gradient
     )
@@ -250,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     figure = plot(result, out)
     summary = {"units": result, "facts": args.facts, "steps": args.steps, "seeds": seeds, "teacher": args.teacher,
                "teacher_contrast": args.teacher_contrast, "frozen_teacher": args.frozen_teacher,
+               "teacher_labels": args.teacher_labels,
                "minutes": round((time.time() - started) / 60, 1)}  # fmt: skip
     (out / "frontier.json").write_text(json.dumps(summary, indent=1))
     say(f"plot: {figure}")

@@ -49,3 +49,8 @@ def test_a_self_teacher_reads_the_fact_as_recall_puts_it(
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["teacher"] == "exchange" and line["teacher_contrast"] == 1.0 and line["frozen_teacher"]
     assert 0.0 <= line["units"]["memory"][0]["new"] <= 1.0
+    # --teacher-labels: NLL of the teacher's own greedy answers, how many were right reported
+    argv[argv.index("--frozen-teacher")] = "--teacher-labels"
+    assert frontier.main(argv) == 0
+    point = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["units"]["memory"][0]
+    assert 0.0 <= point["labels_right"] <= 1.0
