@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from tests.conftest import make_learnable_model
@@ -7,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lifelong.errors import ConfigError
 from lifelong.learn.distill import DistillConfig, SelfDistiller
-from lifelong.learn.logprobs import completion_logprobs, pretrained_kl
+from lifelong.learn.logprobs import completion_logprobs, pretrained_kl, reverse_kl
 from lifelong.model.adapters import AdapterSnapshot, trainable
 from lifelong.model.policy import GenerationConfig, LoraSettings, Policy
 from lifelong.types import Lesson, LessonTeacher, Sample
@@ -239,36 +241,56 @@ def test_a_given_reply_adds_its_nll_to_the_step(tiny_policy: Policy) -> None:
     assert grads[2.0] == pytest.approx(expected, rel=1e-4)
 
 
+class Scored(NamedTuple):
+    lesson: Lesson
+    student: torch.Tensor  # the student's log-probs at the reply's tokens, live adapters
+    mask: torch.Tensor
+    teacher: torch.Tensor  # the teacher's prompt, live adapters
+    pretrained_teacher: torch.Tensor  # the teacher's prompt, the pretrained model
+    pretrained_student: torch.Tensor  # the student's prompt, the pretrained model
+
+
+def scored_lesson(policy: Policy, question: str, note: str, answer: str) -> Scored:
+    """A lesson (the bare question; the note before it; the answer as its given reply) on adapters
+    moved away from the pretrained model, and the log-probs each side gives the answer."""
+    from lifelong.learn.logprobs import own_log_softmax
+    from lifelong.loop.feedback import correction_completion
+
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    tok = policy.tokenizer
+    student, teacher = tuple(policy.chat_start(question)), tuple(policy.chat_start(f"{note} {question}"))
+    reply = correction_completion(tok, answer, int(tok.eos_token_id))
+    rows = [Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0) for prompt in (student, teacher)]
+    with torch.no_grad():
+        student_logp, mask = own_log_softmax(policy.model, rows[:1], policy.pad_id)
+        teacher_logp, _ = own_log_softmax(policy.model, rows[1:], policy.pad_id)
+        with policy.pretrained():
+            pretrained_teacher, _ = own_log_softmax(policy.model, rows[1:], policy.pad_id)
+            pretrained_student, _ = own_log_softmax(policy.model, rows[:1], policy.pad_id)
+    lesson = Lesson(student, teacher, (reply,), protocol=False)
+    return Scored(lesson, student_logp, mask, teacher_logp, pretrained_teacher, pretrained_student)
+
+
+def distil_kl(policy: Policy, lesson: Lesson, **config: float | bool) -> float:
+    """The KL to the teacher one (motionless) step reports, under `DistillConfig(**config)`."""
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    settings = DistillConfig(learning_rate=1e-9, student_samples=0, **config)  # type: ignore[arg-type]
+    return SelfDistiller(policy, torch.optim.SGD(params, lr=1e-9), settings).update([lesson]).metrics["distill/kl"]
+
+
 def test_a_contrasted_teacher_is_read_against_the_reference(tiny_policy: Policy) -> None:
     """`teacher_contrast` c: the student is held to softmax((1 + c) x teacher - c x reference), the
     reference (here the pretrained model) scoring the student's prompt; c = 0 is the plain teacher."""
-    from lifelong.learn.logprobs import own_log_softmax, reverse_kl
-    from lifelong.loop.feedback import correction_completion
-
-    with torch.no_grad():  # adapters away from the pretrained model, so reference and teacher differ
-        for name, p in tiny_policy.model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.1)
-    tok = tiny_policy.tokenizer
-    student = tuple(tiny_policy.chat_start("What is the code?"))
-    teacher = tuple(tiny_policy.chat_start("The code is zebra. What is the code?"))
-    reply = correction_completion(tok, "zebra", int(tok.eos_token_id))
-    lesson = Lesson(student, teacher, (reply,), protocol=False)
-    rows = [Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0) for prompt in (student, teacher)]
-    with torch.no_grad():
-        student_logp, mask = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
-        teacher_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
-        with tiny_policy.pretrained():
-            reference_logp, _ = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
-    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
+    s = scored_lesson(tiny_policy, "What is the code?", "The code is zebra.", "zebra")
     kls = {}
     for c in (0.0, 1.5):
-        config = DistillConfig(learning_rate=1e-9, student_samples=0, teacher_contrast=c)
-        kls[c] = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config).update([lesson])
-        target = torch.log_softmax((1 + c) * teacher_logp - c * reference_logp, dim=-1)
-        expected = float(reverse_kl(student_logp, target, mask))
-        assert kls[c].metrics["distill/kl"] == pytest.approx(expected, rel=1e-4)
-    assert kls[1.5].metrics["distill/kl"] != pytest.approx(kls[0.0].metrics["distill/kl"], rel=1e-2)
+        kls[c] = distil_kl(tiny_policy, s.lesson, teacher_contrast=c)
+        target = torch.log_softmax((1 + c) * s.teacher - c * s.pretrained_student, dim=-1)
+        assert kls[c] == pytest.approx(float(reverse_kl(s.student, target, s.mask)), rel=1e-4)
+    assert kls[1.5] != pytest.approx(kls[0.0], rel=1e-2)
     with pytest.raises(ConfigError, match="teacher_contrast"):
         DistillConfig(teacher_contrast=-1.0)
 
@@ -276,31 +298,8 @@ def test_a_contrasted_teacher_is_read_against_the_reference(tiny_policy: Policy)
 def test_a_frozen_teacher_is_scored_by_the_reference_weights(tiny_policy: Policy) -> None:
     """`frozen_teacher`: the teacher's prompt is scored by the reference (here the pretrained model),
     not by the live adapters the step trains; by default it is the live policy."""
-    from lifelong.learn.logprobs import own_log_softmax, reverse_kl
-    from lifelong.loop.feedback import correction_completion
-
-    with torch.no_grad():
-        for name, p in tiny_policy.model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.1)
-    tok = tiny_policy.tokenizer
-    student = tuple(tiny_policy.chat_start("Where is the key?"))
-    teacher = tuple(tiny_policy.chat_start("The key is under the mat. Where is the key?"))
-    reply = correction_completion(tok, "mat", int(tok.eos_token_id))
-    lesson = Lesson(student, teacher, (reply,), protocol=False)
-    rows = [Sample(prompt, reply.token_ids, reply.logprobs, reply.loss_mask, 0.0) for prompt in (student, teacher)]
-    with torch.no_grad():
-        student_logp, mask = own_log_softmax(tiny_policy.model, rows[:1], tiny_policy.pad_id)
-        live_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
-        with tiny_policy.pretrained():
-            frozen_logp, _ = own_log_softmax(tiny_policy.model, rows[1:], tiny_policy.pad_id)
-    params = [p for p in tiny_policy.model.parameters() if p.requires_grad]
-    for frozen, teacher_logp in ((False, live_logp), (True, frozen_logp)):
-        config = DistillConfig(learning_rate=1e-9, student_samples=0, frozen_teacher=frozen)
-        report = SelfDistiller(tiny_policy, torch.optim.SGD(params, lr=1e-9), config).update([lesson])
-        assert report.metrics["distill/kl"] == pytest.approx(
-            float(reverse_kl(student_logp, teacher_logp, mask)), rel=1e-4
-        )
-    assert float(reverse_kl(student_logp, live_logp, mask)) != pytest.approx(
-        float(reverse_kl(student_logp, frozen_logp, mask)), rel=1e-2
-    )
+    s = scored_lesson(tiny_policy, "Where is the key?", "The key is under the mat.", "mat")
+    live, frozen = (float(reverse_kl(s.student, t, s.mask)) for t in (s.teacher, s.pretrained_teacher))
+    assert distil_kl(tiny_policy, s.lesson) == pytest.approx(live, rel=1e-4)
+    assert distil_kl(tiny_policy, s.lesson, frozen_teacher=True) == pytest.approx(frozen, rel=1e-4)
+    assert live != pytest.approx(frozen, rel=1e-2)
