@@ -149,14 +149,9 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
     if args.teacher == "answer" or args.teacher_labels:
         learner = SFTLearner(policy, SFTConfig(learning_rate=lr, warmup_steps=0, anchor_coef=0.0))
 
-        def teach(facts: Sequence[Fact]) -> None:
-            if not args.teacher_labels:
-                learner.update(teaching(policy, facts))
-                return
-            if facts[0].id not in labels:
-                said = teacher_labels(policy, facts, args.teacher, args.teacher_contrast)
-                labels.update({f.id: a for f, a in zip(facts, said, strict=True)})
-            learner.update(teaching(policy, facts, [labels[f.id] for f in facts]))
+        def step(facts: Sequence[Fact]) -> None:
+            answers = [labels[f.id] for f in facts] if args.teacher_labels else None
+            learner.update(teaching(policy, facts, answers))
     else:
         config = DistillConfig(
             learning_rate=lr,
@@ -166,14 +161,19 @@ def one_point(args: argparse.Namespace, unit: str, lr: float, seed: int) -> dict
         )
         distiller = SelfDistiller(policy, make_optimizer(policy, lr, 0.0), config, torch.Generator().manual_seed(seed))
 
-        def teach(facts: Sequence[Fact]) -> None:
+        def step(facts: Sequence[Fact]) -> None:
             distiller.update(self_taught(policy, facts, args.teacher))
 
-    for _ in range(args.steps):
-        teach(first)
+    def learn(facts: Sequence[Fact]) -> None:
+        if args.teacher_labels:  # a batch's labels are written once, before its steps
+            said = teacher_labels(policy, facts, args.teacher, args.teacher_contrast)
+            labels.update({f.id: a for f, a in zip(facts, said, strict=True)})
+        for _ in range(args.steps):
+            step(facts)
+
+    learn(first)
     first_learnt = accuracy(policy, [f.teach for f in first], [f.answer for f in first])
-    for _ in range(args.steps):
-        teach(second)
+    learn(second)
     paraphrases = [(p, f.answer) for f in second for p in f.paraphrases]
     return {
         **(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -274,10 +274,10 @@ def scored_lesson(policy: Policy, question: str, note: str, answer: str) -> Scor
     return Scored(lesson, student_logp, mask, teacher_logp, pretrained_teacher, pretrained_student)
 
 
-def distil_kl(policy: Policy, lesson: Lesson, **config: float | bool) -> float:
+def distil_kl(policy: Policy, lesson: Lesson, **config: Any) -> float:
     """The KL to the teacher one (motionless) step reports, under `DistillConfig(**config)`."""
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    settings = DistillConfig(learning_rate=1e-9, student_samples=0, **config)  # type: ignore[arg-type]
+    settings = DistillConfig(learning_rate=1e-9, student_samples=0, **config)
     return SelfDistiller(policy, torch.optim.SGD(params, lr=1e-9), settings).update([lesson]).metrics["distill/kl"]
 
 

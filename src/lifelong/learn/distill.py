@@ -223,13 +223,13 @@ class SelfDistiller:
             for base in (False, True):
                 rows = [i for i, p in enumerate(pairs) if (p.teacher == LessonTeacher.PRETRAINED) == base]
                 if rows:
-                    weights = (
-                        self.policy.pretrained()
-                        if base
-                        else reference_weights()
-                        if self.config.frozen_teacher
-                        else nullcontext()
-                    )
+                    weights: AbstractContextManager[None]
+                    if base:
+                        weights = self.policy.pretrained()
+                    elif self.config.frozen_teacher:
+                        weights = reference_weights()
+                    else:
+                        weights = nullcontext()
                     with weights:
                         teachers = [pairs[i].teacher_sample for i in rows]
                         logp, _ = own_log_softmax(self.policy.model, teachers, pad)
